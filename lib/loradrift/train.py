@@ -1,0 +1,322 @@
+"""One training unit (task x method x seed) with transformers' Trainer, and the run store.
+
+A unit trains on the profile's train split, evaluates on the validation slice during training
+(early stopping, best checkpoint restored), then is scored once on the test split. It saves its
+model (full) or adapter (LoRA) to ``artifacts/<profile>/models/<id>/`` and its result to
+``data/<profile>/runs/<id>.json``. Checkpoints under ``artifacts/<profile>/runs/<id>/`` make an
+interrupted unit resume; a unit whose result exists with the same config is skipped, and one
+whose recorded config differs from the profile is *stale*.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import LoraDriftError
+from .config import (artifacts_dir, config_hash, data_dir, environment, load_profile, read_json,
+                     run_id, unit_config, write_json)
+from .data import study_splits, task_metric, tokenize
+from .models import build_for_training, parameter_counts
+
+
+# ---------------------------------------------------------------------------------- helpers
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+    preds = np.asarray(logits).argmax(-1)
+    return {"accuracy": float(accuracy_score(labels, preds)),
+            "f1": float(f1_score(labels, preds, pos_label=1, zero_division=0))}
+
+
+def _compute_metrics(eval_pred):
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return classification_metrics(logits, eval_pred.label_ids)
+
+
+def make_collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+    return DataCollatorWithPadding(tokenizer=tokenizer)
+
+
+def counting_trainer_class():
+    """transformers' Trainer that also counts the real and padded tokens it trains on."""
+    from transformers import Trainer
+
+    class CountingTrainer(Trainer):
+        tokens_real = 0
+        tokens_padded = 0
+        step_seconds = 0.0  # forward, backward and optimizer step only: no evaluation, no checkpointing
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.add_callback(_StepTimer(self))
+
+        def training_step(self, model, inputs, *args, **kw):
+            m = inputs.get("attention_mask")
+            if m is not None:
+                self.tokens_real += int(m.sum())
+                self.tokens_padded += int(m.numel())
+            return super().training_step(model, inputs, *args, **kw)
+    return CountingTrainer
+
+
+def _StepTimer(trainer):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            trainer.step_seconds += time.perf_counter() - self.t
+    return StepTimer()
+
+
+def wandb_settings(prof: dict) -> list[str]:
+    """wandb is offline by default (sync later with `wandb sync`); LORADRIFT_WANDB=0 turns it off."""
+    if os.environ.get("LORADRIFT_WANDB", "1") == "0":
+        return []
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return []
+    os.environ.setdefault("WANDB_MODE", prof.get("wandb", {}).get("mode", "offline"))
+    os.environ.setdefault("WANDB_PROJECT", f"{prof.get('wandb', {}).get('project', 'lora-drift')}-{prof['name']}")
+    os.environ.setdefault("WANDB_DIR", str(artifacts_dir(prof["name"])))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return ["wandb"]
+
+
+def training_arguments(prof, cfg, out_dir, n_train, report_to, **over):
+    from transformers import TrainingArguments
+    t = cfg["training"]
+    bs = int(t["per_device_train_batch_size"]) * int(t.get("gradient_accumulation_steps", 1))
+    steps_per_epoch = max(1, math.ceil(n_train / bs))
+    every = max(1, steps_per_epoch // int(t.get("evals_per_epoch", 1)))
+    cuda = torch.cuda.is_available()
+    kw = dict(
+        output_dir=str(out_dir), seed=cfg["seed"], data_seed=cfg["seed"],
+        learning_rate=float(t["learning_rate"]), num_train_epochs=float(t["num_train_epochs"]),
+        per_device_train_batch_size=int(t["per_device_train_batch_size"]),
+        per_device_eval_batch_size=int(t["per_device_eval_batch_size"]),
+        gradient_accumulation_steps=int(t.get("gradient_accumulation_steps", 1)),
+        warmup_steps=math.ceil(float(t["warmup_ratio"]) * steps_per_epoch * float(t["num_train_epochs"])),
+        weight_decay=float(t["weight_decay"]),
+        lr_scheduler_type=t.get("lr_scheduler_type", "linear"), max_grad_norm=float(t.get("max_grad_norm", 1.0)),
+        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
+        save_total_limit=2, load_best_model_at_end=True,
+        metric_for_best_model=task_metric(cfg["task"]), greater_is_better=True,
+        logging_steps=max(1, min(10, every // 2)), report_to=report_to, run_name=run_id(cfg["task"], cfg["method"], cfg["seed"]),
+        train_sampling_strategy="group_by_length", label_names=["labels"],
+        bf16=cuda and cfg["model"].get("dtype") in ("bfloat16", "float32"), use_cpu=not cuda,
+        dataloader_num_workers=0, disable_tqdm=False, remove_unused_columns=True,
+    )
+    kw.update(over)
+    return TrainingArguments(**kw)
+
+
+# ---------------------------------------------------------------------------------- store
+def result_path(profile: str, rid: str) -> Path:
+    return data_dir(profile) / "runs" / f"{rid}.json"
+
+
+def model_dir(profile: str, rid: str) -> Path:
+    return artifacts_dir(profile) / "models" / rid
+
+
+def units(prof: dict, tasks=None, methods=None, seeds=None) -> list[tuple[str, str, int]]:
+    """Units in the order they run: task by task, so a task's results are complete early."""
+    return [(t, m, int(s)) for t in (tasks or prof["tasks"]) for s in (seeds or prof["seeds"])
+            for m in (methods or prof["methods"])]
+
+
+def unit_status(prof: dict, task: str, method: str, seed: int) -> str:
+    """``done``, ``stale`` (result made with another config), ``partial`` (checkpoints) or ``missing``."""
+    rid = run_id(task, method, seed)
+    p = result_path(prof["name"], rid)
+    if p.exists():
+        try:
+            rec = read_json(p)
+        except ValueError:
+            return "corrupt"
+        return "done" if rec.get("config_hash") == config_hash(unit_config(prof, task, method, seed)) else "stale"
+    ck = artifacts_dir(prof["name"]) / "runs" / rid / "checkpoints"
+    return "partial" if ck.exists() and any(ck.glob("checkpoint-*")) else "missing"
+
+
+def load_runs(profile: str) -> list[dict]:
+    """Every run result of a profile, with its status against the current profile config."""
+    prof = load_profile(profile)
+    out = []
+    for p in sorted((data_dir(profile) / "runs").glob("*.json")):
+        rec = read_json(p)
+        cfg = unit_config(prof, rec["task"], rec["method"], rec["seed"])
+        rec["status"] = "done" if rec.get("config_hash") == config_hash(cfg) else "stale"
+        out.append(rec)
+    return out
+
+
+# ---------------------------------------------------------------------------------- a unit
+def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool = False,
+               glue_source: str | None = None) -> dict:
+    """Train and test one unit; skip it if its result is current; resume it if interrupted."""
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    prof = load_profile(prof) if isinstance(prof, str) else prof
+    cfg = unit_config(prof, task, method, seed)
+    h = config_hash(cfg)
+    rid = run_id(task, method, seed)
+    out_json = result_path(prof["name"], rid)
+    status = unit_status(prof, task, method, seed)
+    if status == "done" and not force:
+        print(f"[{rid}] result exists and is current: {out_json} (skipped)")
+        return read_json(out_json)
+    if status == "stale":
+        print(f"[{rid}] STALE: {out_json} was made with another config; re-running")
+
+    work = artifacts_dir(prof["name"]) / "runs" / rid
+    ck_dir = work / "checkpoints"
+    marker = work / "config.json"
+    if marker.exists() and (force or read_json(marker).get("config_hash") != h):
+        shutil.rmtree(ck_dir, ignore_errors=True)  # checkpoints of another config cannot be resumed
+    write_json(marker, {"config_hash": h, "config": cfg})
+
+    t0 = time.perf_counter()
+    splits = study_splits(prof, task, glue_source)
+    model, tok = build_for_training(prof, method, cfg["training"], seed)
+    max_len = int(prof["data"]["max_length"])
+    enc = {k: tokenize(task, v, tok, max_len) for k, v in splits.items()}
+    collator = make_collator(tok)
+    report_to = wandb_settings(prof)
+    args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), report_to)
+    trainer = counting_trainer_class()(model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
+                      data_collator=collator, compute_metrics=_compute_metrics,
+                      callbacks=[EarlyStoppingCallback(int(cfg["training"].get("early_stopping_patience", 2)))])
+    last = get_last_checkpoint(str(ck_dir)) if ck_dir.exists() else None
+    if last:
+        print(f"[{rid}] resuming from {last}")
+    train_out = trainer.train(resume_from_checkpoint=last)
+    train_runtime = float(train_out.metrics["train_runtime"])
+    real, padded = trainer.tokens_real, trainer.tokens_padded
+
+    trainer.remove_callback(EarlyStoppingCallback)  # it only watches evaluations made during training
+    val = trainer.evaluate(enc["validation"], metric_key_prefix="validation")
+    test = trainer.evaluate(enc["test"], metric_key_prefix="test")
+
+    # the best checkpoint's weights are in `model` now: save them atomically, then drop checkpoints
+    dest = model_dir(prof["name"], rid)
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+    hist = trainer.state.log_history
+    result = {
+        "id": rid, "task": task, "method": method, "seed": int(seed), "profile": prof["name"],
+        "test": {"accuracy": test["test_accuracy"], "f1": test["test_f1"], "loss": test["test_loss"],
+                 "n": len(enc["test"])},
+        "validation": {"accuracy": val["validation_accuracy"], "f1": val["validation_f1"],
+                       "loss": val["validation_loss"], "n": len(enc["validation"]),
+                       "metric": task_metric(task), "best": trainer.state.best_metric,
+                       "best_step": _step_of(trainer.state.best_model_checkpoint)},
+        "curves": {
+            "train": [{"step": r["step"], "epoch": r.get("epoch"), "loss": r["loss"]} for r in hist if "loss" in r],
+            "validation": [{"step": r["step"], "epoch": r.get("epoch"), "loss": r["eval_loss"],
+                            "accuracy": r.get("eval_accuracy"), "f1": r.get("eval_f1")}
+                           for r in hist if "eval_loss" in r]},
+        "train_loss": float(train_out.training_loss),
+        "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
+        "early_stopped": trainer.state.global_step < trainer.state.max_steps,
+        "resumed_from": last,
+        "train_runtime_s": train_runtime,
+        "wall_time_s": time.perf_counter() - t0,
+        "train_tokens_real": int(real), "train_tokens_padded": int(padded),
+        "pad_fraction": 1 - real / padded if padded else None,
+        "train_step_s": trainer.step_seconds,
+        "tokens_per_s": real / trainer.step_seconds if trainer.step_seconds else None,
+        "params": parameter_counts(trainer.model),
+        "n_train": len(enc["train"]),
+        "config": cfg, "config_hash": h, "environment": environment(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(out_json, result)
+    shutil.rmtree(ck_dir, ignore_errors=True)
+    print(f"[{rid}] test {task_metric(task)} = {test['test_' + task_metric(task)]:.4f} -> {out_json}")
+    _finish_wandb()
+    return result
+
+
+def _step_of(path):
+    return int(Path(path).name.split("-")[-1]) if path else None
+
+
+def _finish_wandb():
+    try:
+        import wandb
+        if wandb.run is not None:
+            wandb.finish()
+    except ImportError:
+        pass
+
+
+def train_all(prof: dict | str, tasks=None, methods=None, seeds=None, glue_source=None) -> list[dict]:
+    prof = load_profile(prof) if isinstance(prof, str) else prof
+    todo = units(prof, tasks, methods, seeds)
+    out = []
+    for i, (t, m, s) in enumerate(todo, 1):
+        print(f"=== unit {i}/{len(todo)}: {run_id(t, m, s)} ({unit_status(prof, t, m, s)})")
+        out.append(train_unit(prof, t, m, s, glue_source=glue_source))
+    return out
+
+
+# ---------------------------------------------------------------------------------- checks
+def sanity_check(prof: dict | str, method: str, task: str = "rte", glue_source=None) -> dict:
+    """Can the method fit 10 training examples? Training loss must fall below 0.1."""
+    from transformers import Trainer
+    prof = load_profile(prof) if isinstance(prof, str) else prof
+    s = prof["sanity"]
+    cfg = unit_config(prof, task, method, 0)
+    splits = study_splits(prof, task, glue_source)
+    small = splits["train"].select(range(int(s["n_examples"])))
+    model, tok = build_for_training(prof, method, cfg["training"], 0)
+    enc = tokenize(task, small, tok, int(prof["data"]["max_length"]))
+    args = training_arguments(prof, cfg, artifacts_dir(prof["name"]) / "sanity" / method, len(enc), [],
+                              learning_rate=float(s["learning_rate"][method]), max_steps=int(s["steps"]),
+                              per_device_train_batch_size=len(enc), gradient_accumulation_steps=1,
+                              warmup_steps=0, weight_decay=0.0, lr_scheduler_type="constant",
+                              eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                              logging_steps=1, train_sampling_strategy="random", disable_tqdm=True)
+    t0 = time.perf_counter()
+    trainer = Trainer(model=model, args=args, train_dataset=enc, data_collator=make_collator(tok))
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return {"method": method, "task": task, "n_examples": len(enc), "steps": int(s["steps"]),
+            "learning_rate": float(s["learning_rate"][method]), "losses": losses,
+            "final_loss": losses[-1], "passed": bool(min(losses[-3:]) < 0.1),
+            "seconds": time.perf_counter() - t0}
+
+
+def baselines(prof: dict | str, glue_source=None, n_random: int = 1000) -> list[dict]:
+    """Majority-class and uniform-random predictors on the test split."""
+    prof = load_profile(prof) if isinstance(prof, str) else prof
+    rows = []
+    rng = np.random.default_rng(0)
+    for task in prof["tasks"]:
+        sp = study_splits(prof, task, glue_source)
+        y = np.array(sp["test"]["label"])
+        majority = int(np.bincount(sp["train"]["label"]).argmax())
+        onehot = np.eye(2)[np.full_like(y, majority)]
+        rows.append({"task": task, "baseline": "majority", **classification_metrics(onehot, y)})
+        draws = [classification_metrics(np.eye(2)[rng.integers(0, 2, len(y))], y) for _ in range(n_random)]
+        rows.append({"task": task, "baseline": "random",
+                     "accuracy": float(np.mean([d["accuracy"] for d in draws])),
+                     "f1": float(np.mean([d["f1"] for d in draws]))})
+    return rows
