@@ -118,3 +118,37 @@ def pm(mean, sd, digits: int = 3) -> str:
 
 def pct(x, digits: int = 1) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+# ---------------------------------------------------------------------------- study tables
+def runs_frame(prof_name: str | None = None):
+    """One row per training unit: test and validation metrics, cost, status."""
+    import pandas as pd
+
+    from .data import task_metric
+    from .train import load_runs
+    rows = []
+    for r in load_runs(prof_name or profile()):
+        rows.append({"id": r["id"], "task": r["task"], "method": r["method"], "seed": r["seed"],
+                     "status": r["status"], "metric": task_metric(r["task"]),
+                     "test_score": r["test"][task_metric(r["task"])],
+                     "test_accuracy": r["test"]["accuracy"], "test_f1": r["test"]["f1"],
+                     "val_score": r["validation"][task_metric(r["task"])],
+                     "train_s": r["train_runtime_s"], "wall_s": r["wall_time_s"],
+                     "tokens_per_s": r.get("tokens_per_s"), "pad_fraction": r.get("pad_fraction"),
+                     "trainable": r["params"]["trainable"], "total": r["params"]["total"],
+                     "steps": r["steps"], "early_stopped": r["early_stopped"]})
+    return pd.DataFrame(rows)
+
+
+def summary_frame(runs):
+    """Mean ± sd (ddof=1) of the test metric over seeds, per task and method."""
+    if runs.empty:
+        return runs
+    g = runs.groupby(["task", "method"])
+    out = g.agg(metric=("metric", "first"), n_seeds=("seed", "nunique"), mean=("test_score", "mean"),
+                sd=("test_score", "std"), accuracy=("test_accuracy", "mean"), f1=("test_f1", "mean"),
+                train_s=("train_s", "mean"), tokens_per_s=("tokens_per_s", "mean"),
+                pad_fraction=("pad_fraction", "mean"), trainable=("trainable", "first"),
+                total=("total", "first")).reset_index()
+    return out
