@@ -1,0 +1,260 @@
+"""The drift stage on a tiny random Llama: extraction layout, pooling invariances, LoRA merge,
+forgetting perplexity, caching, and the end-to-end stage on trained tiny units.
+
+The trained units are built once per session (one task, two seeds per method, one epoch) in a
+book root of their own; tests that use them point LORADRIFT_ROOT at it."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import FILL, make_tiny_llama, tiny_profile_dict, write_tiny_glue
+from loradrift import LoraDriftError, drift, measures
+
+TEXTS = ["the movie was good", "a very old man said it is bad and the story was dull today", "rain",
+         "she said the plot is quite grim", "they and he"]
+
+
+@pytest.fixture(scope="module")
+def base_lm(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from loradrift.models import load_tokenizer
+    return AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval(), load_tokenizer(str(tiny_model))
+
+
+# ------------------------------------------------------------------------------------ extraction
+def test_extract_returns_every_depth(base_lm):
+    lm, tok = base_lm
+    r = drift.extract(lm.model, tok, TEXTS, max_length=32)
+    L, D = lm.config.num_hidden_layers, lm.config.hidden_size
+    for k in ("masked", "last", "original"):
+        assert r[k].shape == (L + 2, len(TEXTS), D) and r[k].dtype == np.float32
+    assert drift.depth_names(L) == ["embedding", "layer_1", "layer_2", "final_norm"]
+    assert r["tokens"] == sum(len(t.split()) for t in TEXTS)
+
+
+def test_hidden_state_layout(base_lm):
+    """embedding, each decoder layer's residual output, final norm: checked against hooks."""
+    lm, tok = base_lm
+    enc = tok(TEXTS[:2], padding=True, return_tensors="pt")
+    seen = []
+    hooks = [lm.model.embed_tokens.register_forward_hook(lambda m, a, o: seen.append(o))]
+    hooks += [layer.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+              for layer in lm.model.layers]
+    hooks.append(lm.model.norm.register_forward_hook(lambda m, a, o: seen.append(o)))
+    with torch.no_grad():
+        hs = drift._hidden_states(lm.model, enc.input_ids, enc.attention_mask)
+    for h in hooks:
+        h.remove()
+    # one hook output per module, in order: embedding, each decoder layer, final norm
+    assert len(hs) == len(seen) == lm.config.num_hidden_layers + 2
+    for a, b in zip(hs, seen):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_masked_pooling_invariant_to_padding(base_lm):
+    lm, tok = base_lm
+    short, longer = TEXTS[0], TEXTS[1]
+    alone = drift.extract(lm.model, tok, [short], max_length=32, original=False)
+    batched = drift.extract(lm.model, tok, [short, longer], max_length=32, original=False, batch_tokens=10_000)
+    for k in ("masked", "last"):
+        np.testing.assert_allclose(alone[k][:, 0], batched[k][:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_original_pooling_exact_and_sampled(base_lm):
+    """pad_positions=None is the original's quantity: unmasked mean over the sample padded to its longest."""
+    lm, tok = base_lm
+    exact = drift.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=None, batch_tokens=1)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hs = drift._hidden_states(lm.model, enc.input_ids, enc.attention_mask)
+    ref = torch.stack([measures.unmasked_mean_pool(h) for h in hs]).numpy()
+    np.testing.assert_allclose(exact["original"], ref, atol=1e-5, rtol=1e-4)
+    sampled = drift.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=3, batch_tokens=1)
+    assert exact["tokens_run"] == len(TEXTS) * exact["t_max"]  # one example per batch, padded to t_max
+    assert sampled["tokens_run"] < exact["tokens_run"]
+    np.testing.assert_allclose(sampled["masked"], exact["masked"], atol=1e-5)
+    # a stratified estimate of the padding's mean: close, not equal
+    rel = np.linalg.norm(sampled["original"] - ref, axis=2) / np.linalg.norm(ref, axis=2)
+    assert rel.max() < 0.2
+
+
+def test_pad_positions():
+    assert drift._pad_positions(5, 5, 3) == []
+    assert drift._pad_positions(3, 6, None) == [3, 4, 5]
+    assert drift._pad_positions(3, 6, 8) == [3, 4, 5]
+    p = drift._pad_positions(2, 102, 4)
+    assert p == [14, 39, 64, 89] and all(2 <= x < 102 for x in p)
+
+
+# ------------------------------------------------------------------------------------ forgetting
+def _text_file(path: Path, n_words=400) -> Path:
+    rng = random.Random(0)
+    path.write_text(" ".join(rng.choice(FILL) for _ in range(n_words)))
+    return path
+
+
+def test_forgetting_perplexity_matches_direct(base_lm, tmp_path):
+    lm, tok = base_lm
+    chunks = drift.wikitext_chunks(tok, _text_file(tmp_path / "t.txt"), 3, 16)
+    assert chunks.shape == (3, 16)
+    head = lm.lm_head.weight.detach().clone()
+    nll = drift.chunk_nll(lm.model, head, chunks, batch=2)
+    with torch.no_grad():
+        direct = torch.stack([lm(input_ids=c[None], labels=c[None]).loss for c in chunks]).numpy()
+    np.testing.assert_allclose(nll, direct, rtol=1e-5)
+    # a model identical to the base (a separate copy) gives the same perplexity
+    import copy
+    same = copy.deepcopy(lm.model)
+    np.testing.assert_allclose(drift.chunk_nll(same, head, chunks), nll, rtol=1e-6)
+    with pytest.raises(LoraDriftError, match="fewer than"):
+        drift.wikitext_chunks(tok, tmp_path / "t.txt", 1000, 16)
+
+
+def test_weight_change_of_identical_model(base_lm):
+    lm, _ = base_lm
+    rows = drift.weight_change(lm.model, lm.model, ("q_proj", "v_proj"), k=4, threshold=0.5)
+    assert len(rows) == 2 * lm.config.num_hidden_layers
+    assert all(r["n_intruders"] == 0 and r["rel_change"] == 0 for r in rows)
+
+
+def test_weight_change_matches_measures(base_lm):
+    import copy
+    lm, _ = base_lm
+    ft = copy.deepcopy(lm.model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in ft.layers:
+            w = layer.self_attn.q_proj.weight
+            w += 0.5 * torch.randn(w.shape, generator=g) * w.std()
+    cache = {}
+    rows = drift.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache)
+    assert len(cache) == 2 * lm.config.num_hidden_layers
+    for r in rows:
+        a = getattr(lm.model.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
+        b = getattr(ft.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
+        ref = measures.intruder_dimensions(a, b, k=6, threshold=0.7)
+        assert r["n_intruders"] == ref["n_intruders"]
+        assert r["min_max_sim"] == pytest.approx(min(ref["max_sims"]), abs=1e-9)
+    assert any(r["rel_change"] > 0 for r in rows if r["matrix"] == "q_proj")
+    assert all(r["rel_change"] == 0 for r in rows if r["matrix"] == "v_proj")
+    # cached base SVDs give the same answer
+    assert drift.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache) == rows
+
+
+def test_config_rejects_unknown_setting():
+    with pytest.raises(LoraDriftError, match="unknown drift setting"):
+        drift.drift_config({"name": "x", "drift": {"n_boots": 3}})
+    assert drift.drift_config({"name": "x", "drift": {"max_examples": {"rte": 5}}})["max_examples"]["sst2"] is None
+
+
+# ------------------------------------------------------------------------------------ the stage
+DRIFT_SMALL = {"n_boot": 20, "n_perm": 5, "merge_check_examples": 4, "original_check_examples": 2,
+               "original_pad_positions": 3, "ppl_chunks": 2, "ppl_chunk_len": 16, "intruder_k": 4}
+
+
+@pytest.fixture(scope="session")
+def trained_root(tmp_path_factory):
+    """A book root with the RTE units of a 2-seed tiny profile trained (one epoch each)."""
+    from loradrift.train import train_unit
+    root = tmp_path_factory.mktemp("drift-book")
+    (root / "_quarto.yml").write_text("project: {type: book}\n")
+    model = make_tiny_llama(root / "model")
+    glue = write_tiny_glue(root / "glue")
+    prof = tiny_profile_dict(model, glue, seeds=[1, 2], tasks=["rte", "sst2"])
+    for m in ("full", "lora"):
+        prof["training"][m]["num_train_epochs"] = 1
+    prof["drift"] = {**DRIFT_SMALL, "wikitext": str(_text_file(root / "wiki.txt"))}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORADRIFT_ROOT", str(root))
+        mp.setenv("LORADRIFT_WANDB", "0")
+        for v in ("LORADRIFT_ARTIFACTS", "LORADRIFT_MODEL", "LORADRIFT_GLUE_DIR"):
+            mp.delenv(v, raising=False)
+        for m in ("full", "lora"):
+            for s in (1, 2):
+                train_unit(str(path), "rte", m, s)
+    return root, path
+
+
+@pytest.fixture
+def tiny_book(trained_root, monkeypatch):
+    root, path = trained_root
+    monkeypatch.setenv("LORADRIFT_ROOT", str(root))
+    monkeypatch.setenv("LORADRIFT_WANDB", "0")
+    for v in ("LORADRIFT_ARTIFACTS", "LORADRIFT_MODEL", "LORADRIFT_GLUE_DIR"):
+        monkeypatch.delenv(v, raising=False)
+    return root, str(path)
+
+
+def test_run_drift_end_to_end(tiny_book, monkeypatch):
+    root, prof = tiny_book
+    status = drift.run_drift(prof)
+    assert status["rte"] == "computed" and status["sst2"].startswith("skipped")
+    d = root / "data" / "tiny"
+    for f in ("drift_rte.json", "drift_rte_layers.csv", "drift_rte_pairs.csv", "drift_rte_null.csv",
+              "drift_rte_intruders.csv", "drift_summary.json", "drift_timing.json"):
+        assert (d / f).exists(), f
+    res = drift.load_results(prof)
+    assert res["tasks"] == ["rte"] and res["missing"] == ["sst2"]
+    lay = res["layers"]
+    # 4 models x (3 poolings x 3 measures) x 4 depths, plus the base's self-similarity per depth
+    assert len(lay) == 4 * 9 * 4 + 4
+    ok = lay.dropna(subset=["lo"])
+    assert ((ok["lo"] <= ok["value"] + 1e-9) | ok["measure"].eq("debiased_cka")).all()
+    tj = res["task_json"]["rte"]
+    assert tj["sample"]["n"] == 24 and tj["depths"][-1] == "final_norm"
+    for rec in tj["merge_check"].values():  # LoRA merged vs unmerged
+        assert rec["max_abs_diff_masked"] < 1e-4 and rec["max_abs_diff_last"] < 1e-4
+    assert len(tj["forgetting"]["models"]) == 4
+    assert set(res["pairs"]["kind"]) == {"within_full", "within_lora", "across"}
+    tests = res["tests"]
+    assert len(tests) == 4 and np.allclose(tests["min_attainable_p"], 1 / 3)
+    assert (tests["perm_p_holm"] >= tests["perm_p"]).all()
+    rep = drift.replication_table(res)
+    assert set(rep["method"]) == {"full", "lora"}
+    assert (root / "artifacts" / "tiny" / "drift" / "rte" / "base.npz").exists()
+
+    # a second call does no work: no model is loaded
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(drift._Base, "load", boom)
+    monkeypatch.setattr("loradrift.models.load_finetuned", boom)
+    assert drift.run_drift(prof, tasks=["rte"])["rte"] == "current"
+
+
+def test_run_drift_reuses_cached_representations(tiny_book, monkeypatch):
+    root, prof = tiny_book
+    drift.run_drift(prof, tasks=["rte"])
+    (root / "data" / "tiny" / "drift_rte.json").unlink()  # results gone, representations cached
+    monkeypatch.setattr("loradrift.models.load_finetuned",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    assert drift.run_drift(prof, tasks=["rte"])["rte"] == "computed"
+
+
+def test_corrupt_cache_names_the_fix(tiny_book):
+    root, prof = tiny_book
+    drift.run_drift(prof, tasks=["rte"])
+    f = root / "artifacts" / "tiny" / "drift" / "rte" / "rte-lora-s1.npz"
+    good = f.read_bytes()
+    try:
+        f.write_bytes(good[: len(good) // 3])
+        (root / "data" / "tiny" / "drift_rte.json").unlink()
+        with pytest.raises(LoraDriftError, match=r"rte-lora-s1\.npz.*delete the file and re-run"):
+            drift.run_drift(prof, tasks=["rte"])
+    finally:
+        f.write_bytes(good)
+    assert drift.run_drift(prof, tasks=["rte"])["rte"] == "computed"
+
+
+def test_load_results_without_results(book_root):
+    res = drift.load_results("cpu")
+    assert res["tasks"] == [] and res["layers"].empty and res["seeds"].empty
+    assert drift.replication_table(res).empty
