@@ -336,3 +336,13 @@ def test_random_adapters_are_not_noops():
         lm.base_model.model.score.modules_to_save["a"].weight.copy_(base.score.weight)  # same head, LoRA only
         yl = lm(input_ids=ids).logits
     assert not torch.allclose(ya, yb) and not torch.allclose(yl, yb, atol=1e-4)
+
+
+def test_memory_meter_sees_a_transient_peak():
+    """The peak mark is reset at entry, so a buffer allocated and freed inside still shows up."""
+    with serving.MemoryMeter() as meter:
+        x = torch.ones(24 * 2**20)  # 96 MiB, touched
+        x.add_(1)
+        del x
+        m = meter.read()
+    assert m["rss_peak_increase_mb"] >= 80, m
