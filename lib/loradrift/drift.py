@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from . import LoraDriftError, measures
-from .config import (artifacts_dir, config_hash, data_dir, environment, load_profile, read_json,
+from .config import (artifacts_dir, data_dir, environment, load_profile, read_json,
                      repo_root, run_id, write_csv, write_json)
 
 # ------------------------------------------------------------------------------------ settings
@@ -510,7 +510,8 @@ def run_drift(prof: dict | str, tasks=None, glue_source=None) -> dict:
                 continue
         _run_task(prof, cfg, task, rids, settings, fp, base, glue_source)
         status[task] = "computed"
-    summarise(prof)
+    if any(v == "computed" for v in status.values()) or not (data_dir(prof["name"]) / "drift_summary.json").exists():
+        summarise(prof)
     return status
 
 
@@ -766,7 +767,7 @@ def summarise(prof: dict | str) -> dict | None:
         "note": "sum over tasks of the per-model extraction, perplexity and weight-space times plus the measures, "
                 "as recorded when each piece was computed (cached pieces keep their original time). wall_s is "
                 "inflated when the machine was shared; cpu_s / cores estimates the wall time on an idle machine.",
-        "environment": environment()})
+        "environment": {t: per_task[t].get("environment") for t in tasks}})
     return summary
 
 
