@@ -205,8 +205,8 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     res = drift.load_results(prof)
     assert res["tasks"] == ["rte"] and res["missing"] == ["sst2"]
     lay = res["layers"]
-    # 4 models x (3 poolings x 3 measures) x 4 depths, plus the base's self-similarity per depth
-    assert len(lay) == 4 * 9 * 4 + 4
+    # 4 models x (2 poolings x 3 measures + the original's 2) x 4 depths, plus the base's self-similarity
+    assert len(lay) == 4 * 8 * 4 + 4
     ok = lay.dropna(subset=["lo"])
     assert ((ok["lo"] <= ok["value"] + 1e-9) | ok["measure"].eq("debiased_cka")).all()
     tj = res["task_json"]["rte"]
