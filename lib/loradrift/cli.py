@@ -44,6 +44,9 @@ def build_parser():
         q = sub.add_parser(name, help=text)
         _common(q)
         q.add_argument("--task", action="append")
+        if name == "deploy":
+            q.add_argument("--arch", help="architecture-only run on random weights: tinyllama-1.1b or smollm2-135m")
+            q.add_argument("--vllm", action="store_true", help="the vLLM multi-LoRA path (CUDA only)")
     return ap
 
 
@@ -108,8 +111,15 @@ def cmd_drift(prof, args):
 
 
 def cmd_deploy(prof, args):
-    from .serving import run_deploy
-    run_deploy(prof, tasks=args.task, glue_source=args.glue_dir)
+    if getattr(args, "arch", None):
+        from .serving import run_arch
+        run_arch(args.arch, glue_source=args.glue_dir)
+    elif getattr(args, "vllm", False):
+        from .vllm_serving import run_vllm
+        run_vllm(prof, tasks=args.task, glue_source=args.glue_dir)
+    else:
+        from .serving import run_deploy
+        run_deploy(prof, tasks=args.task, glue_source=args.glue_dir)
 
 
 def cmd_search(prof, args):
@@ -119,8 +129,8 @@ def cmd_search(prof, args):
 
 def cmd_all(prof, args):
     t0 = time.time()
-    args.method = args.seed = None
-    args.force = False
+    args.method = args.seed = args.arch = None
+    args.force = args.vllm = False
     for step in (cmd_setup, cmd_train, cmd_drift, cmd_deploy):
         step(prof, args)
     write_json(data_dir(prof["name"]) / "study_time.json", {"wall_time_s": time.time() - t0})

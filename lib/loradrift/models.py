@@ -93,12 +93,15 @@ def load_tokenizer(path: str):
 
 
 def _from_pretrained(cls, path: str, **kw):
+    from safetensors import SafetensorError
     try:
         return cls.from_pretrained(path, **kw)
-    except OSError as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         if Path(path).exists():
             raise LoraDriftError(f"could not read the model at {path} ({e}); it may be corrupt: delete it "
                                  "and re-run (a cached GGUF conversion or a run's model is rebuilt)") from e
+        if not isinstance(e, OSError):
+            raise
         raise LoraDriftError(
             f"could not load {path!r} ({e}). The Hugging Face hub may be unreachable: download the model "
             "elsewhere and set LORADRIFT_MODEL to its local folder, or use the cpu profile") from e

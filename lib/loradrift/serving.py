@@ -1102,4 +1102,4 @@ def arch_results() -> dict[str, dict]:
 
 
 def arch_command(arch: str = "tinyllama-1.1b") -> str:
-    return f'python -c "from loradrift.serving import run_arch; run_arch(\'{arch}\')"'
+    return f"python -m loradrift deploy --arch {arch}"

