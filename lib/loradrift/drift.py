@@ -114,6 +114,11 @@ def depth_names(n_layers: int) -> list[str]:
     return ["embedding", *[f"layer_{i}" for i in range(1, n_layers + 1)], "final_norm"]
 
 
+def device() -> torch.device:
+    """Where models run: the GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -289,7 +294,7 @@ def chunk_nll(backbone, head_weight: torch.Tensor, chunks: torch.Tensor, batch: 
     for s in range(0, len(chunks), batch):
         x = chunks[s:s + batch].to(device)
         h = backbone(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state
-        logits = (h[:, :-1] @ head_weight.T).float()
+        logits = h[:, :-1].float() @ head_weight.float().T
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
                                                 reduction="none").view(len(x), -1).mean(1)
         out.extend(nll.cpu().tolist())
@@ -411,7 +416,7 @@ class _Base:
             path = base_model_path(self.prof)
             self._tok = load_tokenizer(path)
             self._lm = AutoModelForCausalLM.from_pretrained(
-                path, dtype=DTYPES[self.prof["model"].get("dtype", "float32")]).eval()
+                path, dtype=DTYPES[self.prof["model"].get("dtype", "float32")]).eval().to(device())
             self.head = self._lm.lm_head.weight.detach().clone()  # a copy: untied from any embedding
         return self
 
@@ -431,6 +436,7 @@ def _model_record(prof, cfg, task, rid, method, base: _Base, sample, chunks, t_m
     rec = {"id": rid, "method": method}
     t0, c0 = time.perf_counter(), _cpu_s()
     model, tok = load_finetuned(prof, model_dir(prof["name"], rid), method, merge=False)
+    model = model.to(device())
     max_len = int(prof["data"]["max_length"])
     kw = dict(max_length=max_len, batch_tokens=cfg["batch_tokens"], t_max=t_max)
     if method == "lora":
