@@ -92,7 +92,8 @@ def artifacts_dir(profile: str) -> Path:
 def unit_config(prof: dict, task: str, method: str, seed: int) -> dict[str, Any]:
     """Everything that determines one training unit's result (recorded with it, hashed for staleness)."""
     check_task(task), check_method(method)
-    train = {**prof["training"]["common"], **prof["training"][method]}
+    tuned = (prof["training"].get("per_task") or {}).get(task, {}).get(method, {})  # from a search
+    train = {**prof["training"]["common"], **prof["training"][method], **tuned}
     return {
         "profile": prof["name"], "task": task, "method": method, "seed": int(seed),
         "model": copy.deepcopy(prof["model"]),
