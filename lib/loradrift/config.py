@@ -173,6 +173,8 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # other work on the machine slows CPU timings: the 1/5/15-minute load averages say how much
+        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {},
     }
     for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "numpy", "scipy", "loradrift"):
