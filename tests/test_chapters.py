@@ -15,13 +15,14 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = [ROOT / "index.qmd", *sorted((ROOT / "chapters").glob("*.qmd"))]
+CHAPTERS = [ROOT / "index.qmd", *sorted(p for p in (ROOT / "chapters").glob("*.qmd") if not p.name.startswith("_"))]
+INCLUDE = re.compile(r"\{\{<\s*include\s+(\S+)\s*>\}\}")
 CELL = re.compile(r"^```\{python\}[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 INLINE = re.compile(r"`\{python\}\s+([^`]+)`")
 
 
 def qmd_to_notebook(path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
-    text = path.read_text()
+    text = INCLUDE.sub(lambda m: (path.parent / m.group(1)).read_text(), path.read_text())
     cells = [m.group(1) for m in CELL.finditer(text)]
     prose = CELL.sub("", text)
     inline = INLINE.findall(prose)
@@ -69,6 +70,7 @@ def test_chapter_degrades_without_results(chapter, tmp_path):
     assert not list((tmp_path / "artifacts").glob("**/*.safetensors")), "a chapter trained a model"
 
 
-def test_inline_expressions_are_found():
-    _, inline = qmd_to_notebook(ROOT / "chapters" / "training.qmd")
+def test_inline_expressions_and_includes_are_found():
+    nb, inline = qmd_to_notebook(ROOT / "chapters" / "training.qmd")
     assert any("n_done" in e for e in inline)
+    assert any("search" in c.source for c in nb.cells)  # the included _search.qmd section

@@ -44,6 +44,12 @@ def build_parser():
         q = sub.add_parser(name, help=text)
         _common(q)
         q.add_argument("--task", action="append")
+        if name == "search":
+            q.add_argument("--method", action="append", help="full or lora (repeatable; default: both)")
+            q.add_argument("--n-trials", type=int, help="trials per task x method (default: the profile's)")
+            q.add_argument("--apply", action="store_true",
+                           help="write the chosen values into the profile (training.per_task): older runs become stale")
+            q.add_argument("--apply-only", action="store_true", help="apply existing search results, search nothing")
         if name == "deploy":
             q.add_argument("--arch", help="architecture-only run on random weights: tinyllama-1.1b or smollm2-135m")
             q.add_argument("--vllm", action="store_true", help="the vLLM multi-LoRA path (CUDA only)")
@@ -123,8 +129,13 @@ def cmd_deploy(prof, args):
 
 
 def cmd_search(prof, args):
-    from .search import run_search
-    run_search(prof, tasks=args.task, glue_source=args.glue_dir)
+    from .search import apply_search, run_search
+    target = args.profile or prof["name"]
+    if args.apply_only:
+        apply_search(target, tasks=args.task, methods=args.method)
+        return
+    run_search(prof, tasks=args.task, methods=args.method, n_trials=args.n_trials,
+               glue_source=args.glue_dir, apply=target if args.apply else False)
 
 
 def cmd_all(prof, args):
