@@ -120,6 +120,7 @@ def write_json(path: Path, obj: Any) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=False, default=_json_default)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -135,6 +136,7 @@ def write_csv(path: Path, df) -> Path:
     os.close(fd)
     try:
         df.to_csv(tmp, index=False)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
