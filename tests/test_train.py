@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -57,19 +56,27 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     prof["training"]["full"]["num_train_epochs"] = 12  # long enough to be killed midway
     tiny_profile.write_text(yaml.safe_dump(prof))
     ck = book_root / "artifacts" / "tiny" / "runs" / "rte-full-s3" / "checkpoints"
-    cmd = [sys.executable, "-m", "loradrift", "train", "--profile", str(tiny_profile),
-           "--task", "rte", "--method", "full", "--seed", "3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (ck.exists() and len(list(ck.glob("checkpoint-*/trainer_state.json"))) >= 1):
-        assert proc.poll() is None, "the run finished before it could be interrupted"
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.kill()
-    proc.wait()
+    args = ["train", "--profile", str(tiny_profile), "--task", "rte", "--method", "full", "--seed", "3"]
+    # the first run dies hard (os._exit, like a kill -9) right after its second checkpoint is written
+    crash = (
+        "import os, sys\n"
+        "from transformers import Trainer\n"
+        "save = Trainer._save_checkpoint\n"
+        "n = [0]\n"
+        "def dying_save(self, *a, **k):\n"
+        "    save(self, *a, **k)\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 2:\n"
+        "        os._exit(9)\n"
+        "Trainer._save_checkpoint = dying_save\n"
+        "from loradrift.cli import main\n"
+        f"sys.exit(main({args!r}))\n")
+    first = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 9, first.stderr[-2000:]
+    assert len(list(ck.glob("checkpoint-*"))) == 2
     assert not result_path("tiny", "rte-full-s3").exists()
     assert unit_status(prof, "rte", "full", 3) == "partial"
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "loradrift", *args], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resuming from" in out.stdout
     rec = read_json(result_path("tiny", "rte-full-s3"))
