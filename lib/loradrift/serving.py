@@ -699,6 +699,16 @@ def _unit_results(prof: dict, tasks, seed: int) -> dict:
     return out
 
 
+def _multi_group(model, encode, modes, n_adapters, **switch_kw):
+    """Servers over one model holding every adapter: switching (`multi`) and mixed batches (`mixed`)."""
+    servers = {}
+    if "multi" in modes:
+        servers["multi"] = SwitchServer(model, encode, **switch_kw)
+    if "mixed" in modes:
+        servers["mixed"] = MixedServer(model, encode)
+    return {"servers": servers, "models": model, "extra": {"adapters_resident": n_adapters}}
+
+
 def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = False, out_dir=None,
                log=print, **overrides) -> dict:
     """The deployment benchmark of a profile's trained models (seed ``cfg['seed']``, default the first).
@@ -774,12 +784,7 @@ def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = Fal
     def multi_loader():
         names = [m for m in ("multi", "mixed") if m in modes]
         m = load_multi_adapter(base_model(), {t: dirs[t]["lora"] for t in tasks}).to(device).eval()
-        servers = {}
-        if "multi" in names:
-            servers["multi"] = SwitchServer(m, encode)
-        if "mixed" in names:
-            servers["mixed"] = MixedServer(m, encode)
-        return {"servers": servers, "models": m, "extra": {"adapters_resident": len(tasks)}}
+        return _multi_group(m, encode, names, len(tasks))
 
     def routed_loader():
         models = {}
@@ -980,12 +985,7 @@ def run_arch(arch: str = "tinyllama-1.1b", device: str | None = None, out_dir=No
 
     def multi_loader():
         m = random_lora_model(arch_kwargs, dtype, device, tasks, cfg)
-        servers = {}
-        if "multi" in modes:
-            servers["multi"] = SwitchServer(m, encode, active=tasks[0])
-        if "mixed" in modes:
-            servers["mixed"] = MixedServer(m, encode)
-        return {"servers": servers, "models": m, "extra": {"adapters_resident": len(tasks)}}
+        return _multi_group(m, encode, modes, len(tasks), active=tasks[0])
 
     def routed_loader():
         models = {}
