@@ -699,6 +699,16 @@ def _unit_results(prof: dict, tasks, seed: int) -> dict:
     return out
 
 
+def _adapter_group(model, mode, encode):
+    """A server over one adapter model: unmerged (`lora`), or merged first (`merged`, merge time recorded)."""
+    extra = {}
+    if mode == "merged":
+        t1 = time.perf_counter()
+        model = model.merge_and_unload().eval()
+        extra["merge_s"] = time.perf_counter() - t1
+    return {"servers": {mode: Server(model, encode)}, "models": model, "extra": extra}
+
+
 def _multi_group(model, encode, modes, n_adapters, **switch_kw):
     """Servers over one model holding every adapter: switching (`multi`) and mixed batches (`mixed`)."""
     servers = {}
@@ -772,12 +782,7 @@ def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = Fal
                 t0 = time.perf_counter()
                 m, _ = load_finetuned(prof, dirs[task]["lora"], "lora", merge=False)
                 m = m.to(device).eval()
-                extra = {}
-                if mode == "merged":
-                    t1 = time.perf_counter()
-                    m = m.merge_and_unload().eval()
-                    extra["merge_s"] = time.perf_counter() - t1
-                return {"servers": {mode: Server(m, encode)}, "models": m, "extra": extra}
+                return _adapter_group(m, mode, encode)
             raise AssertionError(mode)
         return load
 
@@ -975,12 +980,7 @@ def run_arch(arch: str = "tinyllama-1.1b", device: str | None = None, out_dir=No
                 if t != task:
                     m.delete_adapter(t)
             m.set_adapter(task)
-            extra = {}
-            if mode == "merged":
-                t1 = time.perf_counter()
-                m = m.merge_and_unload().eval()
-                extra["merge_s"] = time.perf_counter() - t1
-            return {"servers": {mode: Server(m, encode)}, "models": m, "extra": extra}
+            return _adapter_group(m, mode, encode)
         return load
 
     def multi_loader():
