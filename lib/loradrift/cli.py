@@ -5,7 +5,8 @@
     python -m loradrift train --task rte --method lora --seed 42
     python -m loradrift train                       # every unit of the profile (skips finished ones)
     python -m loradrift drift | deploy | search     # the later stages
-    python -m loradrift all                         # setup, train, drift, deploy
+    python -m loradrift all                         # setup, search (applied), train, drift, deploy
+    python -m loradrift timing                      # the study's run time, stage by stage
 
 The profile comes from --profile, else QUARTO_PROFILE, else ``cpu``.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from . import LoraDriftError
 from .config import available_profiles, data_dir, load_profile, read_json, write_json
@@ -32,6 +32,7 @@ def build_parser():
     sub = ap.add_subparsers(dest="cmd", required=True)
     _common(sub.add_parser("status", help="list units and their state"))
     _common(sub.add_parser("setup", help="data statistics, baselines and the sanity check"))
+    _common(sub.add_parser("timing", help="write the study's run time, stage by stage, to study_time.json"))
     p = sub.add_parser("train", help="train one unit, or every unit that is not done")
     _common(p)
     p.add_argument("--task", action="append", help="rte, mrpc or sst2 (repeatable; default: all)")
@@ -40,7 +41,7 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="re-train even if a current result exists")
     for name, text in (("drift", "representational drift, weight space and forgetting"),
                        ("deploy", "the serving benchmark"), ("search", "hyperparameter search"),
-                       ("all", "setup, train, drift and deploy, in order")):
+                       ("all", "setup, search (applied), train, drift and deploy, in order")):
         q = sub.add_parser(name, help=text)
         _common(q)
         q.add_argument("--task", action="append")
@@ -138,14 +139,27 @@ def cmd_search(prof, args):
                glue_source=args.glue_dir, apply=target if args.apply else False)
 
 
+def cmd_timing(prof, args):
+    from .report import study_time
+    t = study_time(prof["name"])
+    write_json(data_dir(prof["name"]) / "study_time.json", t)
+    for s in t["stages"]:
+        print(f"{s['stage']:<8} {s['wall_s'] / 60:7.1f} min  {s['what']}")
+    print(f"total    {t['total_wall_s'] / 60:7.1f} min  -> {data_dir(prof['name']) / 'study_time.json'}")
+
+
 def cmd_all(prof, args):
-    t0 = time.time()
+    """Every stage in order; each skips what is current, so an interrupted `all` resumes."""
+    from .search import run_search
     args.method = args.seed = args.arch = None
     args.force = args.vllm = False
-    for step in (cmd_setup, cmd_train, cmd_drift, cmd_deploy):
+    cmd_setup(prof, args)
+    if prof.get("search"):
+        run_search(prof, tasks=args.task, glue_source=args.glue_dir, apply=args.profile or prof["name"])
+        prof = load_profile(args.profile or prof["name"])  # the applied values
+    for step in (cmd_train, cmd_drift, cmd_deploy, cmd_timing):
         step(prof, args)
-    write_json(data_dir(prof["name"]) / "study_time.json", {"wall_time_s": time.time() - t0})
 
 
-COMMANDS = {"status": cmd_status, "setup": cmd_setup, "train": cmd_train, "drift": cmd_drift,
+COMMANDS = {"status": cmd_status, "setup": cmd_setup, "timing": cmd_timing, "train": cmd_train, "drift": cmd_drift,
             "deploy": cmd_deploy, "search": cmd_search, "all": cmd_all}

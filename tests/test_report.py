@@ -1,0 +1,97 @@
+"""The preface's headline and the study's run time: computed from data/, checked against the records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loradrift import cli, report
+from loradrift.config import load_profile, repo_root
+
+COMMITTED = Path(__file__).resolve().parents[1] / "data" / "cpu"
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _fake_records(d: Path, run_loads=(1.0, 1.2), deploy_load=3.5):
+    _write(d / "sanity.json", {"full": {"seconds": 10.0}, "lora": {"seconds": 20.0}})
+    for i, load in enumerate(run_loads):
+        _write(d / "runs" / f"rte-full-s{i}.json", {"wall_time_s": 100.0 * (i + 1),
+                                                    "environment": {"cpu_count": 2, "load_avg": [load, 1, 1]}})
+    _write(d / "drift_timing.json", {"total_wall_s": 50.0, "total_cpu_s": 80.0, "per_task": {"rte": {}}})
+    _write(d / "deployment_meta.json", {"wall_time_s": 40.0, "loadavg_before": [deploy_load, 1, 1],
+                                        "environment": {"cpu_count": 2}})
+    _write(d / "search" / "summary.json", {"wall_s": 600.0, "cpu_s": 1100.0, "studies": [{}, {}]})
+
+
+def test_study_time_sums_every_stage(book_root):
+    _fake_records(book_root / "data" / "x")
+    t = report.study_time("x")
+    by = {s["stage"]: s for s in t["stages"]}
+    assert [s["stage"] for s in t["stages"]] == ["setup", "search", "train", "drift", "deploy"]
+    assert by["setup"]["wall_s"] == 30.0 and by["train"]["wall_s"] == 300.0 and by["train"]["pieces"] == 2
+    assert by["search"]["cpu_s"] == 1100.0 and by["drift"]["cpu_s"] == 80.0
+    assert t["total_wall_s"] == pytest.approx(30 + 600 + 300 + 50 + 40)
+    assert by["train"]["loaded"] is False          # load 1.2 on 2 cores: not shared
+    assert by["deploy"]["loaded"] is True          # load 3.5 on 2 cores: shared
+
+
+def test_study_time_flags_a_loaded_training_run_and_skips_absent_stages(book_root):
+    d = book_root / "data" / "y"
+    _write(d / "runs" / "a.json", {"wall_time_s": 5.0, "environment": {"cpu_count": 2, "load_avg": [4.0, 1, 1]}})
+    t = report.study_time("y")
+    assert [s["stage"] for s in t["stages"]] == ["train"] and t["stages"][0]["loaded"] is True
+    assert report.study_time("nothing-here")["total_wall_s"] == 0
+
+
+def test_timing_command_writes_study_time(tiny_profile, book_root, capsys):
+    _fake_records(book_root / "data" / "tiny")
+    assert cli.main(["timing", "--profile", str(tiny_profile)]) == 0
+    out = json.loads((book_root / "data" / "tiny" / "study_time.json").read_text())
+    assert out["total_wall_s"] == pytest.approx(1020.0)
+    assert "total" in capsys.readouterr().out
+
+
+def test_all_runs_search_and_applies_it_before_training(tiny_profile, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "cmd_setup", lambda prof, args: calls.append("setup"))
+    import loradrift.search as search
+    monkeypatch.setattr(search, "run_search", lambda prof, **kw: calls.append(("search", kw["apply"])))
+    for name in ("cmd_train", "cmd_drift", "cmd_deploy", "cmd_timing"):
+        monkeypatch.setattr(cli, name, lambda prof, args, n=name: calls.append(n))
+    prof = load_profile(str(tiny_profile))
+    prof["search"] = {"n_trials": 1}
+    args = cli.build_parser().parse_args(["all", "--profile", str(tiny_profile)])
+    cli.cmd_all(prof, args)
+    assert calls == ["setup", ("search", str(tiny_profile)), "cmd_train", "cmd_drift", "cmd_deploy", "cmd_timing"]
+
+
+@pytest.mark.skipif(not (COMMITTED / "runs").exists(), reason="no committed cpu results")
+def test_headline_matches_the_run_records(monkeypatch):
+    monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
+    assert repo_root() == COMMITTED.parents[1]
+    study, serving = report.headline("cpu")
+    runs = [json.loads(p.read_text()) for p in sorted((COMMITTED / "runs").glob("*.json"))]
+    tasks = {r["task"] for r in runs}
+    assert len(study) == len(tasks)
+    for r in ("rte", "mrpc", "sst2"):
+        if r not in tasks:
+            continue
+        metric = "f1" if r == "mrpc" else "accuracy"
+        vals = [x["test"][metric] for x in runs if x["task"] == r and x["method"] == "lora"]
+        mean = sum(vals) / len(vals)
+        row = study[study.task == {"rte": "RTE", "mrpc": "MRPC", "sst2": "SST-2"}[r]].iloc[0]
+        assert row["metric"] == metric
+        assert row["LoRA test"].startswith(f"{mean:.3f} ± ")
+    summ = json.loads((COMMITTED / "drift_summary.json").read_text()) if (COMMITTED / "drift_summary.json").exists() else {}
+    for t in summ.get("tests", []):
+        if t["pooling"] == "masked" and t["measure"] == "cka" and t["summary"] == "last":
+            row = study[study.task.str.lower().str.replace("-", "") == t["task"]].iloc[0]
+            assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
+            assert row["full FT 1−CKA"] == f"{t['mean_a']:.1e}" and row["LoRA 1−CKA"] == f"{t['mean_b']:.1e}"
+    if (COMMITTED / "deployment_meta.json").exists():
+        assert not serving.empty and serving["ratio [95% CI]"].str.contains("×").any()
