@@ -152,3 +152,123 @@ def summary_frame(runs):
                 pad_fraction=("pad_fraction", "mean"), trainable=("trainable", "first"),
                 total=("total", "first")).reset_index()
     return out
+
+
+# ---------------------------------------------------------------------------- run time
+def study_time(prof_name: str | None = None) -> dict:
+    """The study's run time, stage by stage, from the times each result recorded when it was computed.
+
+    A stage run in several sittings (or resumed) is the sum of its pieces; results that were skipped
+    because they were current cost nothing again. Wall times taken on a shared machine are inflated;
+    the per-stage ``loaded`` flag says where the 1-minute load average exceeded the cores in use.
+    """
+    import glob
+
+    from .config import read_json
+    name = prof_name or profile()
+    d = data_dir(name)
+    stages = []
+
+    def add(stage, wall, cpu=None, n=None, loaded=None, what=""):
+        if wall:
+            stages.append({"stage": stage, "wall_s": float(wall), "cpu_s": None if cpu is None else float(cpu),
+                           "pieces": n, "loaded": loaded, "what": what})
+
+    if (d / "sanity.json").exists():
+        s = read_json(d / "sanity.json")
+        add("setup", sum(v.get("seconds", 0) for v in s.values()), n=len(s),
+            what="sanity check (data statistics and baselines take seconds and are not timed)")
+    sp = d / "search" / "summary.json"
+    if sp.exists():
+        s = read_json(sp)
+        add("search", s.get("wall_s"), s.get("cpu_s"), n=len(s.get("studies", [])),
+            what="hyperparameter search, all trials")
+    runs = [read_json(p) for p in sorted(glob.glob(str(d / "runs" / "*.json")))]
+    if runs:
+        cores = max((r.get("environment") or {}).get("cpu_count") or 1 for r in runs)
+        loads = [((r.get("environment") or {}).get("load_avg") or [0])[0] for r in runs]
+        add("train", sum(r["wall_time_s"] for r in runs), n=len(runs), loaded=any(x > cores + 0.5 for x in loads),
+            what="training units, with their validation and test evaluations")
+    if (d / "drift_timing.json").exists():
+        s = read_json(d / "drift_timing.json")
+        add("drift", s.get("total_wall_s"), s.get("total_cpu_s"), n=len(s.get("per_task", {})),
+            what="hidden states, measures, weight space and perplexity")
+    if (d / "deployment_meta.json").exists():
+        m = read_json(d / "deployment_meta.json")
+        lb = (m.get("loadavg_before") or [0])[0]
+        add("deploy", m.get("wall_time_s"), n=1, loaded=lb > ((m.get("environment") or {}).get("cpu_count") or 1) + 0.5,
+            what="serving benchmark on the trained models")
+    total = sum(s["wall_s"] for s in stages)
+    return {"profile": name, "stages": stages, "total_wall_s": total, "total_wall_h": total / 3600,
+            "note": "sum of the wall times recorded by each stage's results; model conversion, installs "
+                    "and rendering are not included"}
+
+
+# ---------------------------------------------------------------------------- the preface's headline
+def headline(prof_name: str | None = None):
+    """Two small tables for the preface, computed from ``data/``: per task, the test metric and the
+    drift of each method (with the test of FT vs LoRA drift); and the serving overheads.
+
+    Returns ``(study, serving)`` DataFrames; either is empty when its stage has no results yet.
+    """
+    import pandas as pd
+
+    from . import drift, serving
+    name = prof_name or profile()
+    runs = runs_frame(name)
+    summ = summary_frame(runs)
+    res = drift.load_results(name)
+    sd, tests = res["seeds"], res["tests"]
+    rows = []
+    for task in [t for t in serving.TASK_NAMES if not summ.empty and t in set(summ["task"])]:
+        row = {"task": serving.TASK_NAMES[task]}
+        for method, label in (("full", "full FT"), ("lora", "LoRA")):
+            s = summ[(summ.task == task) & (summ.method == method)]
+            row["metric"] = summ[summ.task == task]["metric"].iloc[0]
+            row[f"{label} test"] = pm(s["mean"].iloc[0], s["sd"].iloc[0]) if len(s) else "n/a"
+        for method, label in (("full", "full FT"), ("lora", "LoRA")):
+            g = sd[(sd.task == task) & (sd.method == method) & (sd.pooling == "masked") & (sd.measure == "cka")] \
+                if not sd.empty else sd
+            row[f"{label} 1−CKA"] = f"{g['last'].mean():.1e}" if len(g) else "n/a"
+        t = tests[(tests.task == task) & (tests.pooling == "masked") & (tests.measure == "cka")
+                  & (tests.summary == "last")] if not tests.empty else tests
+        row["p (FT vs LoRA drift)"] = f"{t['perm_p'].iloc[0]:.2f} (Holm {t['perm_p_holm'].iloc[0]:.2f})" if len(t) else "n/a"
+        rows.append(row)
+    study = pd.DataFrame(rows)
+
+    srv = []
+    D = serving.load_results(data_dir(name))
+    if D is not None and not D["ratios"].empty:
+        rat, cfg = D["ratios"], D["meta"]["config"]
+        bmin, bmax = min(cfg["batch_sizes"]), max(cfg["batch_sizes"])
+        for num, den, what in (("lora", "merged", "unmerged adapter / merged model"),
+                               ("merged", "full", "merged / fully fine-tuned model (the same computation: "
+                                                  "the timing's resolution)")):
+            for bs in (bmin, bmax):
+                txt = serving.per_task_ratios(rat, num, den, bs)
+                if txt != "n/a":
+                    srv.append({"comparison": what, "batch size": str(bs), "ratio [95% CI]": txt})
+        mb = rat[rat.stream == "multi"]["batch_size"]
+        if len(mb):
+            for num, what in (("multi", "one base, adapter switched per batch / a merged model per task"),
+                              ("mixed", "one base, mixed-adapter batches / a merged model per task")):
+                for bs in (int(mb.min()), int(mb.max())):
+                    srv.append({"comparison": what, "batch size": str(bs),
+                                "ratio [95% CI]": serving.ratio_text(rat, num, "routed-merged", "multi", bs)})
+        lat = D["latency"]
+        if not lat.empty:
+            for bs in sorted(set(lat[lat["mode"] == "mixed"]["batch_size"]) & set(lat[lat["mode"] == "merged"]["batch_size"])):
+                mx = lat[(lat["mode"] == "mixed") & (lat.batch_size == bs)]["throughput_rps"].mean()
+                # the same number of requests of each task, each on its own merged model: harmonic mean
+                mg = 1 / (1 / lat[(lat["mode"] == "merged") & (lat.batch_size == bs)]["throughput_rps"]).mean()
+                srv.append({"comparison": "throughput: mixed-adapter batches / a merged model per task "
+                                          "(harmonic mean over tasks)",
+                            "batch size": str(int(bs)), "ratio [95% CI]": f"{mx / mg:.2f}× ({mx:.1f} / {mg:.1f} req/s)"})
+        st = D["storage"]
+        if not st.empty and {"artifact", "bytes"} <= set(st.columns):
+            ad = st[st.artifact.str.contains("adapter")]["bytes"]
+            fu = st[st.artifact.str.contains("full")]["bytes"]
+            if len(ad) and len(fu):
+                srv.append({"comparison": "on disk: adapter / fully fine-tuned model", "batch size": "",
+                            "ratio [95% CI]": f"{ad.mean() / 1e6:.1f} MB / {fu.mean() / 1e6:.0f} MB"})
+    return study, pd.DataFrame(srv)
