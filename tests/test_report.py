@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,24 @@ def test_headline_matches_the_run_records(monkeypatch):
         if t["pooling"] == "masked" and t["measure"] == "cka" and t["summary"] == "last":
             row = study[study.task.str.lower().str.replace("-", "") == t["task"]].iloc[0]
             assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
-            assert row["full FT 1−CKA"] == f"{t['mean_a']:.1e}" and row["LoRA 1−CKA"] == f"{t['mean_b']:.1e}"
+            assert row["full FT 1−CKA"] == report.sig(t["mean_a"], 2) and row["LoRA 1−CKA"] == report.sig(t["mean_b"], 2)
     if (COMMITTED / "deployment_meta.json").exists():
         assert not serving.empty and serving["ratio [95% CI]"].str.contains("×").any()
+
+
+def test_sig_formats_small_numbers_as_text_and_keeps_plain_ones():
+    assert report.sig(5.34e-4, 2) == "5.3 × 10⁻⁴"
+    assert report.sig(0.2051, 2) == "0.21" and report.sig(0, 2) == "0"
+    assert report.sig(None) == "n/a" and report.sig(float("nan")) == "n/a"
+
+
+def test_every_chart_gets_its_own_div_with_a_static_fallback():
+    import altair as alt
+    import pandas as pd
+    ch = alt.Chart(pd.DataFrame({"x": [1, 2]})).mark_point().encode(x="x")
+    a, b = report.chart_html(ch, "AAAA"), report.chart_html(ch, "BBBB")
+    ida, idb = (re.search(r'<div id="(vis-[^"]+)">', h).group(1) for h in (a, b))
+    assert ida != idb
+    for h, i, png in ((a, ida, "AAAA"), (b, idb, "BBBB")):
+        assert f'<div id="{i}"><img src="data:image/png;base64,{png}"' in h   # PNG until vega-embed replaces it
+        assert f'vegaEmbed("#{i}"' in h

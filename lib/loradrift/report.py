@@ -83,19 +83,35 @@ def table(df, digits: int = 3, index: bool = False):
     _display({"text/markdown": md, "text/plain": df.to_string(index=index)})
 
 
+_N_CHARTS = [0]
+
+
+def chart_html(chart, png_b64: str) -> str:
+    """vega-embed HTML for one chart, in a div of its own, holding the static PNG until the
+    interactive chart replaces it (so a reader without the CDN, or without JavaScript, sees it)."""
+    import hashlib
+    import json
+    _N_CHARTS[0] += 1
+    spec = json.dumps(chart.to_dict(), sort_keys=True)
+    div = f"vis-{_N_CHARTS[0]}-{hashlib.md5(spec.encode()).hexdigest()[:8]}"  # unique on a page, stable across renders
+    html = chart.to_html(fullhtml=False, output_div=div)
+    img = f'<img src="data:image/png;base64,{png_b64}" alt="chart (static)" style="max-width:100%">'
+    return html.replace(f'<div id="{div}"></div>', f'<div id="{div}">{img}</div>', 1)
+
+
 def show(chart, scale: float = 2.0):
     """An altair chart: interactive (vega-embed) in HTML, a PNG in PDF and plain outputs.
 
     Quarto picks the richest output its format can show: HTML takes ``text/html``, LaTeX/PDF
-    takes ``image/png``.
+    takes ``image/png``. Each chart gets its own div (altair's default id would make every chart
+    on a page draw into the first one).
     """
     import vl_convert as vlc
     spec = chart.to_dict()
-    png = vlc.vegalite_to_png(spec, scale=scale)
-    html = chart.to_html(fullhtml=False) if hasattr(chart, "to_html") else None
-    bundle = {"image/png": base64.b64encode(png).decode(), "text/plain": f"<{type(chart).__name__}>"}
-    if html:
-        bundle["text/html"] = html
+    png = base64.b64encode(vlc.vegalite_to_png(spec, scale=scale)).decode()
+    bundle = {"image/png": png, "text/plain": f"<{type(chart).__name__}>"}
+    if hasattr(chart, "to_html"):
+        bundle["text/html"] = chart_html(chart, png)
     _display(bundle)
 
 
@@ -110,6 +126,25 @@ def fmt(x, digits: int = 3) -> str:
     except TypeError:
         pass
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+_SUP = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def sig(x, digits: int = 3, na: str = "n/a") -> str:
+    """A number with ``digits`` significant figures; small or large ones as m × 10ⁿ (text, never
+    re-parsed as a number by a table formatter)."""
+    import math
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return na
+    if math.isnan(x):
+        return na
+    if x == 0 or 1e-3 <= abs(x) < 1e4:
+        return f"{x:.{digits}g}"
+    m, e = f"{x:.{digits - 1}e}".split("e")
+    return f"{m} × 10{str(int(e)).translate(_SUP)}"
 
 
 def pm(mean, sd, digits: int = 3) -> str:
@@ -229,7 +264,7 @@ def headline(prof_name: str | None = None):
         for method, label in (("full", "full FT"), ("lora", "LoRA")):
             g = sd[(sd.task == task) & (sd.method == method) & (sd.pooling == "masked") & (sd.measure == "cka")] \
                 if not sd.empty else sd
-            row[f"{label} 1−CKA"] = f"{g['last'].mean():.1e}" if len(g) else "n/a"
+            row[f"{label} 1−CKA"] = sig(g["last"].mean(), 2) if len(g) else "n/a"
         t = tests[(tests.task == task) & (tests.pooling == "masked") & (tests.measure == "cka")
                   & (tests.summary == "last")] if not tests.empty else tests
         row["p (FT vs LoRA drift)"] = f"{t['perm_p'].iloc[0]:.2f} (Holm {t['perm_p_holm'].iloc[0]:.2f})" if len(t) else "n/a"
