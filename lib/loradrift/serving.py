@@ -823,12 +823,17 @@ def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = Fal
             "base_model": prof["model"]["name_or_path"], "units": {f"{m}/{t}": u for (m, t), u in units.items()},
             "n_stream_requests": {t: len(v) for t, v in streams.items()},
             "timing": "perf_counter around tokenise+pad, adapter switch, forward, device sync, logits to host",
-            "loadavg_before": load_before, "loadavg_after": _loadavg(),
-            "wall_time_s": time.perf_counter() - t_start, "vllm": _vllm_status(),
-            "environment": environment(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            **_run_record(load_before, t_start)}
     _write_all(out_dir, frames, meta)
     log(f"deployment results -> {out_dir} ({meta['wall_time_s']:.0f} s)")
     return {"out_dir": out_dir, "skipped": False, "meta": meta}
+
+
+def _run_record(load_before, t_start: float) -> dict:
+    """What every benchmark run records about itself: load, duration, vLLM status, environment."""
+    return {"loadavg_before": load_before, "loadavg_after": _loadavg(),
+            "wall_time_s": time.perf_counter() - t_start, "vllm": _vllm_status(),
+            "environment": environment(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _storage_rows(prof, tasks, dirs, base_path) -> list[dict]:
@@ -1017,9 +1022,7 @@ def run_arch(arch: str = "tinyllama-1.1b", device: str | None = None, out_dir=No
             "length_source": length_source,
             "mean_length": {t: float(np.mean([len(r.ids) for r in v])) for t, v in streams.items()},
             "timing": "perf_counter around pad, adapter switch, forward, device sync, logits to host",
-            "loadavg_before": load_before, "loadavg_after": _loadavg(),
-            "wall_time_s": time.perf_counter() - t_start, "vllm": _vllm_status(),
-            "environment": environment(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            **_run_record(load_before, t_start)}
     _write_all(out_dir, frames, meta)
     log(f"architecture-only results -> {out_dir} ({meta['wall_time_s']:.0f} s)")
     return {"out_dir": out_dir, "meta": meta}
