@@ -36,6 +36,11 @@ TASK_INFO = {
 HUB_COLUMNS = {"sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2")}
 
 
+def task_name(task: str) -> str:
+    """The task's GLUE name for prose and tables: RTE, MRPC, SST-2."""
+    return TASK_INFO[check_task(task)]["folder"]
+
+
 def task_metric(task: str) -> str:
     return TASK_INFO[check_task(task)]["metric"]
 

@@ -248,18 +248,18 @@ def headline(prof_name: str | None = None):
     """
     import pandas as pd
 
-    from . import drift, serving
+    from . import TASKS, drift, serving
+    from .data import task_name
     name = prof_name or profile()
     runs = runs_frame(name)
     summ = summary_frame(runs)
     res = drift.load_results(name)
     sd, tests = res["seeds"], res["tests"]
     rows = []
-    for task in [t for t in serving.TASK_NAMES if not summ.empty and t in set(summ["task"])]:
-        row = {"task": serving.TASK_NAMES[task]}
+    for task in [t for t in TASKS if not summ.empty and t in set(summ["task"])]:
+        row = {"task": task_name(task), "metric": summ[summ.task == task]["metric"].iloc[0]}
         for method, label in (("full", "full FT"), ("lora", "LoRA")):
             s = summ[(summ.task == task) & (summ.method == method)]
-            row["metric"] = summ[summ.task == task]["metric"].iloc[0]
             row[f"{label} test"] = pm(s["mean"].iloc[0], s["sd"].iloc[0]) if len(s) else "n/a"
         for method, label in (("full", "full FT"), ("lora", "LoRA")):
             g = sd[(sd.task == task) & (sd.method == method) & (sd.pooling == "masked") & (sd.measure == "cka")] \

@@ -1094,9 +1094,6 @@ def load_results(out_dir) -> dict | None:
     return res
 
 
-TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "sst2": "SST-2"}
-
-
 def ratio_text(rat, num: str, den: str, stream: str | None = None, bs: int | None = None, na: str = "n/a") -> str:
     """'1.23× [1.20, 1.26]': one row of the ratios table (numerator / denominator, 95% interval), or ``na``."""
     if rat is None or rat.empty:
@@ -1116,8 +1113,10 @@ def per_task_ratios(rat, num: str, den: str, bs: int, na: str = "n/a") -> str:
     """'RTE 1.10× [..]; MRPC ...': a ratio on each task's own request stream."""
     if rat is None or rat.empty:
         return na
-    tasks = [t for t in TASK_NAMES if t in set(rat.stream)]
-    parts = [f"{TASK_NAMES[t]} {ratio_text(rat, num, den, t, bs, na)}" for t in tasks]
+    from . import TASKS
+    from .data import task_name
+    tasks = [t for t in TASKS if t in set(rat.stream)]
+    parts = [f"{task_name(t)} {ratio_text(rat, num, den, t, bs, na)}" for t in tasks]
     parts = [p for p in parts if not p.endswith(na)]
     return "; ".join(parts) if parts else na
 
