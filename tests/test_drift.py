@@ -258,3 +258,33 @@ def test_load_results_without_results(book_root):
     res = drift.load_results("cpu")
     assert res["tasks"] == [] and res["layers"].empty and res["seeds"].empty
     assert drift.replication_table(res).empty
+
+
+def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, capsys):
+    """Drift results say when a unit they read has since been re-trained (the study re-run in pieces)."""
+    from loradrift import report, serving
+    from loradrift.config import load_profile, read_json, write_json
+    root, prof = tiny_book
+    drift.run_drift(prof, tasks=["rte"])
+    p = load_profile(prof)
+    assert drift.is_current(p, "rte") and report.outdated(prof)["drift"] == []
+    unit = root / "data" / "tiny" / "runs" / "rte-lora-s2.json"
+    rec = read_json(unit)
+    meta = {"seed": 2, "tasks": ["rte"],  # as run_deploy records them
+            "units": {f"{m}/{t}": u for (m, t), u in serving._unit_results(p, ["rte"], 2).items()}}
+    assert serving.outdated_units(p, meta) == []
+    try:
+        write_json(unit, {**rec, "finished_at": "2099-01-01T00:00:00Z"})  # as if re-trained later
+        assert not drift.is_current(p, "rte")
+        assert report.outdated(prof)["drift"] == ["rte"]
+        assert serving.outdated_units(p, meta) == ["lora/rte"]
+        monkey_out = []
+        report.note = monkey_out.append  # capture instead of displaying
+        assert report.outdated_note("drift", prof) is True
+        assert "RTE" in monkey_out[0] and "drift --profile" in monkey_out[0]
+    finally:
+        import importlib
+        importlib.reload(report)
+        write_json(unit, rec)
+    assert drift.is_current(p, "rte")
+    assert not drift.is_current(p, "sst2")  # never computed

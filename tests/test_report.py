@@ -114,3 +114,48 @@ def test_every_chart_gets_its_own_div_with_a_static_fallback():
     for h, i, png in ((a, ida, "AAAA"), (b, idb, "BBBB")):
         assert f'<div id="{i}"><img src="data:image/png;base64,{png}"' in h   # PNG until vega-embed replaces it
         assert f'vegaEmbed("#{i}"' in h
+
+
+def test_untuned_units_are_kept_beside_the_study():
+    """The study's first run (untuned values) stays readable for the search's test-split comparison."""
+    old = report.runs_frame("cpu", "runs_untuned")
+    assert len(old) == 18 and set(old["task"]) == {"rte", "mrpc", "sst2"}
+    assert old.groupby(["task", "method"])["seed"].nunique().eq(3).all()
+    cfg = json.loads((COMMITTED / "runs_untuned" / "rte-lora-s42.json").read_text())["config"]["training"]
+    prof = load_profile("cpu")
+    assert cfg["learning_rate"] == prof["training"]["lora"]["learning_rate"]  # the profile's own values
+
+
+def _unit_record(prof, task, method, seed, score, current=True):
+    from loradrift.config import config_hash, run_id, unit_config
+    cfg = unit_config(prof, task, method, seed)
+    return {"id": run_id(task, method, seed), "task": task, "method": method, "seed": seed,
+            "test": {"accuracy": score, "f1": score, "n": 10}, "validation": {"accuracy": score, "f1": score},
+            "train_runtime_s": 1.0, "wall_time_s": 1.0, "params": {"trainable": 1, "total": 2},
+            "steps": 1, "early_stopped": False, "config": cfg,
+            "config_hash": config_hash(cfg) if current else "0" * 16}
+
+
+def test_tuned_vs_untuned_compares_only_units_retrained_with_searched_values(tiny_profile, book_root):
+    import yaml
+    d = book_root / "data" / "tiny"
+    prof = load_profile(str(tiny_profile))
+    for s, v in zip((1, 2, 3), (0.50, 0.55, 0.60)):  # untuned units: the profile's own values
+        for m in ("full", "lora"):
+            _write(d / "runs_untuned" / f"rte-{m}-s{s}.json", _unit_record(prof, "rte", m, s, v))
+    raw = yaml.safe_load(tiny_profile.read_text())
+    raw["training"]["per_task"] = {"rte": {"lora": {"learning_rate": 1e-2}}}  # only rte/lora searched
+    tiny_profile.write_text(yaml.safe_dump(raw))
+    prof = load_profile(str(tiny_profile))
+    for s, v in zip((1, 2, 3), (0.70, 0.72, 0.74)):
+        _write(d / "runs" / f"rte-lora-s{s}.json", _unit_record(prof, "rte", "lora", s, v))
+        _write(d / "runs" / f"rte-full-s{s}.json", _unit_record(prof, "rte", "full", s, v + 0.1))
+    t = report.tuned_vs_untuned(str(tiny_profile)).set_index("method")
+    assert bool(t.loc["lora", "retrained"]) and not bool(t.loc["full", "retrained"])  # full: no searched values
+    assert t.loc["lora", "diff"] == pytest.approx(0.72 - 0.55)
+    assert t.loc["lora", "ci_low"] < t.loc["lora", "diff"] < t.loc["lora", "ci_high"]
+    import numpy as np
+    assert np.isnan(t.loc["full", "diff"])
+    # one lora unit left from before the search (stale): no comparison until all three are current
+    _write(d / "runs" / "rte-lora-s3.json", _unit_record(prof, "rte", "lora", 3, 0.74, current=False))
+    assert not report.tuned_vs_untuned(str(tiny_profile)).set_index("method").loc["lora", "retrained"]

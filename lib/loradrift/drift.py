@@ -369,6 +369,29 @@ def _unit_fingerprint(prof: dict, rid: str) -> dict:
     return {"id": rid, "config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at")}
 
 
+def _task_rids(prof: dict, task: str) -> list[tuple[str, str, int]]:
+    return [(run_id(task, m, s), m, int(s)) for m in prof["methods"] for s in prof["seeds"]]
+
+
+def task_fingerprint(prof: dict, task: str, cfg: dict | None = None) -> str:
+    """What a task's drift results depend on: the drift settings and the trained units they read."""
+    cfg = cfg or drift_config(prof)
+    return _fingerprint({"settings": _extract_settings(prof, cfg, task), "cfg": cfg,
+                         "units": [_unit_fingerprint(prof, r) for r, _, _ in _task_rids(prof, task)]})
+
+
+def is_current(prof: dict, task: str, fp: str | None = None) -> bool:
+    """Were the task's committed drift results computed from its current trained units and settings?
+    False when they are absent, unreadable, or made from units that have since been re-trained."""
+    d = data_dir(prof["name"])
+    if not ((d / f"drift_{task}.json").exists() and (d / f"drift_{task}_layers.csv").exists()):
+        return False
+    try:
+        return read_json(d / f"drift_{task}.json").get("fingerprint") == (fp or task_fingerprint(prof, task))
+    except (ValueError, FileNotFoundError, KeyError):
+        return False
+
+
 def _extract_settings(prof: dict, cfg: dict, task: str) -> dict:
     return {"task": task, "model": prof["model"], "data": {k: v for k, v in prof["data"].items() if k != "source"},
             "max_examples": cfg["max_examples"].get(task), "sample_seed": cfg["sample_seed"],
@@ -503,19 +526,13 @@ def run_drift(prof: dict | str, tasks=None, glue_source=None) -> dict:
             status[task] = "skipped: units not done: " + ", ".join(bad)
             print(f"[drift {task}] skipped: not all training units are done: {', '.join(bad)}")
             continue
-        rids = [(run_id(task, m, s), m, int(s)) for m in prof["methods"] for s in prof["seeds"]]
+        rids = _task_rids(prof, task)
         settings = _extract_settings(prof, cfg, task)
-        fp = _fingerprint({"settings": settings, "cfg": cfg, "units": [_unit_fingerprint(prof, r) for r, _, _ in rids]})
-        out_json = data_dir(prof["name"]) / f"drift_{task}.json"
-        if out_json.exists() and (data_dir(prof["name"]) / f"drift_{task}_layers.csv").exists():
-            try:
-                current = read_json(out_json).get("fingerprint") == fp
-            except ValueError:
-                current = False
-            if current:
-                status[task] = "current"
-                print(f"[drift {task}] results are current: {out_json} (skipped)")
-                continue
+        fp = task_fingerprint(prof, task, cfg)
+        if is_current(prof, task, fp):
+            status[task] = "current"
+            print(f"[drift {task}] results are current: drift_{task}.json (skipped)")
+            continue
         _run_task(prof, cfg, task, rids, settings, fp, base, glue_source)
         status[task] = "computed"
     if any(v == "computed" for v in status.values()) or not (data_dir(prof["name"]) / "drift_summary.json").exists():

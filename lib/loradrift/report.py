@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 
-from .config import active_profile, data_dir, load_profile
+from .config import active_profile, data_dir, load_profile, read_json
 
 STAGES = {  # stage -> (module, function, one-line description)
     "setup": ("loradrift.cli", "cmd_setup", "data statistics, baselines, sanity check"),
@@ -64,6 +64,38 @@ def command(stage: str) -> str:
 def missing_note(stage: str, what: str | None = None):
     note(f"**Not computed yet** for the `{profile()}` profile: {what or STAGES[stage][2]}. "
          f"Run `{command(stage)}` (or render with `quarto render --execute`) to compute it.")
+
+
+def outdated(prof_name: str | None = None) -> dict:
+    """Later-stage results made from training units that have since been re-trained (or a stale config):
+    {"train": [stale unit ids], "drift": [tasks], "deploy": [method/task]}; empty lists when all current."""
+    from . import drift, serving
+    from .train import load_runs
+    src = prof_name or profile()  # a profile name or a YAML path
+    prof = load_profile(src)
+    d = data_dir(prof["name"])
+    out = {"train": sorted(r["id"] for r in load_runs(src) if r["status"] != "done"),
+           "drift": [t for t in prof["tasks"] if (d / f"drift_{t}.json").exists() and not drift.is_current(prof, t)],
+           "deploy": []}
+    if (d / "deployment_meta.json").exists():
+        out["deploy"] = serving.outdated_units(prof, read_json(d / "deployment_meta.json"))
+    return out
+
+
+def outdated_note(stage: str, prof_name: str | None = None) -> bool:
+    """Show a note when a stage's committed results come from superseded training units; True if shown."""
+    from .data import task_name
+    od = outdated(prof_name)
+    items = od[stage]
+    if not items:
+        return False
+    what = {"train": f"{len(items)} training unit(s) ({', '.join(items)}) were made with values the profile no "
+                     "longer has; they are shown until re-trained",
+            "drift": f"the drift results of {', '.join(task_name(t) for t in items)} were computed from training "
+                     "units that have since been re-trained",
+            "deploy": f"the benchmark served models ({', '.join(items)}) that have since been re-trained"}[stage]
+    note(f"**Out of date:** {what}. Run `{command(stage)}` to bring them up to date.")
+    return True
 
 
 # ---------------------------------------------------------------------------- display
@@ -156,14 +188,15 @@ def pct(x, digits: int = 1) -> str:
 
 
 # ---------------------------------------------------------------------------- study tables
-def runs_frame(prof_name: str | None = None):
-    """One row per training unit: test and validation metrics, cost, status."""
+def runs_frame(prof_name: str | None = None, subdir: str = "runs"):
+    """One row per training unit: test and validation metrics, cost, status (``subdir``: another set
+    of units kept beside the study's, e.g. ``runs_untuned``)."""
     import pandas as pd
 
     from .data import task_metric
     from .train import load_runs
     rows = []
-    for r in load_runs(prof_name or profile()):
+    for r in load_runs(prof_name or profile(), subdir):
         rows.append({"id": r["id"], "task": r["task"], "method": r["method"], "seed": r["seed"],
                      "status": r["status"], "metric": task_metric(r["task"]),
                      "test_score": r["test"][task_metric(r["task"])],
@@ -189,6 +222,37 @@ def summary_frame(runs):
     return out
 
 
+def tuned_vs_untuned(prof_name: str | None = None):
+    """Test metric of the units trained with the profile's untuned values (``runs_untuned``, kept from
+    the study's first run) against the current units made with the searched values, per task and
+    method: means, sds, the difference of means and its Welch 95% interval. ``retrained`` is False
+    (and the searched columns NaN) until all of a task x method's units are current with searched values."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    name = prof_name or profile()
+    prof = load_profile(name)
+    old, new = runs_frame(name, "runs_untuned"), runs_frame(name)
+    cols = ["task", "method", "metric", "n_untuned", "untuned_mean", "untuned_sd", "n_searched", "searched_mean",
+            "searched_sd", "diff", "ci_low", "ci_high", "retrained"]
+    rows = []
+    for (task, method), g_old in ([] if old.empty else old.groupby(["task", "method"], sort=False)):
+        tuned = bool((prof["training"].get("per_task") or {}).get(task, {}).get(method))
+        g_new = new[(new.task == task) & (new.method == method) & (new.status == "done")] if tuned and not new.empty \
+            else new.iloc[0:0]
+        a, b = g_old["test_score"].to_numpy(float), g_new["test_score"].to_numpy(float)
+        done = tuned and len(b) == len(a) and len(b) >= 2
+        ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.95) if done else None
+        rows.append({"task": task, "method": method, "metric": g_old["metric"].iloc[0],
+                     "n_untuned": len(a), "untuned_mean": a.mean(), "untuned_sd": a.std(ddof=1),
+                     "n_searched": len(b), "searched_mean": b.mean() if done else np.nan,
+                     "searched_sd": b.std(ddof=1) if done else np.nan,
+                     "diff": b.mean() - a.mean() if done else np.nan,
+                     "ci_low": ci.low if done else np.nan, "ci_high": ci.high if done else np.nan, "retrained": done})
+    return pd.DataFrame(rows, columns=cols)
+
+
 # ---------------------------------------------------------------------------- run time
 def study_time(prof_name: str | None = None) -> dict:
     """The study's run time, stage by stage, from the times each result recorded when it was computed.
@@ -199,7 +263,6 @@ def study_time(prof_name: str | None = None) -> dict:
     """
     import glob
 
-    from .config import read_json
     name = prof_name or profile()
     d = data_dir(name)
     stages = []

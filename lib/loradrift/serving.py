@@ -719,6 +719,14 @@ def _multi_group(model, encode, modes, n_adapters, **switch_kw):
     return {"servers": servers, "models": model, "extra": {"adapters_resident": n_adapters}}
 
 
+def outdated_units(prof: dict, meta: dict) -> list[str]:
+    """Units a committed benchmark served that have since been re-trained or removed (empty: current)."""
+    seed = int(meta.get("seed", prof["seeds"][0]))
+    now = {f"{m}/{t}": u for (m, t), u in _unit_results(prof, meta.get("tasks", []), seed).items()}
+    same = lambda a, b: all(a.get(k) == b.get(k) for k in ("config_hash", "finished_at"))  # noqa: E731
+    return sorted(k for k, u in (meta.get("units") or {}).items() if not same(now.get(k) or {}, u))
+
+
 def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = False, out_dir=None,
                log=print, **overrides) -> dict:
     """The deployment benchmark of a profile's trained models (seed ``cfg['seed']``, default the first).

@@ -149,11 +149,12 @@ def unit_status(prof: dict, task: str, method: str, seed: int) -> str:
     return "partial" if ck.exists() and any(ck.glob("checkpoint-*")) else "missing"
 
 
-def load_runs(profile: str) -> list[dict]:
-    """Every run result of a profile, with its status against the current profile config."""
+def load_runs(profile: str, subdir: str = "runs") -> list[dict]:
+    """Every run result of a profile (in ``data/<profile>/<subdir>``), with its status against the
+    current profile config."""
     prof = load_profile(profile)
     out = []
-    for p in sorted((data_dir(prof["name"]) / "runs").glob("*.json")):
+    for p in sorted((data_dir(prof["name"]) / subdir).glob("*.json")):
         rec = read_json(p)
         cfg = unit_config(prof, rec["task"], rec["method"], rec["seed"])
         rec["status"] = "done" if rec.get("config_hash") == config_hash(cfg) else "stale"
