@@ -61,3 +61,13 @@ def test_frozen_pdf_figures_are_committed(source):
     for m in re.findall(r"\]\(([^)\s]+\.png)\)", md):
         # Quarto keeps <name>_files/figure-pdf/x.png as _freeze/<dir>/<name>/figure-pdf/x.png
         assert (ROOT / "_freeze" / rel / m.split("_files/", 1)[1]).exists(), m
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_frozen_output_shows_no_stray_values(source):
+    """A cell whose last line is a call returning True/False/None shows that value to the reader."""
+    rel = source.relative_to(ROOT).with_suffix("")
+    for fmt in ("html", "tex"):
+        md = json.loads((ROOT / "_freeze" / rel / "execute-results" / f"{fmt}.json").read_text())["result"]["markdown"]
+        stray = re.findall(r"cell-output-display[^\n]*\}\n```\n(True|False|None)\n```", md)
+        assert not stray, f"{source.name} ({fmt}) shows a bare {stray} to the reader: end that cell with a statement"

@@ -82,20 +82,20 @@ def outdated(prof_name: str | None = None) -> dict:
     return out
 
 
-def outdated_note(stage: str, prof_name: str | None = None) -> bool:
-    """Show a note when a stage's committed results come from superseded training units; True if shown."""
+def outdated_note(stage: str, prof_name: str | None = None) -> None:
+    """Show a note when a stage's committed results come from superseded training units (nothing otherwise;
+    it returns None so that a chapter's last line displays nothing)."""
     from .data import task_name
     od = outdated(prof_name)
     items = od[stage]
     if not items:
-        return False
+        return
     what = {"train": f"{len(items)} training unit(s) ({', '.join(items)}) were made with values the profile no "
                      "longer has; they are shown until re-trained",
             "drift": f"the drift results of {', '.join(task_name(t) for t in items)} were computed from training "
                      "units that have since been re-trained",
             "deploy": f"the benchmark served models ({', '.join(items)}) that have since been re-trained"}[stage]
     note(f"**Out of date:** {what}. Run `{command(stage)}` to bring them up to date.")
-    return True
 
 
 # ---------------------------------------------------------------------------- display
