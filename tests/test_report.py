@@ -94,6 +94,11 @@ def test_headline_matches_the_run_records(monkeypatch):
             row = study[study.task.str.lower().str.replace("-", "") == t["task"]].iloc[0]
             assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
             assert row["full FT 1−CKA"] == report.sig(t["mean_a"], 2) and row["LoRA 1−CKA"] == report.sig(t["mean_b"], 2)
+    stale = {r["task"] for r in report.runs_frame("cpu").query("status != 'done'").to_dict("records")}
+    assert ("units" in study) == bool(stale)  # the column appears only while some units are stale
+    if stale:
+        names = {"rte": "RTE", "mrpc": "MRPC", "sst2": "SST-2"}
+        assert set(study[study["units"] != "current"]["task"]) == {names[t] for t in stale}
     if (COMMITTED / "deployment_meta.json").exists():
         assert not serving.empty and serving["ratio [95% CI]"].str.contains("×").any()
 
@@ -159,3 +164,20 @@ def test_tuned_vs_untuned_compares_only_units_retrained_with_searched_values(tin
     # one lora unit left from before the search (stale): no comparison until all three are current
     _write(d / "runs" / "rte-lora-s3.json", _unit_record(prof, "rte", "lora", 3, 0.74, current=False))
     assert not report.tuned_vs_untuned(str(tiny_profile)).set_index("method").loc["lora", "retrained"]
+
+
+def test_outdated_note_names_stale_units(tiny_profile, book_root, monkeypatch):
+    import yaml
+    d = book_root / "data" / "tiny"
+    prof = load_profile(str(tiny_profile))
+    _write(d / "runs" / "rte-lora-s1.json", _unit_record(prof, "rte", "lora", 1, 0.5))
+    shown = []
+    monkeypatch.setattr(report, "note", shown.append)
+    report.outdated_note("train", str(tiny_profile))
+    assert shown == []  # current: nothing to say
+    raw = yaml.safe_load(tiny_profile.read_text())
+    raw["training"]["per_task"] = {"rte": {"lora": {"learning_rate": 1e-2}}}
+    tiny_profile.write_text(yaml.safe_dump(raw))
+    for stage in ("train", "drift", "deploy"):
+        report.outdated_note(stage, str(tiny_profile))
+    assert len(shown) == 1 and "rte-lora-s1" in shown[0] and "Out of date" in shown[0]

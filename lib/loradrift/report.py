@@ -90,11 +90,14 @@ def outdated_note(stage: str, prof_name: str | None = None) -> None:
     items = od[stage]
     if not items:
         return
-    what = {"train": f"{len(items)} training unit(s) ({', '.join(items)}) were made with values the profile no "
-                     "longer has; they are shown until re-trained",
-            "drift": f"the drift results of {', '.join(task_name(t) for t in items)} were computed from training "
-                     "units that have since been re-trained",
-            "deploy": f"the benchmark served models ({', '.join(items)}) that have since been re-trained"}[stage]
+    if stage == "train":
+        what = (f"{len(items)} training unit(s) ({', '.join(items)}) were made with values the profile no "
+                "longer has; they are shown until re-trained")
+    elif stage == "drift":
+        what = (f"the drift results of {', '.join(map(task_name, items))} were computed from training units "
+                "that have since been re-trained")
+    else:
+        what = f"the benchmark served models ({', '.join(items)}) that have since been re-trained"
     note(f"**Out of date:** {what}. Run `{command(stage)}` to bring them up to date.")
 
 
@@ -321,6 +324,9 @@ def headline(prof_name: str | None = None):
     rows = []
     for task in [t for t in TASKS if not summ.empty and t in set(summ["task"])]:
         row = {"task": task_name(task), "metric": summ[summ.task == task]["metric"].iloc[0]}
+        st = set(runs[runs.task == task]["status"])
+        if st != {"done"}:  # a study re-run in pieces: say which rows still come from superseded units
+            row["units"] = "stale" if st == {"stale"} else "partly stale"
         for method, label in (("full", "full FT"), ("lora", "LoRA")):
             s = summ[(summ.task == task) & (summ.method == method)]
             row[f"{label} test"] = pm(s["mean"].iloc[0], s["sd"].iloc[0]) if len(s) else "n/a"
@@ -333,6 +339,8 @@ def headline(prof_name: str | None = None):
         row["p (FT vs LoRA drift)"] = f"{t['perm_p'].iloc[0]:.2f} (Holm {t['perm_p_holm'].iloc[0]:.2f})" if len(t) else "n/a"
         rows.append(row)
     study = pd.DataFrame(rows)
+    if "units" in study:
+        study["units"] = study["units"].fillna("current")
 
     srv = []
     D = serving.load_results(data_dir(name))
