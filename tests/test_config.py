@@ -44,15 +44,21 @@ def test_cli_reports_bad_input_without_traceback(capsys):
 
 def test_config_hash_tracks_what_determines_a_result():
     prof = load_profile("cpu")
+    prof["training"].pop("per_task", None)  # the methods' own values
     a = unit_config(prof, "rte", "lora", 42)
     assert config_hash(a) == config_hash(unit_config(prof, "rte", "lora", 42))
     assert config_hash(a) != config_hash(unit_config(prof, "rte", "lora", 1337))
-    prof["training"]["lora"]["learning_rate"] *= 2
-    assert config_hash(a) != config_hash(unit_config(prof, "rte", "lora", 42))
     # settings of the other method do not make a result stale
     prof["training"]["full"]["learning_rate"] *= 2
-    b = unit_config(load_profile("cpu"), "rte", "lora", 42)
-    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) == config_hash(unit_config(prof, "rte", "lora", 42))
+    prof["training"]["lora"]["learning_rate"] *= 2
+    b = unit_config(prof, "rte", "lora", 42)
+    assert config_hash(a) != config_hash(b)
+    # a searched value overrides the method's for its task only, and makes older results stale
+    prof["training"]["per_task"] = {"rte": {"lora": {"learning_rate": 1.5e-3}}}
+    c = unit_config(prof, "rte", "lora", 42)
+    assert c["training"]["learning_rate"] == 1.5e-3 and config_hash(c) != config_hash(b)
+    assert unit_config(prof, "mrpc", "lora", 42)["training"]["learning_rate"] == b["training"]["learning_rate"]
 
 
 def test_write_json_is_atomic(tmp_path):
