@@ -260,7 +260,7 @@ def test_load_results_without_results(book_root):
     assert drift.replication_table(res).empty
 
 
-def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, capsys):
+def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkeypatch):
     """Drift results say when a unit they read has since been re-trained (the study re-run in pieces)."""
     from loradrift import report, serving
     from loradrift.config import load_profile, read_json, write_json
@@ -279,12 +279,10 @@ def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, capsys
         assert report.outdated(prof)["drift"] == ["rte"]
         assert serving.outdated_units(p, meta) == ["lora/rte"]
         monkey_out = []
-        report.note = monkey_out.append  # capture instead of displaying
+        monkeypatch.setattr(report, "note", monkey_out.append)  # capture instead of displaying
         assert report.outdated_note("drift", prof) is None  # a chapter's last line shows nothing
         assert len(monkey_out) == 1 and "RTE" in monkey_out[0] and "drift --profile" in monkey_out[0]
     finally:
-        import importlib
-        importlib.reload(report)
         write_json(unit, rec)
     assert drift.is_current(p, "rte")
     assert not drift.is_current(p, "sst2")  # never computed

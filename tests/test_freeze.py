@@ -24,6 +24,12 @@ def frozen(source: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def frozen_markdown(source: Path, fmt: str) -> str:
+    """The executed markdown Quarto froze for one output format (html or tex)."""
+    rel = source.relative_to(ROOT).with_suffix("")
+    return json.loads((ROOT / "_freeze" / rel / "execute-results" / f"{fmt}.json").read_text())["result"]["markdown"]
+
+
 def quarto_hash(path: Path) -> str:
     """Quarto's freeze hash: md5 of the source with LF line endings (src/command/render/freeze.ts)."""
     text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
@@ -44,9 +50,8 @@ def test_frozen_output_matches_the_source(source):
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
 def test_frozen_output_has_no_unevaluated_inline_code(source):
-    rel = source.relative_to(ROOT).with_suffix("")
     for fmt in ("html", "tex"):
-        md = json.loads((ROOT / "_freeze" / rel / "execute-results" / f"{fmt}.json").read_text())["result"]["markdown"]
+        md = frozen_markdown(source, fmt)
         left = re.findall(r"\{python\}[^\n]{0,60}", md)
         assert not left, f"inline expressions Quarto did not evaluate in {source.name} ({fmt}): {left}"
 
@@ -66,8 +71,7 @@ def test_frozen_pdf_figures_are_committed(source):
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
 def test_frozen_output_shows_no_stray_values(source):
     """A cell whose last line is a call returning True/False/None shows that value to the reader."""
-    rel = source.relative_to(ROOT).with_suffix("")
     for fmt in ("html", "tex"):
-        md = json.loads((ROOT / "_freeze" / rel / "execute-results" / f"{fmt}.json").read_text())["result"]["markdown"]
+        md = frozen_markdown(source, fmt)
         stray = re.findall(r"cell-output-display[^\n]*\}\n```\n(True|False|None)\n```", md)
         assert not stray, f"{source.name} ({fmt}) shows a bare {stray} to the reader: end that cell with a statement"

@@ -89,11 +89,15 @@ def artifacts_dir(profile: str) -> Path:
     return (Path(base) if base else repo_root() / "artifacts") / profile
 
 
+def searched_values(prof: dict, task: str, method: str) -> dict[str, Any]:
+    """The values a search chose for one task x method (``training.per_task``); {} when it has none."""
+    return ((prof["training"].get("per_task") or {}).get(task) or {}).get(method) or {}
+
+
 def unit_config(prof: dict, task: str, method: str, seed: int) -> dict[str, Any]:
     """Everything that determines one training unit's result (recorded with it, hashed for staleness)."""
     check_task(task), check_method(method)
-    tuned = (prof["training"].get("per_task") or {}).get(task, {}).get(method, {})  # from a search
-    train = {**prof["training"]["common"], **prof["training"][method], **tuned}
+    train = {**prof["training"]["common"], **prof["training"][method], **searched_values(prof, task, method)}
     return {
         "profile": prof["name"], "task": task, "method": method, "seed": int(seed),
         "model": copy.deepcopy(prof["model"]),

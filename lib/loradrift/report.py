@@ -234,6 +234,7 @@ def tuned_vs_untuned(prof_name: str | None = None):
     import pandas as pd
     from scipy import stats
 
+    from .config import searched_values
     name = prof_name or profile()
     prof = load_profile(name)
     old, new = runs_frame(name, "runs_untuned"), runs_frame(name)
@@ -241,7 +242,7 @@ def tuned_vs_untuned(prof_name: str | None = None):
             "searched_sd", "diff", "ci_low", "ci_high", "retrained"]
     rows = []
     for (task, method), g_old in ([] if old.empty else old.groupby(["task", "method"], sort=False)):
-        tuned = bool((prof["training"].get("per_task") or {}).get(task, {}).get(method))
+        tuned = bool(searched_values(prof, task, method))
         g_new = new[(new.task == task) & (new.method == method) & (new.status == "done")] if tuned and not new.empty \
             else new.iloc[0:0]
         a, b = g_old["test_score"].to_numpy(float), g_new["test_score"].to_numpy(float)
