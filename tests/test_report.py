@@ -109,6 +109,12 @@ def test_sig_formats_small_numbers_as_text_and_keeps_plain_ones():
     assert report.sig(None) == "n/a" and report.sig(float("nan")) == "n/a"
 
 
+def test_listing_joins_items_for_prose():
+    assert report.listing([]) == "" and report.listing(["MRPC"]) == "MRPC"
+    assert report.listing(["MRPC", "SST-2"]) == "MRPC and SST-2"
+    assert report.listing(iter(["RTE", "MRPC", "SST-2"])) == "RTE, MRPC and SST-2"
+
+
 def test_every_chart_gets_its_own_div_with_a_static_fallback():
     import altair as alt
     import pandas as pd
@@ -181,3 +187,20 @@ def test_outdated_note_names_stale_units(tiny_profile, book_root, monkeypatch):
     for stage in ("train", "drift", "deploy"):
         report.outdated_note(stage, str(tiny_profile))
     assert len(shown) == 1 and "rte-lora-s1" in shown[0] and "Out of date" in shown[0]
+
+
+def test_pipe_table_columns_keep_their_longest_word_when_the_table_is_wide():
+    import pandas as pd
+    df = pd.DataFrame({"task": ["mrpc"], "full FT test": ["0.813 ± 0.008"], "LoRA test": ["0.784 ± 0.045"],
+                       "comparison": ["one base, mixed-adapter batches / a merged model per task " * 2]})
+    md = df.to_markdown(index=False)
+    out = report._min_col_widths(md)
+    assert out.split("\n")[0] == md.split("\n")[0] and out.split("\n")[2:] == md.split("\n")[2:]
+    dashes = [len(c) for c in out.split("\n")[1].strip("|").split("|")]
+    total = sum(dashes)
+    assert total == pytest.approx(sum(len(c) for c in md.split("\n")[1].strip("|").split("|")), abs=3)
+    for d, word in zip(dashes, ("mrpc", "0.813±0.008", "0.784±0.045")):   # each keeps its word at 72 chars a line
+        assert d * 72 / total >= len(word) + 2 - 0.5
+    assert dashes[3] < len(md.split("\n")[1].strip("|").split("|")[3])   # the long text column gave room
+    narrow = pd.DataFrame({"a": [1], "b": ["x"]}).to_markdown(index=False)
+    assert report._min_col_widths(narrow) == narrow   # a table that fits a line is left alone

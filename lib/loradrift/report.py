@@ -114,8 +114,43 @@ def note(text: str):
 
 def table(df, digits: int = 3, index: bool = False):
     """A pandas DataFrame as a markdown table: the same readable table in HTML and PDF."""
-    md = df.to_markdown(index=index, floatfmt=f".{digits}f")
+    md = _min_col_widths(df.to_markdown(index=index, floatfmt=f".{digits}f"))
     _display({"text/markdown": md, "text/plain": df.to_string(index=index)})
+
+
+def _min_col_widths(md: str, line_chars: int = 72) -> str:
+    """Give every column of a pipe table room for its longest unbreakable word.
+
+    When a table is wider than a line, pandoc sizes its columns in proportion to the dashes of the
+    separator line, so every column shrinks by the same factor; a short column (``task``: ``mrpc``)
+    cannot wrap and its text ran into the next column in PDF. Widen such columns' dashes until,
+    after pandoc's scaling, their longest word fits.
+    """
+    lines = md.split("\n")
+    if len(lines) < 3:
+        return md
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines[:1] + lines[2:]]
+    seps = lines[1].strip().strip("|").split("|")
+    if any(len(r) != len(seps) for r in rows):
+        return md   # a cell holds a '|': leave the table as it is
+    def words(cell):   # a number with its ± or × 10ⁿ reads as one word
+        return cell.replace(" ± ", "±").replace(" × ", "×").split() or [""]
+    longest = [max(len(w) for r in rows for w in words(r[k])) for k in range(len(seps))]
+    dashes = [len(c) for c in seps]
+    total = sum(dashes)
+    if total > line_chars:
+        need = [(w + 2) * total / line_chars for w in longest]   # dashes that keep each word whole
+        if sum(need) >= total:   # no share fits every word: split by word length, the fairest squeeze
+            dashes = [w + 2 for w in longest]
+        else:   # each column its word's share; the rest as before, in proportion to what exceeded it
+            spare = [max(d - n, 0) for d, n in zip(dashes, need)]
+            left = total - sum(need)
+            dashes = [round(n + left * sp / (sum(spare) or 1)) for n, sp in zip(need, spare)]
+        dashes = [max(d, 3) for d in dashes]
+    out = [(":" if c.startswith(":") else "") + "-" * (d - c.startswith(":") - c.endswith(":"))
+           + (":" if c.endswith(":") else "") for c, d in zip(seps, dashes)]
+    lines[1] = "|" + "|".join(out) + "|"
+    return "\n".join(lines)
 
 
 _N_CHARTS = [0]
@@ -184,6 +219,12 @@ def sig(x, digits: int = 3, na: str = "n/a") -> str:
 
 def pm(mean, sd, digits: int = 3) -> str:
     return f"{fmt(mean, digits)} ± {fmt(sd, digits)}"
+
+
+def listing(items) -> str:
+    """Items for prose: 'A', 'A and B', 'A, B and C'."""
+    items = [str(i) for i in items]
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def pct(x, digits: int = 1) -> str:
