@@ -204,3 +204,28 @@ def test_pipe_table_columns_keep_their_longest_word_when_the_table_is_wide():
     assert dashes[3] < len(md.split("\n")[1].strip("|").split("|")[3])   # the long text column gave room
     narrow = pd.DataFrame({"a": [1], "b": ["x"]}).to_markdown(index=False)
     assert report._min_col_widths(narrow) == narrow   # a table that fits a line is left alone
+
+
+def test_table_shows_missing_values_as_a_dash_and_keeps_number_format(monkeypatch):
+    import numpy as np
+    import pandas as pd
+    shown = []
+    monkeypatch.setattr(report, "_display", shown.append)
+    report.table(pd.DataFrame({"artifact": ["base model", "adapter"], "task": [np.nan, "rte"],
+                               "MB": [513.16, 1.7812], "merge s": [np.nan, 0.2]}), digits=2)
+    md = shown[0]["text/markdown"]
+    assert "nan" not in md and "None" not in md and "nan" not in shown[0]["text/plain"]
+    rows = md.split("\n")[2:]
+    assert [c.strip() for c in rows[0].strip("|").split("|")] == ["base model", "–", "513.16", "–"]
+    assert [c.strip() for c in rows[1].strip("|").split("|")] == ["adapter", "rte", "1.78", "0.20"]
+
+
+def test_table_as_written_keeps_values_as_text(monkeypatch):
+    import pandas as pd
+    shown = []
+    monkeypatch.setattr(report, "_display", shown.append)
+    report.table(pd.DataFrame({"parameter": ["learning_rate"], "chosen": ["2e-05"], "original": [None]}),
+                 as_written=True)
+    row = shown[0]["text/markdown"].split("\n")[2]
+    assert [c.strip() for c in row.strip("|").split("|")] == ["learning_rate", "2e-05", "–"]
+    assert "None" not in shown[0]["text/plain"]

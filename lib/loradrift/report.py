@@ -112,10 +112,14 @@ def note(text: str):
     _display({"text/markdown": text, "text/plain": text})
 
 
-def table(df, digits: int = 3, index: bool = False):
-    """A pandas DataFrame as a markdown table: the same readable table in HTML and PDF."""
-    md = _min_col_widths(df.to_markdown(index=index, floatfmt=f".{digits}f"))
-    _display({"text/markdown": md, "text/plain": df.to_string(index=index)})
+def table(df, digits: int = 3, index: bool = False, as_written: bool = False):
+    """A pandas DataFrame as a markdown table: the same readable table in HTML and PDF.
+
+    ``as_written`` shows every value as its text (no number formatting: '2e-05' stays '2e-05')."""
+    shown = df.astype(object).where(df.notna(), None)   # a missing value reads as '–', not 'nan'
+    md = _min_col_widths(shown.to_markdown(index=index, floatfmt=f".{digits}f", missingval="–",
+                                           disable_numparse=as_written))
+    _display({"text/markdown": md, "text/plain": df.astype(object).where(df.notna(), "–").to_string(index=index)})
 
 
 def _min_col_widths(md: str, line_chars: int = 72) -> str:
