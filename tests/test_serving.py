@@ -346,3 +346,23 @@ def test_memory_meter_sees_a_transient_peak():
         del x
         m = meter.read()
     assert m["rss_peak_increase_mb"] >= 80, m
+
+
+def test_timing_error_reads_the_two_controls():
+    import math
+
+    import pandas as pd
+    rat = pd.DataFrame([
+        {"numerator": "merged", "denominator": "full", "stream": "rte", "batch_size": 1, "ratio": 1.05, "ci_low": 0.97, "ci_high": 1.16},
+        {"numerator": "merged", "denominator": "full", "stream": "sst2", "batch_size": 1, "ratio": 0.90, "ci_low": 0.89, "ci_high": 0.92},
+        {"numerator": "lora", "denominator": "merged", "stream": "rte", "batch_size": 1, "ratio": 0.80, "ci_low": 0.73, "ci_high": 0.87},
+        {"numerator": "lora", "denominator": "merged", "stream": "mrpc", "batch_size": 1, "ratio": 0.98, "ci_low": 0.95, "ci_high": 1.01},
+        {"numerator": "lora", "denominator": "merged", "stream": "sst2", "batch_size": 32, "ratio": 1.07, "ci_low": 1.04, "ci_high": 1.10},
+    ])
+    e = serving.timing_error(rat)
+    assert e["same"] == pytest.approx(0.10)
+    assert list(e["below"].stream) == ["rte"]          # mrpc's interval reaches 1: not counted
+    assert e["floor"] == pytest.approx(0.20)
+    only_same = serving.timing_error(rat[rat.numerator == "merged"])
+    assert only_same["floor"] == pytest.approx(0.10) and only_same["below"].empty
+    assert math.isnan(serving.timing_error(None)["floor"]) and math.isnan(serving.timing_error(rat.iloc[:0])["floor"])

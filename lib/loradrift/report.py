@@ -232,7 +232,7 @@ def listing(items) -> str:
 
 
 def pct(x, digits: int = 1) -> str:
-    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+    return "n/a" if x is None or x != x else f"{100 * x:.{digits}f}%"
 
 
 # ---------------------------------------------------------------------------- study tables

@@ -1117,6 +1117,23 @@ def ratio_text(rat, num: str, den: str, stream: str | None = None, bs: int | Non
     return f"{r.ratio:.2f}× [{r.ci_low:.2f}, {r.ci_high:.2f}]"
 
 
+def timing_error(rat) -> dict:
+    """What the timings show of their own error, from two controls that need no assumption:
+    a merged model and the fully fine-tuned model run the same computation (ratio 1 up to error), and
+    an unmerged adapter computes strictly more than its merged model (a ratio whose interval lies below
+    1 is error). Returns {"same": max |merged/full - 1|, "below": the lora/merged rows below 1,
+    "floor": the larger of the two deviations} (NaN where a control is missing)."""
+    import math
+    if rat is None or rat.empty:
+        return {"same": math.nan, "below": None, "floor": math.nan}
+    mf = rat[(rat.numerator == "merged") & (rat.denominator == "full")]
+    lm = rat[(rat.numerator == "lora") & (rat.denominator == "merged")]
+    below = lm[lm.ci_high < 1]
+    same = float((mf.ratio - 1).abs().max()) if len(mf) else math.nan
+    errs = [e for e in (same, 1 - float(below.ratio.min()) if len(below) else math.nan) if not math.isnan(e)]
+    return {"same": same, "below": below, "floor": max(errs) if errs else math.nan}
+
+
 def per_task_ratios(rat, num: str, den: str, bs: int, na: str = "n/a") -> str:
     """'RTE 1.10× [..]; MRPC ...': a ratio on each task's own request stream."""
     if rat is None or rat.empty:
