@@ -119,7 +119,7 @@ def table(df, digits: int = 3, index: bool = False, as_written: bool = False):
     shown = df.astype(object).where(df.notna(), None)   # a missing value reads as '–', not 'nan'
     md = _min_col_widths(shown.to_markdown(index=index, floatfmt=f".{digits}f", missingval="–",
                                            disable_numparse=as_written))
-    _display({"text/markdown": md, "text/plain": df.astype(object).where(df.notna(), "–").to_string(index=index)})
+    _display({"text/markdown": md, "text/plain": shown.fillna("–").to_string(index=index)})
 
 
 def _min_col_widths(md: str, line_chars: int = 72) -> str:
