@@ -83,14 +83,17 @@ def tiny_profile_dict(model: Path, glue: Path, **over) -> dict:
                            "mrpc": {"train_size": None, "validation_size": 16},
                            "sst2": {"train_size": 40, "validation_size": 16}},
                  "test_size": None},
-        "tasks": ["rte", "mrpc", "sst2"], "methods": ["full", "lora"], "seeds": [1, 2, 3],
+        "tasks": ["rte", "mrpc", "sst2"], "seeds": [1, 2, 3],
+        "methods": {
+            "full": {"kind": "full", "learning_rate": 1e-3, "num_train_epochs": 2, "warmup_ratio": 0.0,
+                     "weight_decay": 0.0},
+            "lora": {"kind": "lora", "learning_rate": 5e-3, "num_train_epochs": 2, "warmup_ratio": 0.0,
+                     "weight_decay": 0.0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                     "target_modules": ["q_proj", "v_proj"]}},
         "training": {
             "common": {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
                        "gradient_accumulation_steps": 1, "lr_scheduler_type": "linear", "max_grad_norm": 1.0,
-                       "evals_per_epoch": 1, "early_stopping_patience": 2},
-            "full": {"learning_rate": 1e-3, "num_train_epochs": 2, "warmup_ratio": 0.0, "weight_decay": 0.0},
-            "lora": {"learning_rate": 5e-3, "num_train_epochs": 2, "warmup_ratio": 0.0, "weight_decay": 0.0,
-                     "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}},
+                       "evals_per_epoch": 1, "early_stopping_patience": 2}},
         "sanity": {"n_examples": 10, "steps": 60, "learning_rate": {"full": 3e-3, "lora": 2e-2}},
         "wandb": {"project": "lora-drift-tests", "mode": "disabled"},
     }

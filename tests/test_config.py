@@ -7,8 +7,8 @@ import pytest
 
 from loradrift import LoraDriftError
 from loradrift.cli import main
-from loradrift.config import (available_profiles, check_method, config_hash, load_profile, unit_config,
-                              write_json)
+from loradrift.config import available_profiles, check_method, config_hash, load_profile, unit_config
+from loradrift.store import write_json
 
 
 def test_shipped_profiles_load():
@@ -18,7 +18,7 @@ def test_shipped_profiles_load():
     l4 = load_profile("l4")
     assert l4["model"]["name_or_path"] == "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"
     assert l4["seeds"] == [42, 1337, 2024]
-    assert l4["training"]["lora"]["lora_r"] == 8 and l4["training"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert l4["methods"]["lora"]["lora_r"] == 8 and l4["methods"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
 
 
 def test_quarto_profile_selects(monkeypatch):
@@ -32,7 +32,7 @@ def test_unknown_profile_and_method():
     with pytest.raises(LoraDriftError, match="unknown profile 'h100'.*cpu"):
         load_profile("h100")
     with pytest.raises(LoraDriftError, match="unknown method 'ia3'"):
-        check_method("ia3")
+        check_method(load_profile("cpu"), "ia3")
 
 
 def test_cli_reports_bad_input_without_traceback(capsys):
@@ -49,9 +49,9 @@ def test_config_hash_tracks_what_determines_a_result():
     assert config_hash(a) == config_hash(unit_config(prof, "rte", "lora", 42))
     assert config_hash(a) != config_hash(unit_config(prof, "rte", "lora", 1337))
     # settings of the other method do not make a result stale
-    prof["training"]["full"]["learning_rate"] *= 2
+    prof["methods"]["full"]["learning_rate"] *= 2
     assert config_hash(a) == config_hash(unit_config(prof, "rte", "lora", 42))
-    prof["training"]["lora"]["learning_rate"] *= 2
+    prof["methods"]["lora"]["learning_rate"] *= 2
     b = unit_config(prof, "rte", "lora", 42)
     assert config_hash(a) != config_hash(b)
     # a searched value overrides the method's for its task only, and makes older results stale

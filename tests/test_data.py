@@ -5,7 +5,8 @@ import pytest
 
 from loradrift import LoraDriftError
 from loradrift.config import load_profile
-from loradrift.data import format_example, load_glue, resolve_glue_source, study_splits, task_metric
+from loradrift.data import load_glue, resolve_glue_source, study_splits
+from loradrift.tasks import get_task, task_metric
 from conftest import SHARED_GLUE
 
 
@@ -22,8 +23,8 @@ def test_local_glue_schema_and_labels(tiny_glue):
 
 
 def test_format_is_the_originals():
-    assert format_example("sst2", " a fine film ") == "a fine film"
-    assert format_example("rte", "A man sleeps.", "Someone sleeps.") == "A man sleeps. [SEP] Someone sleeps."
+    assert get_task("sst2").text(" a fine film ") == "a fine film"
+    assert get_task("rte").text("A man sleeps.", "Someone sleeps.") == "A man sleeps. [SEP] Someone sleeps."
     assert task_metric("mrpc") == "f1" and task_metric("rte") == "accuracy"
 
 
@@ -40,7 +41,7 @@ def test_splits_are_disjoint_stratified_and_seeded(tiny_profile, tiny_glue):
 
 def test_unknown_task_is_a_clear_error():
     with pytest.raises(LoraDriftError, match="unknown task 'cola'.*rte"):
-        format_example("cola", "x")
+        get_task("cola")
 
 
 def test_missing_glue_folder_names_the_fix(tmp_path):

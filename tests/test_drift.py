@@ -169,7 +169,7 @@ def trained_root(tmp_path_factory):
     glue = write_tiny_glue(root / "glue")
     prof = tiny_profile_dict(model, glue, seeds=[1, 2], tasks=["rte", "sst2"])
     for m in ("full", "lora"):
-        prof["training"][m]["num_train_epochs"] = 1
+        prof["methods"][m]["num_train_epochs"] = 1
     prof["drift"] = {**DRIFT_SMALL, "wikitext": str(_text_file(root / "wiki.txt"))}
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(prof))
@@ -263,7 +263,8 @@ def test_load_results_without_results(book_root):
 def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkeypatch):
     """Drift results say when a unit they read has since been re-trained (the study re-run in pieces)."""
     from loradrift import report, serving
-    from loradrift.config import load_profile, read_json, write_json
+    from loradrift.config import load_profile
+    from loradrift.store import read_json, write_json
     root, prof = tiny_book
     drift.run_drift(prof, tasks=["rte"])
     p = load_profile(prof)

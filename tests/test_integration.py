@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from conftest import SHARED_GLUE
-from loradrift.config import load_profile, read_json
+from loradrift.config import load_profile
+from loradrift.store import read_json
 from loradrift.train import result_path, train_unit
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ def test_smollm2_trains_a_few_steps_on_rte(book_root, tmp_path_factory, monkeypa
     prof["data"].update(source=str(glue), test_size=24)
     prof["data"]["tasks"]["rte"] = {"train_size": 16, "validation_size": 8}
     prof["training"]["common"].update(per_device_train_batch_size=8, evals_per_epoch=1)
-    prof["training"]["lora"]["num_train_epochs"] = 1
+    prof["methods"]["lora"]["num_train_epochs"] = 1
     prof["training"].pop("per_task", None)  # the searched values (epochs, batch size) would change the step count
     path = book_root / "smoke.yaml"
     path.write_text(yaml.safe_dump(prof))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from loradrift import cli, report
-from loradrift.config import load_profile, repo_root
+from loradrift.config import load_profile
+from loradrift.store import repo_root
 
 COMMITTED = Path(__file__).resolve().parents[1] / "data" / "cpu"
 
@@ -134,7 +135,7 @@ def test_untuned_units_are_kept_beside_the_study():
     assert old.groupby(["task", "method"])["seed"].nunique().eq(3).all()
     cfg = json.loads((COMMITTED / "runs_untuned" / "rte-lora-s42.json").read_text())["config"]["training"]
     prof = load_profile("cpu")
-    assert cfg["learning_rate"] == prof["training"]["lora"]["learning_rate"]  # the profile's own values
+    assert cfg["learning_rate"] == prof["methods"]["lora"]["learning_rate"]  # the profile's own values
 
 
 def _unit_record(prof, task, method, seed, score, current=True):

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from loradrift import search
-from loradrift.config import load_profile, read_json, unit_config
+from loradrift.config import load_profile, unit_config
+from loradrift.store import read_json
 from loradrift.train import unit_status
 
 SPACE = {
@@ -165,7 +166,7 @@ def test_apply_reaches_training_unchanged_and_makes_runs_stale(search_profile, m
     assert rec["config"]["training"] | tuned == rec["config"]["training"]
     adapter = json.loads((train.model_dir("tiny", "sst2-lora-s1") / "adapter_config.json").read_text())
     assert adapter["lora_alpha"] == tuned["lora_alpha"] and adapter["lora_dropout"] == tuned["lora_dropout"]
-    assert adapter["r"] == prof2["training"]["lora"]["lora_r"]
+    assert adapter["r"] == prof2["methods"]["lora"]["lora_r"]
     assert unit_status(prof2, "sst2", "lora", 1) == "done"
 
 

@@ -38,11 +38,12 @@ def _adapter(model_dir: Path, out: Path, seed: int) -> Path:
     """A tiny SEQ_CLS adapter with random non-zero A/B and its own random score head, saved like a unit's."""
     from peft import get_peft_model
 
-    from loradrift.models import load_classifier, lora_config
+    from loradrift.methods import LoRA
+    from loradrift.models import load_classifier
     tok = _tok(model_dir)
     torch.manual_seed(123)
     m = load_classifier(str(model_dir), "float32", tok.pad_token_id)
-    pm = get_peft_model(m, lora_config(LORA))
+    pm = get_peft_model(m, LoRA.peft_config(LORA))
     serving.randomize_adapter(pm, "default", seed, std=0.3)
     with torch.no_grad():  # a head clearly different per task, so a head mix-up changes predictions
         pm.base_model.model.score.modules_to_save["default"].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed))

@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from loradrift.config import data_dir, load_profile, read_json
+from loradrift.config import load_profile
+from loradrift.store import data_dir, read_json
 from loradrift.train import (baselines, load_runs, model_dir, result_path, sanity_check, train_unit,
                              unit_status)
 
@@ -35,7 +36,7 @@ def test_unit_writes_result_and_is_skipped_then_stale(tiny_profile, capsys):
     assert "skipped" in capsys.readouterr().out
 
     # a changed config makes it stale: reported, then re-run
-    prof["training"]["lora"]["learning_rate"] = 1e-3
+    prof["methods"]["lora"]["learning_rate"] = 1e-3
     assert unit_status(prof, "sst2", "lora", 1) == "stale"
     tiny_profile.write_text(yaml.safe_dump(prof))
     assert [x["status"] for x in load_runs(str(tiny_profile))] == ["stale"]
@@ -53,7 +54,7 @@ def test_full_finetuning_unit_trains_everything(tiny_profile):
 def test_interrupted_unit_resumes(tiny_profile, book_root):
     prof = load_profile(str(tiny_profile))
     prof["training"]["common"].update(evals_per_epoch=1, early_stopping_patience=1000)
-    prof["training"]["full"]["num_train_epochs"] = 12  # long enough to be killed midway
+    prof["methods"]["full"]["num_train_epochs"] = 12  # long enough to be killed midway
     tiny_profile.write_text(yaml.safe_dump(prof))
     ck = book_root / "artifacts" / "tiny" / "runs" / "rte-full-s3" / "checkpoints"
     args = ["train", "--profile", str(tiny_profile), "--task", "rte", "--method", "full", "--seed", "3"]

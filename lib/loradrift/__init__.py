@@ -2,9 +2,13 @@
 
 Chapters import it; the CLI (`python -m loradrift`) drives it. Modules:
 
-- `config`   profiles (YAML data), paths, atomic writes, environment capture
-- `data`     GLUE from a local TSV folder or the hub, one text format per task, splits
-- `models`   base model (hub id, local folder or GGUF), classification heads, LoRA
+- `config`   profiles (layered YAML data, checked when loaded), unit configs, environment capture
+- `store`    where every result lives, the atomic writer, "is this result current?"
+- `tasks`    the task registry (GLUE folder, columns, labels, metric, text format)
+- `methods`  the method kinds (full fine-tuning, LoRA): prepare, save, load
+- `stages`   the study's stages in order (CLI, `all` and the chapters use this one list)
+- `data`     GLUE from a local TSV folder or the hub, splits
+- `models`   base model (hub id, local folder or GGUF), classification heads
 - `train`    one training unit with transformers' Trainer; the run store
 - `measures` CKA, debiased CKA, the original study's formula, bootstrap, tests
 - `drift`    hidden-state extraction and the drift stage
@@ -12,9 +16,6 @@ Chapters import it; the CLI (`python -m loradrift`) drives it. Modules:
 - `report`   loading results and drawing the book's charts
 """
 __version__ = "0.1.0"
-
-TASKS = ("rte", "mrpc", "sst2")
-METHODS = ("full", "lora")
 
 
 class LoraDriftError(RuntimeError):

@@ -17,7 +17,8 @@ import os
 import sys
 
 from . import LoraDriftError
-from .config import available_profiles, data_dir, load_profile, read_json, write_json
+from .config import available_profiles, load_profile
+from .store import data_dir, read_json, write_json
 
 
 def _common(p):

@@ -1,41 +1,37 @@
-"""Profiles, paths and the small utilities every stage shares.
+"""Profiles: the settings of one scale of the study, as layered YAML data, checked when loaded.
 
-A *profile* (``cpu``, ``l4``) is a YAML file in ``loradrift/profiles``: the model, the data sizes
-and the training settings of one scale of the study. Results of a profile live under
-``data/<profile>/`` (committed, shown by the book) and heavy artifacts under
-``artifacts/<profile>/`` (ignored by git).
+A *profile* (``cpu``, ``l4``) is a YAML file in ``loradrift/profiles``. It ``extends`` a layer
+(``_base.yaml``) and states only what differs: mappings merge key by key, lists and values replace.
+Methods are data too (``methods:``, each with a registered ``kind``); a method may ``extend``
+another, so a LoRA rank variant is ``lora-r64: {extends: lora, lora_r: 64}``.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import METHODS, TASKS, LoraDriftError
+from . import LoraDriftError
+from .store import key
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
-
-def repo_root() -> Path:
-    """The book's root: $LORADRIFT_ROOT, else the folder holding _quarto.yml above this file or the cwd."""
-    if os.environ.get("LORADRIFT_ROOT"):
-        return Path(os.environ["LORADRIFT_ROOT"]).resolve()
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for p in (start, *start.parents):
-            if (p / "_quarto.yml").exists():
-                return p
-    return Path.cwd().resolve()
+# keys every profile must have after its layers are merged (dotted paths), and their types
+REQUIRED = {
+    "name": str, "model.name_or_path": str, "model.dtype": str, "data.max_length": int, "data.split_seed": int,
+    "data.tasks": dict, "tasks": list, "methods": dict, "seeds": list,
+    "training.common.per_device_train_batch_size": int, "training.common.per_device_eval_batch_size": int,
+}
+METHOD_REQUIRED = {"kind": str, "learning_rate": (int, float), "num_train_epochs": (int, float),
+                   "warmup_ratio": (int, float), "weight_decay": (int, float)}
 
 
 def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml") if not p.name.startswith("_"))
 
 
 def active_profile(explicit: str | None = None) -> str:
@@ -48,45 +44,124 @@ def active_profile(explicit: str | None = None) -> str:
     return "cpu"
 
 
-def load_profile(name: str | None = None) -> dict[str, Any]:
-    name = active_profile(name)
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
-    name = path.stem
+def profile_file(name: str) -> Path:
+    """The YAML file of a profile name (or the path itself, for a .yaml path)."""
+    path = Path(name) if str(name).endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
     if not path.exists():
-        raise LoraDriftError(
-            f"unknown profile {name!r}: choose one of {available_profiles()} "
-            f"(or add {path.name} to {PROFILE_DIR})")
-    with open(path) as f:
-        prof = yaml.safe_load(f)
-    prof["name"] = name
+        raise LoraDriftError(f"unknown profile {path.stem!r}: choose one of {available_profiles()} "
+                             f"(or add {path.name} to {PROFILE_DIR})")
+    return path
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge recursively; anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _read_layers(path: Path, seen=()) -> dict:
+    if path in seen:
+        raise LoraDriftError(f"{path}: `extends` loops back to itself")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise LoraDriftError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the file") from None
+    if not isinstance(doc, dict):
+        raise LoraDriftError(f"{path}: a profile is a YAML mapping of settings")
+    parents = doc.pop("extends", None) or []
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        ppath = (path.parent / parent).with_suffix(".yaml")
+        if not ppath.exists():
+            raise LoraDriftError(f"{path}: extends {parent!r}, but {ppath} does not exist")
+        merged = merge(merged, _read_layers(ppath, (*seen, path)))
+    return merge(merged, doc)
+
+
+def resolve_methods(methods: dict, where: str) -> dict:
+    """Each method's settings with its ``extends`` chain applied (a variant inherits its parent's)."""
+    def one(name, chain=()):
+        if name in chain:
+            raise LoraDriftError(f"{where}: method {name!r} extends itself")
+        if name not in methods:
+            raise LoraDriftError(f"{where}: method {chain[-1]!r} extends {name!r}, which is not a method")
+        m = dict(methods[name] or {})
+        parent = m.pop("extends", None)
+        return merge(one(parent, (*chain, name)), m) if parent else m
+    return {name: one(name) for name in methods}
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            raise KeyError(dotted)
+        d = d[part]
+    return d
+
+
+def validate(prof: dict, where: str) -> dict:
+    """Every missing or mistyped key of a merged profile, named with its file, before any model loads."""
+    from .methods import KINDS
+    from .tasks import get_task
+    problems = []
+    for dotted, typ in REQUIRED.items():
+        try:
+            v = _get(prof, dotted)
+        except KeyError:
+            problems.append(f"missing {dotted}")
+            continue
+        if not isinstance(v, typ) or isinstance(v, bool):
+            problems.append(f"{dotted} should be {typ.__name__}, not {type(v).__name__}")
+    if problems:
+        raise LoraDriftError(f"profile {where}: " + "; ".join(problems))
     for t in prof["tasks"]:
-        check_task(t)
-    for m in prof["methods"]:
-        check_method(m)
+        get_task(t)
+        if t not in prof["data"]["tasks"]:
+            problems.append(f"missing data.tasks.{t} (its train_size and validation_size)")
+    for m, s in prof["methods"].items():
+        for k, typ in METHOD_REQUIRED.items():
+            if k not in s:
+                problems.append(f"method {m} lacks {k}")
+            elif not isinstance(s[k], typ):
+                problems.append(f"method {m}: {k} should be a {getattr(typ, '__name__', 'number')}")
+        if s.get("kind") in KINDS:
+            problems += [f"method {m} ({s['kind']}) lacks {k}" for k in KINDS[s["kind"]].required if k not in s]
+        elif "kind" in s:
+            problems.append(f"method {m}: unknown kind {s['kind']!r} (one of {list(KINDS)})")
+    if problems:
+        raise LoraDriftError(f"profile {where}: " + "; ".join(problems))
     return prof
 
 
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise LoraDriftError(f"unknown task {task!r}: choose one of {list(TASKS)}")
+def load_profile(name: str | dict | None = None) -> dict[str, Any]:
+    """A profile, merged from its layers, its methods resolved, and checked."""
+    if isinstance(name, dict):
+        return name
+    path = profile_file(active_profile(name))
+    prof = _read_layers(path)
+    prof["name"] = path.stem
+    if isinstance(prof.get("methods"), dict):
+        prof["methods"] = resolve_methods(prof["methods"], str(path))
+    prof["_file"] = str(path)
+    return validate(prof, str(path))
+
+
+def check_task(prof: dict, task: str) -> str:
+    from .tasks import get_task
+    get_task(task)
+    if task not in prof["tasks"]:
+        raise LoraDriftError(f"task {task!r} is not in profile {prof['name']!r}: choose one of {prof['tasks']}")
     return task
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise LoraDriftError(f"unknown method {method!r}: choose one of {list(METHODS)}")
+def check_method(prof: dict, method: str) -> str:
+    if method not in prof["methods"]:
+        raise LoraDriftError(f"unknown method {method!r}: choose one of {list(prof['methods'])}")
     return method
-
-
-def data_dir(profile: str) -> Path:
-    """Committed results of a profile: what the book shows."""
-    return repo_root() / "data" / profile
-
-
-def artifacts_dir(profile: str) -> Path:
-    """Heavy, regenerable artifacts of a profile (models, checkpoints, hidden states): git-ignored."""
-    base = os.environ.get("LORADRIFT_ARTIFACTS")
-    return (Path(base) if base else repo_root() / "artifacts") / profile
 
 
 def searched_values(prof: dict, task: str, method: str) -> dict[str, Any]:
@@ -94,76 +169,46 @@ def searched_values(prof: dict, task: str, method: str) -> dict[str, Any]:
     return ((prof["training"].get("per_task") or {}).get(task) or {}).get(method) or {}
 
 
+def training_settings(prof: dict, method: str, task: str | None = None) -> dict[str, Any]:
+    """Training settings: the common ones, then the method's, then (given a task) the values searched for it."""
+    settings = {k: v for k, v in prof["methods"][check_method(prof, method)].items() if k != "kind"}
+    return {**prof["training"]["common"], **settings, **(searched_values(prof, task, method) if task else {})}
+
+
 def unit_config(prof: dict, task: str, method: str, seed: int) -> dict[str, Any]:
-    """Everything that determines one training unit's result (recorded with it, hashed for staleness)."""
-    check_task(task), check_method(method)
-    train = {**prof["training"]["common"], **prof["training"][method], **searched_values(prof, task, method)}
-    return {
+    """Everything that determines one training unit's result (recorded with it, hashed for staleness).
+
+    A method's ``kind`` is recorded when it differs from the method's name (``lora-r64`` is a ``lora``)."""
+    check_task(prof, task)
+    cfg = {
         "profile": prof["name"], "task": task, "method": method, "seed": int(seed),
         "model": copy.deepcopy(prof["model"]),
         "data": {k: v for k, v in prof["data"].items() if k not in ("tasks", "source")}
         | {"sizes": prof["data"]["tasks"][task]},
-        "training": train,
+        "training": training_settings(prof, method, task),
     }
+    if prof["methods"][method]["kind"] != method:
+        cfg["kind"] = prof["methods"][method]["kind"]
+    return cfg
 
 
 def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key(cfg)
 
 
 def run_id(task: str, method: str, seed: int) -> str:
+    """A unit's id: ``<task>-<method>-s<seed>``; the method name carries any variant (``lora-r64``)."""
     return f"{task}-{method}-s{seed}"
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    """Write JSON atomically: a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False, default=_json_default)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_csv(path: Path, df) -> Path:
-    """Write a pandas DataFrame as CSV atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def _json_default(o):
-    import numpy as np
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+def units(prof: dict, tasks=None, methods=None, seeds=None) -> list[tuple[str, str, int]]:
+    """Units in the order they run: task by task, so a task's results are complete early."""
+    for t in tasks or ():
+        check_task(prof, t)
+    for m in methods or ():
+        check_method(prof, m)
+    return [(t, m, int(s)) for t in (tasks or prof["tasks"]) for s in (seeds or prof["seeds"])
+            for m in (methods or prof["methods"])]
 
 
 def environment() -> dict[str, Any]:

@@ -20,42 +20,15 @@ import datasets
 from datasets import ClassLabel, DatasetDict
 
 from . import LoraDriftError
-from .config import check_task, repo_root
+from .store import repo_root
+from .tasks import get_task
 
 HUB_ID = "nyu-mll/glue"
 
-# folder name, file columns -> schema, label names (hub order), metric the task is judged by
-TASK_INFO = {
-    "sst2": {"folder": "SST-2", "a": "sentence", "b": None, "label": "label",
-             "names": ["negative", "positive"], "metric": "accuracy"},
-    "mrpc": {"folder": "MRPC", "a": "#1 String", "b": "#2 String", "label": "Quality",
-             "names": ["not_equivalent", "equivalent"], "metric": "f1"},
-    "rte": {"folder": "RTE", "a": "sentence1", "b": "sentence2", "label": "label",
-            "names": ["entailment", "not_entailment"], "metric": "accuracy"},
-}
-HUB_COLUMNS = {"sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2")}
 
-
-def task_name(task: str) -> str:
-    """The task's GLUE name for prose and tables: RTE, MRPC, SST-2."""
-    return TASK_INFO[check_task(task)]["folder"]
-
-
-def task_metric(task: str) -> str:
-    return TASK_INFO[check_task(task)]["metric"]
-
-
-def format_example(task: str, text_a: str, text_b: str | None = None) -> str:
-    """The single input format of a task, used in training, evaluation, extraction and serving.
-
-    It is the original study's format: SST-2 the raw sentence, pairs ``"<a> [SEP] <b>"`` (the
-    literal text "[SEP]", which the Llama tokenizer splits into ordinary tokens). No template, no
-    EOS; the classifier reads the last real token.
-    """
-    check_task(task)
-    if TASK_INFO[task]["b"] is None:
-        return text_a.strip()
-    return f"{text_a.strip()} [SEP] {text_b.strip()}"
+def texts(task: str, ds: datasets.Dataset) -> list[str]:
+    t = get_task(task)
+    return [t.text(a, b) for a, b in zip(ds["text_a"], ds["text_b"])]
 
 
 def resolve_glue_source(source: str | None = "auto") -> str:
@@ -81,7 +54,7 @@ def resolve_glue_source(source: str | None = "auto") -> str:
 
 def load_glue(task: str, source: str | None = "auto") -> DatasetDict:
     """GLUE ``train`` and ``validation`` of one task in the common schema."""
-    check_task(task)
+    get_task(task)
     src = resolve_glue_source(source)
     if src == HUB_ID:
         return _load_hub(task)
@@ -89,13 +62,13 @@ def load_glue(task: str, source: str | None = "auto") -> DatasetDict:
 
 
 def _load_local(task: str, root: Path) -> DatasetDict:
-    info = TASK_INFO[task]
-    folder = root / info["folder"]
+    info = get_task(task)
+    folder = root / info.folder
     files = {"train": folder / "train.tsv", "validation": folder / "dev.tsv"}
     for f in files.values():
         if not f.exists():
             raise LoraDriftError(
-                f"missing {f}: a GLUE folder needs {info['folder']}/train.tsv and {info['folder']}/dev.tsv "
+                f"missing {f}: a GLUE folder needs {info.folder}/train.tsv and {info.folder}/dev.tsv "
                 "(the classic GLUE TSV layout); set LORADRIFT_GLUE_DIR or --glue-dir to the right folder")
     out = {}
     for split, f in files.items():
@@ -105,17 +78,17 @@ def _load_local(task: str, root: Path) -> DatasetDict:
 
 def _read_tsv(task: str, path: Path) -> datasets.Dataset:
     """Read one GLUE TSV strictly: every row must have the header's number of fields and a known label."""
-    info = TASK_INFO[task]
+    info = get_task(task)
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
             raise LoraDriftError(f"{path} is empty: restore it from the GLUE distribution")
-        need = [c for c in (info["a"], info["b"], info["label"]) if c]
+        need = [c for c in (info.a, info.b, info.label) if c]
         missing = [c for c in need if c not in header]
         if missing:
             raise LoraDriftError(f"{path}: header lacks columns {missing} (found {header}); "
-                                 f"is this the {info['folder']} file of the classic GLUE layout?")
+                                 f"is this the {info.folder} file of the classic GLUE layout?")
         col = {c: header.index(c) for c in need}
         rows = {"text_a": [], "text_b": [], "label": [], "idx": []}
         for lineno, row in enumerate(reader, start=2):
@@ -123,22 +96,22 @@ def _read_tsv(task: str, path: Path) -> datasets.Dataset:
                 raise LoraDriftError(
                     f"{path}, line {lineno}: malformed row with {len(row)} tab-separated fields, "
                     f"expected {len(header)}; fix or re-download the file (GLUE TSVs have no quoting)")
-            label = row[col[info["label"]]].strip()
+            label = row[col[info.label]].strip()
             label_id = _label_id(task, label)
             if label_id is None:
                 raise LoraDriftError(f"{path}, line {lineno}: unknown label {label!r}; "
-                                     f"expected one of {info['names']} or their ids 0/1")
-            rows["text_a"].append(row[col[info["a"]]])
-            rows["text_b"].append(row[col[info["b"]]] if info["b"] else None)
+                                     f"expected one of {list(info.names)} or their ids 0/1")
+            rows["text_a"].append(row[col[info.a]])
+            rows["text_b"].append(row[col[info.b]] if info.b else None)
             rows["label"].append(label_id)
             rows["idx"].append(len(rows["idx"]))
     feats = datasets.Features({"text_a": datasets.Value("string"), "text_b": datasets.Value("string"),
-                               "label": ClassLabel(names=info["names"]), "idx": datasets.Value("int32")})
+                               "label": ClassLabel(names=list(info.names)), "idx": datasets.Value("int32")})
     return datasets.Dataset.from_dict(rows, features=feats)
 
 
 def _label_id(task: str, label: str) -> int | None:
-    names = TASK_INFO[task]["names"]
+    names = get_task(task).names
     if label in ("0", "1"):
         return int(label)
     return names.index(label) if label in names else None
@@ -151,7 +124,7 @@ def _load_hub(task: str) -> DatasetDict:
         raise LoraDriftError(
             f"could not load {HUB_ID}/{task} from the Hugging Face hub ({type(e).__name__}: {e}). "
             "Offline? Point LORADRIFT_GLUE_DIR (or --glue-dir) at a local GLUE folder") from e
-    a, b = HUB_COLUMNS[task]
+    a, b = get_task(task).hub
     out = {}
     for split in ("train", "validation"):
         ds = raw[split]
@@ -159,7 +132,7 @@ def _load_hub(task: str) -> DatasetDict:
             "text_a": ds[a], "text_b": ds[b] if b else [None] * len(ds),
             "label": ds["label"], "idx": list(range(len(ds)))},
             features=datasets.Features({"text_a": datasets.Value("string"), "text_b": datasets.Value("string"),
-                                        "label": ClassLabel(names=TASK_INFO[task]["names"]),
+                                        "label": ClassLabel(names=list(get_task(task).names)),
                                         "idx": datasets.Value("int32")}))
     return DatasetDict(out)
 
@@ -183,14 +156,12 @@ def study_splits(prof: dict, task: str, source: str | None = None) -> DatasetDic
     return DatasetDict({"train": train, "validation": validation, "test": test})
 
 
-def texts(task: str, ds: datasets.Dataset) -> list[str]:
-    return [format_example(task, a, b) for a, b in zip(ds["text_a"], ds["text_b"])]
-
-
 def tokenize(task: str, ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     """Token ids (no padding: batches are padded dynamically), labels and lengths."""
+    fmt = get_task(task).text
+
     def enc(batch):
-        t = [format_example(task, a, b) for a, b in zip(batch["text_a"], batch["text_b"])]
+        t = [fmt(a, b) for a, b in zip(batch["text_a"], batch["text_b"])]
         out = tokenizer(t, truncation=True, max_length=max_length)
         out["labels"] = batch["label"]
         out["length"] = [len(x) for x in out["input_ids"]]

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from . import LoraDriftError, measures
-from .config import (artifacts_dir, data_dir, environment, load_profile, read_json,
-                     repo_root, run_id, write_csv, write_json)
+from .config import environment, load_profile, run_id
+from .store import artifacts_dir, data_dir, read_json, repo_root, write_csv, write_json
 
 # ------------------------------------------------------------------------------------ settings
 DEFAULTS = {
@@ -740,7 +740,7 @@ def summarise(prof: dict | str) -> dict | None:
     and drift_timing.json. Cheap: reads the per-task CSV/JSON files only."""
     import pandas as pd
 
-    from .data import task_metric
+    from .tasks import task_metric
     from .train import result_path
     prof = load_profile(prof) if isinstance(prof, str) else prof
     profile = prof["name"]

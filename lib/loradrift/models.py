@@ -1,4 +1,4 @@
-"""The base model and the two ways of adapting it.
+"""The base model: loading, GGUF conversion, the classification head; a unit's trained model.
 
 The base model is named by a hub id (``TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T``), a
 local folder of safetensors, a ``.gguf`` file, or ``pkg:<package>/<file>`` — a GGUF shipped inside
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import LoraDriftError
-from .config import artifacts_dir
+from .store import artifacts_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -117,29 +117,18 @@ def load_classifier(path: str, dtype: str | torch.dtype = "float32", pad_token_i
     return model
 
 
-def lora_config(train_cfg: dict):
-    from peft import LoraConfig, TaskType
-    return LoraConfig(r=int(train_cfg["lora_r"]), lora_alpha=train_cfg["lora_alpha"],
-                      lora_dropout=float(train_cfg["lora_dropout"]),
-                      target_modules=list(train_cfg["target_modules"]), bias="none",
-                      task_type=TaskType.SEQ_CLS)  # SEQ_CLS: the score head is trained and saved
-
-
 def build_for_training(prof: dict, method: str, train_cfg: dict, seed: int):
-    """(model, tokenizer) ready for the Trainer: full fine-tuning, or LoRA with the head trainable."""
+    """(model, tokenizer) ready for the Trainer, prepared by the method's kind (see ``methods``)."""
     from transformers import set_seed
+
+    from .methods import kind_of
     path = base_model_path(prof)
     tok = load_tokenizer(path)
     set_seed(seed)  # the new score head's initialisation depends on the seed
     model = load_classifier(path, prof["model"].get("dtype", "float32"), tok.pad_token_id)
-    if method == "lora":
-        from peft import get_peft_model
-        model = get_peft_model(model, lora_config(train_cfg))
     if train_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
-        if method == "lora":
-            model.enable_input_require_grads()
-    return model, tok
+    return kind_of(prof, method).prepare(model, train_cfg), tok
 
 
 def parameter_counts(model) -> dict:
@@ -149,24 +138,12 @@ def parameter_counts(model) -> dict:
 
 
 def load_finetuned(prof: dict, model_dir: str | Path, method: str, merge: bool = False):
-    """A trained unit's classifier: the saved full model, or base + adapter (optionally merged)."""
+    """A trained unit's classifier in eval mode: loaded the way its method's kind saved it
+    (an adapter on the base, optionally merged, or a whole model)."""
+    from .methods import kind_of
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise LoraDriftError(f"no trained model at {model_dir}: train the unit first "
                              "(`python -m loradrift train ...`)")
-    dtype = prof["model"].get("dtype", "float32")
-    if method == "full":
-        tok = load_tokenizer(str(model_dir))
-        return load_classifier(str(model_dir), dtype, tok.pad_token_id).eval(), tok
-    from peft import PeftModel
-    base = base_model_path(prof)
-    tok = load_tokenizer(base)
-    model = load_classifier(base, dtype, tok.pad_token_id)
-    try:
-        model = PeftModel.from_pretrained(model, str(model_dir))
-    except Exception as e:
-        raise LoraDriftError(f"could not load the adapter at {model_dir} ({type(e).__name__}: {e}); "
-                             "it may be corrupt: delete the folder and its result JSON, then re-train") from e
-    if merge:
-        model = model.merge_and_unload()
+    model, tok = kind_of(prof, method).load(prof, model_dir, merge=merge)
     return model.eval(), tok

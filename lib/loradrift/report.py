@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import os
 
-from .config import active_profile, data_dir, load_profile, read_json
+from .config import active_profile, load_profile
+from .store import data_dir, read_json
 
 STAGES = {  # stage -> (module, function, one-line description)
     "setup": ("loradrift.cli", "cmd_setup", "data statistics, baselines, sanity check"),
@@ -85,7 +86,7 @@ def outdated(prof_name: str | None = None) -> dict:
 def outdated_note(stage: str, prof_name: str | None = None) -> None:
     """Show a note when a stage's committed results come from superseded training units (nothing otherwise;
     it returns None so that a chapter's last line displays nothing)."""
-    from .data import task_name
+    from .tasks import task_name
     od = outdated(prof_name)
     items = od[stage]
     if not items:
@@ -241,7 +242,7 @@ def runs_frame(prof_name: str | None = None, subdir: str = "runs"):
     of units kept beside the study's, e.g. ``runs_untuned``)."""
     import pandas as pd
 
-    from .data import task_metric
+    from .tasks import task_metric
     from .train import load_runs
     rows = []
     for r in load_runs(prof_name or profile(), subdir):
@@ -360,8 +361,9 @@ def headline(prof_name: str | None = None):
     """
     import pandas as pd
 
-    from . import TASKS, drift, serving
-    from .data import task_name
+    from . import drift, serving
+    from .tasks import TASKS
+    from .tasks import task_name
     name = prof_name or profile()
     runs = runs_frame(name)
     summ = summary_frame(runs)

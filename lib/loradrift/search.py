@@ -46,9 +46,10 @@ import time
 from pathlib import Path
 
 from . import LoraDriftError
-from .config import (PROFILE_DIR, artifacts_dir, config_hash, data_dir, load_profile, read_json,
-                     unit_config, write_json)
-from .data import study_splits, task_metric, tokenize
+from .config import config_hash, load_profile, profile_file, training_settings, unit_config
+from .store import artifacts_dir, data_dir, read_json, write_json
+from .data import study_splits, tokenize
+from .tasks import task_metric
 from .models import build_for_training
 from .train import _compute_metrics, counting_trainer_class, make_collator, training_arguments
 
@@ -101,7 +102,7 @@ def sampler_seed(prof: dict, task: str, method: str) -> int:
 
 def default_params(prof: dict, method: str) -> dict:
     """The profile's untuned values of the searched keys (per_task values left out)."""
-    base = {**prof["training"]["common"], **prof["training"][method]}
+    base = training_settings(prof, method)
     return {k: base[k] for k in search_settings(prof)["space"][method] if k in base}
 
 
@@ -109,7 +110,7 @@ def study_key(prof: dict, task: str, method: str) -> str:
     """What a study's trials depend on (not n_trials: raising it continues the same study)."""
     s = search_settings(prof)
     cfg = unit_config(prof, task, method, _train_seed(prof))
-    cfg["training"] = {**prof["training"]["common"], **prof["training"][method]}  # untuned base
+    cfg["training"] = training_settings(prof, method)  # untuned base
     return config_hash({"space": s["space"][method], "seed": s.get("seed", 0),
                         "train_fraction": s.get("train_fraction"), "pruner": s.get("pruner"),
                         "n_startup_trials": s.get("n_startup_trials"), "unit": cfg})[:8]
@@ -206,7 +207,7 @@ def run_trial(prof: dict, task: str, method: str, params: dict, trial=None, glue
     from transformers import EarlyStoppingCallback
     seed = _train_seed(prof)
     cfg = unit_config(prof, task, method, seed)
-    cfg["training"] = {**prof["training"]["common"], **prof["training"][method], **params}
+    cfg["training"] = {**training_settings(prof, method), **params}
     model, tok = build_for_training(prof, method, cfg["training"], seed)
     train, val = _data(prof, task, glue_source, tok)
     metric = task_metric(task)
@@ -364,11 +365,8 @@ def write_summary(prof: dict) -> dict:
 
 # ---------------------------------------------------------------------------------- apply
 def profile_path(profile: str | dict) -> Path:
-    name = profile["name"] if isinstance(profile, dict) else str(profile)
-    p = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
-    if not p.exists():
-        raise LoraDriftError(f"no profile YAML at {p}")
-    return p
+    """The YAML file that holds a profile's own settings (where ``per_task`` is written)."""
+    return Path(profile["_file"]) if isinstance(profile, dict) else profile_file(str(profile))
 
 
 def apply_search(profile: str, tasks=None, methods=None) -> dict:

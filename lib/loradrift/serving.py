@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from . import LoraDriftError
-from .config import config_hash, data_dir, environment, read_json, repo_root, run_id, write_csv, write_json
+from .config import config_hash, environment, run_id
+from .store import data_dir, read_json, repo_root, write_csv, write_json
 
 MODES = ("base", "full", "lora", "merged", "multi", "mixed", "routed-merged")
 SINGLE_MODES = ("base", "full", "lora", "merged")          # one task's stream, one model
@@ -1138,8 +1139,8 @@ def per_task_ratios(rat, num: str, den: str, bs: int, na: str = "n/a") -> str:
     """'RTE 1.10× [..]; MRPC ...': a ratio on each task's own request stream."""
     if rat is None or rat.empty:
         return na
-    from . import TASKS
-    from .data import task_name
+    from .tasks import TASKS
+    from .tasks import task_name
     tasks = [t for t in TASKS if t in set(rat.stream)]
     parts = [f"{task_name(t)} {ratio_text(rat, num, den, t, bs, na)}" for t in tasks]
     parts = [p for p in parts if not p.endswith(na)]

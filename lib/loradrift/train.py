@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from . import LoraDriftError
-from .config import (artifacts_dir, config_hash, data_dir, environment, load_profile, read_json,
-                     run_id, unit_config, write_json)
-from .data import study_splits, task_metric, tokenize
+from .config import config_hash, environment, load_profile, run_id, unit_config, units
+from .store import artifacts_dir, data_dir, read_json, replace_dir, write_json
+from .store import result_path as _result_path
+from .data import study_splits, tokenize
+from .tasks import task_metric
 from .models import build_for_training, parameter_counts
 
 
@@ -122,17 +124,11 @@ def training_arguments(prof, cfg, out_dir, n_train, report_to, **over):
 
 # ---------------------------------------------------------------------------------- store
 def result_path(profile: str, rid: str) -> Path:
-    return data_dir(profile) / "runs" / f"{rid}.json"
+    return _result_path(profile, "run", unit=rid)
 
 
 def model_dir(profile: str, rid: str) -> Path:
     return artifacts_dir(profile) / "models" / rid
-
-
-def units(prof: dict, tasks=None, methods=None, seeds=None) -> list[tuple[str, str, int]]:
-    """Units in the order they run: task by task, so a task's results are complete early."""
-    return [(t, m, int(s)) for t in (tasks or prof["tasks"]) for s in (seeds or prof["seeds"])
-            for m in (methods or prof["methods"])]
 
 
 def unit_status(prof: dict, task: str, method: str, seed: int) -> str:
@@ -142,7 +138,7 @@ def unit_status(prof: dict, task: str, method: str, seed: int) -> str:
     if p.exists():
         try:
             rec = read_json(p)
-        except ValueError:
+        except LoraDriftError:
             return "corrupt"
         return "done" if rec.get("config_hash") == config_hash(unit_config(prof, task, method, seed)) else "stale"
     ck = artifacts_dir(prof["name"]) / "runs" / rid / "checkpoints"
@@ -218,8 +214,7 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    replace_dir(tmp, dest)
 
     hist = trainer.state.log_history
     result = {

@@ -200,7 +200,8 @@ def run_vllm(prof, tasks=None, glue_source=None, batch_sizes=(1, 8, 32), n_reque
     import pandas as pd
     import torch
 
-    from .config import artifacts_dir, data_dir, environment, load_profile, run_id, write_csv, write_json
+    from .config import environment, load_profile, run_id
+    from .store import artifacts_dir, data_dir, write_csv, write_json
     from .models import base_model_path, load_finetuned, load_tokenizer
     from .serving import (TextEncoder, Server, latency_summary, mixed_batches, n_per_point, real_requests,
                           time_stream)
@@ -224,7 +225,7 @@ def run_vllm(prof, tasks=None, glue_source=None, batch_sizes=(1, 8, 32), n_reque
         else:
             paths[t] = model_dir(prof["name"], rid)
     adapters = adapter_table(tasks, paths)
-    rank = int(prof["training"]["lora"]["lora_r"])
+    rank = max(int(s["lora_r"]) for s in prof["methods"].values() if "lora_r" in s)  # vLLM's max_lora_rank
     llm = make_engine(base, len(tasks), rank, "bfloat16" if prof["model"].get("dtype") == "bfloat16" else "float32",
                       max_len, head)
     n_stream = max(n_per_point(n_requests, b) for b in batch_sizes)
