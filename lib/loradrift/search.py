@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -47,7 +46,7 @@ from pathlib import Path
 
 from . import LoraDriftError
 from .config import config_hash, load_profile, profile_file, training_settings, unit_config
-from .store import artifacts_dir, data_dir, read_json, write_json
+from .store import artifacts_dir, data_dir, read_json, write_json, write_text
 from .data import study_splits, tokenize
 from .tasks import task_metric
 from .models import build_for_training
@@ -397,10 +396,7 @@ def apply_search(profile: str, tasks=None, methods=None) -> dict:
     before["training"] = {k: v for k, v in before["training"].items() if k != "per_task"}
     if check != before or after["training"].get("per_task") != per_task:
         raise LoraDriftError(f"could not rewrite {path} safely; add training.per_task by hand: {per_task}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    write_text(path, new)
     print(f"applied search results to {path}: training.per_task = {per_task}")
     return per_task
 

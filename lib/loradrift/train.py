@@ -162,12 +162,8 @@ def load_runs(profile: str, subdir: str = "runs") -> list[dict]:
 def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool = False,
                glue_source: str | None = None) -> dict:
     """Train and test one unit; skip it if its result is current; resume it if interrupted."""
-    from transformers import EarlyStoppingCallback
-    from transformers.trainer_utils import get_last_checkpoint
-
     prof = load_profile(prof) if isinstance(prof, str) else prof
     cfg = unit_config(prof, task, method, seed)
-    h = config_hash(cfg)
     rid = run_id(task, method, seed)
     out_json = result_path(prof["name"], rid)
     status = unit_status(prof, task, method, seed)
@@ -176,80 +172,96 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
         return read_json(out_json)
     if status == "stale":
         print(f"[{rid}] STALE: {out_json} was made with another config; re-running")
+    t0 = time.perf_counter()
+    ck_dir = _checkpoint_dir(prof, rid, cfg, force)
+    trainer, enc, last = _fit(prof, cfg, ck_dir, glue_source)
+    result = _score_and_save(prof, cfg, trainer, enc, last)
+    result["wall_time_s"] = time.perf_counter() - t0
+    write_json(out_json, result)
+    shutil.rmtree(ck_dir, ignore_errors=True)
+    print(f"[{rid}] test {task_metric(task)} = {result['test'][task_metric(task)]:.4f} -> {out_json}")
+    _finish_wandb()
+    return result
 
+
+def _checkpoint_dir(prof: dict, rid: str, cfg: dict, force: bool) -> Path:
+    """The unit's checkpoint folder, emptied when its checkpoints belong to another config."""
     work = artifacts_dir(prof["name"]) / "runs" / rid
     ck_dir = work / "checkpoints"
     marker = work / "config.json"
+    h = config_hash(cfg)
     if marker.exists() and (force or read_json(marker).get("config_hash") != h):
         shutil.rmtree(ck_dir, ignore_errors=True)  # checkpoints of another config cannot be resumed
     write_json(marker, {"config_hash": h, "config": cfg})
+    return ck_dir
 
-    t0 = time.perf_counter()
+
+def _fit(prof: dict, cfg: dict, ck_dir: Path, glue_source):
+    """Train with early stopping on the validation slice (resuming from the last checkpoint):
+    (trainer holding the best checkpoint's weights, encoded splits, the checkpoint resumed from)."""
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
     splits = study_splits(prof, task, glue_source)
-    model, tok = build_for_training(prof, method, cfg["training"], seed)
-    max_len = int(prof["data"]["max_length"])
-    enc = {k: tokenize(task, v, tok, max_len) for k, v in splits.items()}
+    model, tok = build_for_training(prof, cfg["method"], cfg["training"], cfg["seed"])
+    enc = {k: tokenize(task, v, tok, int(prof["data"]["max_length"])) for k, v in splits.items()}
     for k in ("validation", "test"):  # evaluation order does not matter: sort by length, pad little
         enc[k] = enc[k].sort("length")
-    collator = make_collator(tok)
-    report_to = wandb_settings(prof)
-    args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), report_to)
-    trainer = counting_trainer_class()(model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
-                      data_collator=collator, compute_metrics=_compute_metrics,
-                      callbacks=[EarlyStoppingCallback(int(cfg["training"].get("early_stopping_patience", 2)))])
+    args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), wandb_settings(prof))
+    trainer = counting_trainer_class()(
+        model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
+        data_collator=make_collator(tok), processing_class=tok, compute_metrics=_compute_metrics,
+        callbacks=[EarlyStoppingCallback(int(cfg["training"].get("early_stopping_patience", 2)))])
     last = get_last_checkpoint(str(ck_dir)) if ck_dir.exists() else None
     if last:
         print(f"[{rid}] resuming from {last}")
-    train_out = trainer.train(resume_from_checkpoint=last)
-    train_runtime = float(train_out.metrics["train_runtime"])
-    real, padded = trainer.tokens_real, trainer.tokens_padded
-
+    trainer.train_output = trainer.train(resume_from_checkpoint=last)
     trainer.remove_callback(EarlyStoppingCallback)  # it only watches evaluations made during training
+    return trainer, enc, last
+
+
+def _score_and_save(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
+    """Score the kept (best) weights on the validation slice and the test split, save the model
+    (full) or adapter (LoRA) atomically, and return the unit's result record."""
+    task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
     val = trainer.evaluate(enc["validation"], metric_key_prefix="validation")
     test = trainer.evaluate(enc["test"], metric_key_prefix="test")
-
-    # the best checkpoint's weights are in `model` now: save them atomically, then drop checkpoints
     dest = model_dir(prof["name"], rid)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    trainer.processing_class.save_pretrained(tmp)
     replace_dir(tmp, dest)
-
-    hist = trainer.state.log_history
-    result = {
-        "id": rid, "task": task, "method": method, "seed": int(seed), "profile": prof["name"],
+    hist, state = trainer.state.log_history, trainer.state
+    real, padded = trainer.tokens_real, trainer.tokens_padded
+    return {
+        "id": rid, "task": task, "method": cfg["method"], "seed": int(cfg["seed"]), "profile": prof["name"],
         "test": {"accuracy": test["test_accuracy"], "f1": test["test_f1"], "loss": test["test_loss"],
                  "n": len(enc["test"])},
         "validation": {"accuracy": val["validation_accuracy"], "f1": val["validation_f1"],
                        "loss": val["validation_loss"], "n": len(enc["validation"]),
-                       "metric": task_metric(task), "best": trainer.state.best_metric,
-                       "best_step": _step_of(trainer.state.best_model_checkpoint)},
+                       "metric": task_metric(task), "best": state.best_metric,
+                       "best_step": _step_of(state.best_model_checkpoint)},
         "curves": {
             "train": [{"step": r["step"], "epoch": r.get("epoch"), "loss": r["loss"]} for r in hist if "loss" in r],
             "validation": [{"step": r["step"], "epoch": r.get("epoch"), "loss": r["eval_loss"],
                             "accuracy": r.get("eval_accuracy"), "f1": r.get("eval_f1")}
                            for r in hist if "eval_loss" in r]},
-        "train_loss": float(train_out.training_loss),
-        "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0),
-        "early_stopped": trainer.state.global_step < trainer.state.max_steps,
+        "train_loss": float(trainer.train_output.training_loss),
+        "steps": int(state.global_step), "epochs": float(state.epoch or 0),
+        "early_stopped": state.global_step < state.max_steps,
         "resumed_from": last,
-        "train_runtime_s": train_runtime,
-        "wall_time_s": time.perf_counter() - t0,
+        "train_runtime_s": float(trainer.train_output.metrics["train_runtime"]),
+        "wall_time_s": None,
         "train_tokens_real": int(real), "train_tokens_padded": int(padded),
         "pad_fraction": 1 - real / padded if padded else None,
         "train_step_s": trainer.step_seconds,
         "tokens_per_s": real / trainer.step_seconds if trainer.step_seconds else None,
         "params": parameter_counts(trainer.model),
         "n_train": len(enc["train"]),
-        "config": cfg, "config_hash": h, "environment": environment(),
+        "config": cfg, "config_hash": config_hash(cfg), "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(out_json, result)
-    shutil.rmtree(ck_dir, ignore_errors=True)
-    print(f"[{rid}] test {task_metric(task)} = {test['test_' + task_metric(task)]:.4f} -> {out_json}")
-    _finish_wandb()
-    return result
 
 
 def _step_of(path):
