@@ -18,7 +18,7 @@ import sys
 
 from . import LoraDriftError
 from .config import available_profiles, load_profile
-from .stages import STAGES
+from . import stages
 
 OPTIONS = {  # option name -> (flags, argparse keywords)
     "method": (("--method",), dict(action="append", help="a method of the profile (repeatable; default: all)")),
@@ -46,13 +46,13 @@ def build_parser():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     _common(sub.add_parser("status", help="list units and their state"), tasks=False)
-    for stage in STAGES:
+    for stage in stages.STAGES:
         p = sub.add_parser(stage.name, help=stage.help)
         _common(p, tasks=stage.name != "timing")
         for opt in stage.options:
             flags, kw = OPTIONS[opt]
             p.add_argument(*flags, **kw)
-    _common(sub.add_parser("all", help="every stage in order: " + ", ".join(s.name for s in STAGES)
+    _common(sub.add_parser("all", help="every stage in order: " + ", ".join(s.name for s in stages.STAGES)
                            + " (the search applied)"))
     return ap
 
@@ -75,7 +75,6 @@ def main(argv=None):
 
 def run_stage(name: str, prof: dict, args, **extra):
     from .config import check_method, check_task
-    from .stages import get_stage
     opts = {k: v for k, v in vars(args).items() if k in OPTIONS and v not in (None, False)}
     for t in getattr(args, "task", None) or ():
         check_task(prof, t)
@@ -84,7 +83,7 @@ def run_stage(name: str, prof: dict, args, **extra):
     opts["methods"], opts["seeds"] = opts.pop("method", None), opts.pop("seed", None)
     if opts.pop("apply", False):
         opts["apply"] = args.profile or prof["_file"]
-    get_stage(name).run(prof, tasks=getattr(args, "task", None), glue_source=args.glue_dir, **opts, **extra)
+    stages.get_stage(name).run(prof, tasks=getattr(args, "task", None), glue_source=args.glue_dir, **opts, **extra)
 
 
 def cmd_status(prof):
@@ -102,7 +101,7 @@ def cmd_status(prof):
 
 def cmd_all(prof, args):
     """Every stage in order; each skips what is current, so an interrupted `all` resumes."""
-    for stage in STAGES:
+    for stage in stages.STAGES:
         if stage.name == "search":
             stage.run(prof, tasks=args.task, glue_source=args.glue_dir, apply=args.profile or prof["_file"])
             prof = load_profile(args.profile or prof["_file"])  # the applied values
