@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import shutil
 import tempfile
 import time
@@ -371,71 +370,58 @@ def profile_path(profile: str | dict) -> Path:
 def apply_search(profile: str, tasks=None, methods=None) -> dict:
     """Write the best values of finished searches into the profile YAML (training.per_task.<task>.<method>).
 
-    Only the ``per_task`` block of ``training`` is rewritten (comments and the rest of the file are kept);
-    the file is re-read and checked before it replaces the old one. Returns the new per_task mapping.
-    """
+    The file is edited as a round trip (ruamel.yaml): comments and layout survive, only
+    ``training.per_task`` changes; the result is re-read and checked before it replaces the old file.
+    Returns the new per_task mapping."""
+    import io
+
     import yaml
+    from ruamel.yaml import YAML
     path = profile_path(profile)
     prof = load_profile(str(path))
-    tasks = tasks or prof["tasks"]
-    methods = methods or prof["methods"]
+    tasks, methods = tasks or prof["tasks"], methods or list(prof["methods"])
     per_task = json.loads(json.dumps(prof["training"].get("per_task") or {}))
-    changed = False
-    for r in load_results(prof["name"]):
-        if r["task"] in tasks and r["method"] in methods and r.get("best_params"):
-            per_task.setdefault(r["task"], {})[r["method"]] = dict(r["best_params"])
-            changed = True
-    if not changed:
+    chosen = [r for r in load_results(prof["name"]) if r["task"] in tasks and r["method"] in methods
+              and r.get("best_params")]
+    if not chosen:
         raise LoraDriftError(f"no search results for {prof['name']!r} to apply: run "
                              f"`python -m loradrift search --profile {prof['name']}` first")
+    for r in chosen:
+        per_task.setdefault(r["task"], {})[r["method"]] = dict(r["best_params"])
     text = path.read_text()
-    new = _replace_per_task(text, per_task, f"python -m loradrift search --profile {prof['name']}")
-    before, after = yaml.safe_load(text), yaml.safe_load(new)
-    check = dict(after)
-    check["training"] = {k: v for k, v in after["training"].items() if k != "per_task"}
-    before["training"] = {k: v for k, v in before["training"].items() if k != "per_task"}
-    if check != before or after["training"].get("per_task") != per_task:
+    rt = YAML()
+    rt.width, rt.preserve_quotes = 1000, True
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = rt.load(text)
+    fresh = "per_task" not in doc["training"]
+    if fresh:
+        doc["training"]["per_task"] = per_task
+    else:
+        _update_in_place(doc["training"]["per_task"], per_task)
+    if fresh:
+        doc["training"].yaml_set_comment_before_after_key(
+            "per_task", before=f"per_task: tuned values (`python -m loradrift search --profile {prof['name']} "
+                               "--apply`); they override the method's values", indent=2)
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    before, after = yaml.safe_load(text), yaml.safe_load(buf.getvalue())
+    got = after["training"].pop("per_task", None)
+    before["training"].pop("per_task", None)
+    if got != per_task or before != after:
         raise LoraDriftError(f"could not rewrite {path} safely; add training.per_task by hand: {per_task}")
-    write_text(path, new)
+    write_text(path, buf.getvalue())
     print(f"applied search results to {path}: training.per_task = {per_task}")
     return per_task
 
 
-def _replace_per_task(text: str, per_task: dict, cmd: str) -> str:
-    import yaml
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    top = [i for i, ln in enumerate(lines) if re.match(r"^[A-Za-z_][\w-]*\s*:", ln)]
-    try:
-        start = next(i for i in top if re.match(r"^training\s*:", lines[i]))
-    except StopIteration:
-        raise LoraDriftError("the profile has no top-level `training:` block") from None
-    end = next((i for i in top if i > start), len(lines))
-    while end - 1 > start and not lines[end - 1].strip():  # keep blank lines after the block outside it
-        end -= 1
-    block = lines[start + 1:end]
-    indent = next((len(ln) - len(ln.lstrip(" ")) for ln in block if ln.strip() and not ln.lstrip().startswith("#")), 2)
-    pad = " " * indent
-    body = yaml.safe_dump({"per_task": per_task}, sort_keys=False, default_flow_style=False, width=1000)
-    new_block = [f"{pad}# per_task: tuned values (`{cmd} --apply`); they override the method's values\n"]
-    new_block += [pad + ln + "\n" for ln in body.splitlines()]
-    # drop an existing per_task block (and its comment line written by us)
-    out, i = [], 0
-    while i < len(block):
-        ln = block[i]
-        if re.match(rf"^{pad}per_task\s*:", ln):
-            i += 1
-            while i < len(block) and (not block[i].strip() or len(block[i]) - len(block[i].lstrip(" ")) > indent
-                                      or block[i].lstrip().startswith("#") and
-                                      len(block[i]) - len(block[i].lstrip(" ")) > indent):
-                i += 1
-            continue
-        if ln.startswith(f"{pad}# per_task: tuned values"):
-            i += 1
-            continue
-        out.append(ln)
-        i += 1
-    while out and not out[-1].strip():
-        out.pop()
-    return "".join(lines[:start + 1] + out + new_block + lines[end:])
+
+def _update_in_place(node, new: dict) -> None:
+    """Make a round-trip YAML mapping equal ``new`` key by key, keeping the nodes (and so the
+    comments attached to them) of every key that stays."""
+    for k in [k for k in node if k not in new]:
+        del node[k]
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(node.get(k), dict):
+            _update_in_place(node[k], v)
+        else:
+            node[k] = v
