@@ -58,20 +58,6 @@ def test_timing_command_writes_study_time(tiny_profile, book_root, capsys):
     assert "total" in capsys.readouterr().out
 
 
-def test_all_runs_search_and_applies_it_before_training(tiny_profile, monkeypatch):
-    calls = []
-    monkeypatch.setattr(cli, "cmd_setup", lambda prof, args: calls.append("setup"))
-    import loradrift.search as search
-    monkeypatch.setattr(search, "run_search", lambda prof, **kw: calls.append(("search", kw["apply"])))
-    for name in ("cmd_train", "cmd_drift", "cmd_deploy", "cmd_timing"):
-        monkeypatch.setattr(cli, name, lambda prof, args, n=name: calls.append(n))
-    prof = load_profile(str(tiny_profile))
-    prof["search"] = {"n_trials": 1}
-    args = cli.build_parser().parse_args(["all", "--profile", str(tiny_profile)])
-    cli.cmd_all(prof, args)
-    assert calls == ["setup", ("search", str(tiny_profile)), "cmd_train", "cmd_drift", "cmd_deploy", "cmd_timing"]
-
-
 @pytest.mark.skipif(not (COMMITTED / "runs").exists(), reason="no committed cpu results")
 def test_headline_matches_the_run_records(monkeypatch):
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
