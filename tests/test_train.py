@@ -74,7 +74,8 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
         f"sys.exit(main({args!r}))\n")
     first = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=600)
     assert first.returncode == 9, first.stderr[-2000:]
-    assert len(list(ck.glob("checkpoint-*"))) == 2
+    kept = list(ck.glob("checkpoint-*"))  # the latest resume checkpoint, with the best weights so far
+    assert len(kept) == 1 and (kept[0] / "best_weights.safetensors").exists()
     assert not result_path("tiny", "rte-full-s3").exists()
     assert unit_status(prof, "rte", "full", 3) == "partial"
     out = subprocess.run([sys.executable, "-m", "loradrift", *args], capture_output=True, text=True, timeout=600)
@@ -83,6 +84,11 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     rec = read_json(result_path("tiny", "rte-full-s3"))
     assert rec["resumed_from"] and "checkpoint-" in rec["resumed_from"]
     assert rec["steps"] == 12 * 4  # 32 examples / batch 8 = 4 steps per epoch, all of them done
+    # resuming is exact: the same unit trained without interruption gives the same model and record
+    whole = train_unit(str(tiny_profile), "rte", "full", 3, force=True)
+    assert whole["resumed_from"] is None
+    for key in ("test", "validation", "curves", "steps"):
+        assert rec[key] == pytest.approx(whole[key]) if key != "curves" else rec[key] == whole[key], key
 
 
 def test_sanity_check_drives_loss_down(tiny_profile):
@@ -99,3 +105,29 @@ def test_baselines(tiny_profile):
     # tiny MRPC is 2/3 positive: the majority predictor is "1"
     assert maj["mrpc"]["f1"] > 0.7 and abs(maj["mrpc"]["accuracy"] - 16 / 24) < 1e-9
     assert abs(rnd["sst2"]["accuracy"] - 0.5) < 0.05
+
+
+def test_precision_is_chosen_by_the_profile(monkeypatch):
+    from loradrift import train
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    cfg = lambda p: {"training": {} if p is None else {"precision": p}}  # noqa: E731
+    monkeypatch.setattr(train, "cpu_supports_bf16", lambda: True)
+    assert [train.precision(cfg(p)) for p in (None, "fp32", "bf16", "auto")] == \
+        ["fp32", "fp32", "bf16-autocast", "bf16-autocast"]  # no key: the committed cpu study's fp32
+    monkeypatch.setattr(train, "cpu_supports_bf16", lambda: False)
+    assert train.precision(cfg("auto")) == "fp32"
+    with pytest.raises(train.LoraDriftError, match="no native bf16"):
+        train.precision(cfg("bf16"))
+    with pytest.raises(train.LoraDriftError, match="use bf16, fp32 or auto"):
+        train.precision(cfg("fp16"))
+
+
+@pytest.mark.skipif(not __import__("loradrift.train").train.cpu_supports_bf16(), reason="no native bf16 on this CPU")
+def test_bf16_autocast_unit_keeps_fp32_weights(tiny_profile):
+    prof = load_profile(str(tiny_profile))
+    prof["training"]["common"]["precision"] = "bf16"
+    rec = train_unit(prof, "sst2", "full", 1)
+    assert rec["precision"] == "bf16-autocast" and rec["config"]["training"]["precision"] == "bf16"
+    from safetensors import safe_open
+    with safe_open(str(model_dir("tiny", "sst2-full-s1") / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}  # master weights stay fp32

@@ -58,6 +58,12 @@ def counting_trainer_class():
             super().__init__(*a, **kw)
             self.add_callback(_StepTimer(self))
 
+        def _save_checkpoint(self, model, trial):
+            best = getattr(self, "best", None)  # the BestWeights callback, when the unit keeps best weights
+            if best is not None:
+                best.save_into(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")
+            return super()._save_checkpoint(model, trial)
+
         def training_step(self, model, inputs, *args, **kw):
             m = inputs.get("attention_mask")
             if m is not None:
@@ -77,6 +83,83 @@ def _StepTimer(trainer):
         def on_step_end(self, args, state, control, **kw):
             trainer.step_seconds += time.perf_counter() - self.t
     return StepTimer()
+
+
+def cpu_supports_bf16() -> bool:
+    """Does this CPU have native bf16 matrix instructions (AVX512-BF16 or AMX), which oneDNN uses?"""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def precision(cfg: dict) -> str:
+    """How a unit computes: ``bf16-autocast`` (bf16 matrix products, fp32 master weights and optimizer
+    states) or ``fp32``. ``training.precision`` chooses (bf16, fp32 or auto: bf16 where the device
+    has it); without it, CUDA uses bf16 autocast and a CPU fp32 (the committed cpu study)."""
+    want = cfg["training"].get("precision")
+    cuda = torch.cuda.is_available()
+    if want is None:
+        return "bf16-autocast" if cuda else "fp32"
+    if want not in ("bf16", "fp32", "auto"):
+        raise LoraDriftError(f"training.precision {want!r}: use bf16, fp32 or auto")
+    native = cuda or cpu_supports_bf16()
+    if want == "bf16" and not native:
+        raise LoraDriftError("training.precision is bf16 but this CPU has no native bf16 (AVX512-BF16/AMX): "
+                             "set it to auto or fp32 in the profile")
+    return "bf16-autocast" if want == "bf16" or (want == "auto" and native) else "fp32"
+
+
+class _BestWeights:
+    """Keeps the trainable weights of the best evaluation in memory (no checkpoint per evaluation),
+    writes them into each resume checkpoint, and puts them back into the model at the end."""
+    FILE = "best_weights.safetensors"
+
+    def __init__(self, model, metric: str, greater_is_better: bool = True):
+        self.model, self.metric, self.greater = model, f"eval_{metric}", greater_is_better
+        self.weights, self.best, self.step, self.dirty = None, None, None, False
+
+    def _better(self, value: float) -> bool:
+        return self.best is None or (value > self.best if self.greater else value < self.best)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        value = (metrics or {}).get(self.metric)
+        if value is not None and self._better(value):
+            self.best, self.step, self.dirty = float(value), state.global_step, True
+            self.weights = {n: p.detach().to("cpu", copy=True).contiguous()
+                            for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def save_into(self, folder: Path) -> None:
+        """Write the best weights into a resume checkpoint's folder (before the Trainer writes the rest)."""
+        from safetensors.torch import save_file
+        if self.weights is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(self.weights, str(folder / self.FILE), metadata={"best": repr(self.best), "step": str(self.step)})
+
+    def resume(self, checkpoint: str | None) -> None:
+        """Take the best weights recorded in the checkpoint a run resumes from."""
+        from safetensors import safe_open
+        path = Path(checkpoint or "") / self.FILE
+        if checkpoint and path.exists():
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata()
+                self.weights = {k: f.get_tensor(k) for k in f.keys()}
+            self.best, self.step = float(meta["best"]), int(meta["step"])
+
+    def restore(self) -> None:
+        """Load the best weights into the model (nothing to do when no evaluation ran)."""
+        if self.weights is not None:
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for n, w in self.weights.items():
+                    params[n].copy_(w)
+
+
+def best_weights(model, metric: str, greater_is_better: bool = True) -> "_BestWeights":
+    """A Trainer callback (transformers is imported only when a unit trains) keeping the best weights."""
+    from transformers import TrainerCallback
+    cls = type("BestWeights", (_BestWeights, TrainerCallback), {})
+    return cls(model, metric, greater_is_better)
 
 
 def wandb_settings(prof: dict) -> list[str]:
@@ -100,6 +183,8 @@ def training_arguments(prof, cfg, out_dir, n_train, report_to, **over):
     bs = int(t["per_device_train_batch_size"]) * int(t.get("gradient_accumulation_steps", 1))
     steps_per_epoch = max(1, math.ceil(n_train / bs))
     every = max(1, steps_per_epoch // int(t.get("evals_per_epoch", 1)))
+    # resume checkpoints (model + optimizer) every few evaluations; the best weights are kept by BestWeights
+    save_every = every * int((prof.get("run") or {}).get("checkpoint_every_evals", 4))
     cuda = torch.cuda.is_available()
     kw = dict(
         output_dir=str(out_dir), seed=cfg["seed"], data_seed=cfg["seed"],
@@ -110,12 +195,12 @@ def training_arguments(prof, cfg, out_dir, n_train, report_to, **over):
         warmup_steps=math.ceil(float(t["warmup_ratio"]) * steps_per_epoch * float(t["num_train_epochs"])),
         weight_decay=float(t["weight_decay"]),
         lr_scheduler_type=t.get("lr_scheduler_type", "linear"), max_grad_norm=float(t.get("max_grad_norm", 1.0)),
-        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
-        save_total_limit=2, load_best_model_at_end=True,
+        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=save_every,
+        save_total_limit=1, load_best_model_at_end=False,
         metric_for_best_model=task_metric(cfg["task"]), greater_is_better=True,
         logging_steps=max(1, min(10, every // 2)), report_to=report_to, run_name=run_id(cfg["task"], cfg["method"], cfg["seed"]),
         train_sampling_strategy="group_by_length", label_names=["labels"],
-        bf16=cuda and cfg["model"].get("dtype") in ("bfloat16", "float32"), use_cpu=not cuda,
+        bf16=precision(cfg) == "bf16-autocast", use_cpu=not cuda,
         dataloader_num_workers=0, disable_tqdm=False, remove_unused_columns=True,
     )
     kw.update(over)
@@ -212,11 +297,16 @@ def _fit(prof: dict, cfg: dict, ck_dir: Path, glue_source):
         model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
         data_collator=make_collator(tok), processing_class=tok, compute_metrics=_compute_metrics,
         callbacks=[EarlyStoppingCallback(int(cfg["training"].get("early_stopping_patience", 2)))])
+    trainer.best = best = best_weights(model, args.metric_for_best_model, args.greater_is_better)
+    trainer.add_callback(best)
     last = get_last_checkpoint(str(ck_dir)) if ck_dir.exists() else None
     if last:
         print(f"[{rid}] resuming from {last}")
+        best.resume(last)
     trainer.train_output = trainer.train(resume_from_checkpoint=last)
-    trainer.remove_callback(EarlyStoppingCallback)  # it only watches evaluations made during training
+    best.restore()  # the best evaluation's weights, as a unit keeps them
+    for cb in (EarlyStoppingCallback, best):  # they only watch evaluations made during training
+        trainer.remove_callback(cb)
     return trainer, enc, last
 
 
@@ -240,8 +330,8 @@ def _score_and_save(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
                  "n": len(enc["test"])},
         "validation": {"accuracy": val["validation_accuracy"], "f1": val["validation_f1"],
                        "loss": val["validation_loss"], "n": len(enc["validation"]),
-                       "metric": task_metric(task), "best": state.best_metric,
-                       "best_step": _step_of(state.best_model_checkpoint)},
+                       "metric": task_metric(task), "best": trainer.best.best,
+                       "best_step": trainer.best.step},
         "curves": {
             "train": [{"step": r["step"], "epoch": r.get("epoch"), "loss": r["loss"]} for r in hist if "loss" in r],
             "validation": [{"step": r["step"], "epoch": r.get("epoch"), "loss": r["eval_loss"],
@@ -258,14 +348,11 @@ def _score_and_save(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
         "train_step_s": trainer.step_seconds,
         "tokens_per_s": real / trainer.step_seconds if trainer.step_seconds else None,
         "params": parameter_counts(trainer.model),
+        "precision": precision(cfg),
         "n_train": len(enc["train"]),
         "config": cfg, "config_hash": config_hash(cfg), "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _step_of(path):
-    return int(Path(path).name.split("-")[-1]) if path else None
 
 
 def _finish_wandb():
