@@ -13,7 +13,7 @@ from loradrift.config import load_profile
 def test_every_stage_is_a_subcommand_with_task_help():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd")
-    assert [s.name for s in stages.STAGES] == ["setup", "search", "train", "drift", "deploy", "timing"]
+    assert [s.name for s in stages.STAGES] == ["setup", "bench", "search", "train", "drift", "deploy", "timing"]
     assert set(sub.choices) == {s.name for s in stages.STAGES} | {"status", "all"}
     for name in ("drift", "deploy", "search", "all", "train"):
         task = next(a for a in sub.choices[name]._actions if a.dest == "task")
@@ -29,9 +29,9 @@ def test_all_runs_every_stage_in_order_and_applies_the_search(tiny_profile, monk
     monkeypatch.setattr(stages, "STAGES", fakes)
     args = cli.build_parser().parse_args(["all", "--profile", str(tiny_profile)])
     cli.cmd_all(load_profile(str(tiny_profile)), args)
-    assert [c[0] for c in calls] == ["setup", "search", "train", "drift", "deploy", "timing"]
-    assert calls[1][1] == str(tiny_profile)  # the search writes its values into this profile's file
-    assert all(c[1] is None for i, c in enumerate(calls) if i != 1)
+    assert [c[0] for c in calls] == ["setup", "bench", "search", "train", "drift", "deploy", "timing"]
+    assert calls[2][1] == str(tiny_profile)  # the search writes its values into this profile's file
+    assert all(c[1] is None for i, c in enumerate(calls) if i != 2)
 
 
 def test_a_stage_gets_its_options(tiny_profile, monkeypatch):

@@ -36,6 +36,12 @@ def run_setup(prof: dict, tasks=None, glue_source=None, **_) -> dict:
     return done
 
 
+def run_bench(prof: dict, tasks=None, glue_source=None, **_) -> dict:
+    """Matrix-multiply ceilings and the training and extraction rates against them (see ``bench``)."""
+    from .bench import run_bench as bench
+    return bench(prof, tasks=tasks, glue_source=glue_source)
+
+
 def run_search(prof: dict, tasks=None, glue_source=None, methods=None, n_trials=None, apply=None, **_):
     """Optuna search per task x method; ``apply`` (a profile name or YAML path) writes the chosen values there."""
     from .search import run_search as search
@@ -97,6 +103,8 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage("setup", "data statistics, baselines and the sanity check", run_setup, "data_stats.json"),
+    Stage("bench", "the device's matrix-multiply ceilings and the study's rates against them", run_bench,
+          "bench.json"),
     Stage("search", "hyperparameter search (Optuna), optionally applied to the profile", run_search, "search/*.json",
           ("method", "n_trials", "apply")),
     Stage("train", "the training units (each skipped when its result is current)", run_train, "runs/*.json",

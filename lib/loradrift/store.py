@@ -24,6 +24,7 @@ RESULTS = {
     "data_stats": "data_stats.json",
     "baselines": "baselines.json",
     "sanity": "sanity.json",
+    "bench": "bench.json",
     "run": "runs/{unit}.json",
     "runs": "runs",
     "search": "search/{task}-{method}.json",

@@ -1,0 +1,184 @@
+"""What this machine can do, and how close the study's heavy stages come to it.
+
+``run_bench`` writes ``data/<profile>/bench.json``: the matrix-multiply ceiling of the device in fp32
+and bf16 (a large square product and the model's own shapes, at the profile's thread count), and for
+full fine-tuning, LoRA and extraction the real (non-padding) tokens per second on a real task's
+batches, the FLOP/s that rate means and its fraction of the ceiling, per precision.
+
+FLOPs are counted from the model's shapes (``flops_per_token``): a forward pass costs 2 FLOPs per
+weight of every matrix product (the decoder's linear layers and the score head; the embedding is a
+lookup) plus causal attention (QKᵀ and AV: 4·d per attended position, (T+1)/2 positions on average).
+Full fine-tuning costs 3 forward passes per token (forward, gradients of activations, gradients of
+weights); LoRA costs a forward pass, the activations' gradients and the trainable weights' gradients;
+extraction costs one forward pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import numpy as np
+import torch
+
+from .config import environment
+from .store import is_current, key, read_json, result_path, write_json
+
+
+# ------------------------------------------------------------------------------------- FLOP counts
+def linear_weights(model) -> tuple[int, int]:
+    """(weights in matrix products, of which trainable) of a causal-LM classifier (embeddings excluded)."""
+    total = trainable = 0
+    for name, mod in model.named_modules():
+        # peft keeps an unused frozen copy of a trained head (modules_to_save): ".original_module"
+        if isinstance(mod, torch.nn.Linear) and "embed" not in name and not name.endswith("lm_head") \
+                and "original_module" not in name:
+            total += mod.weight.numel()
+            trainable += mod.weight.numel() if mod.weight.requires_grad else 0
+    return total, trainable
+
+
+def flops_per_token(model, seq_len: float, mode: str) -> float:
+    """FLOPs per real token at mean sequence length ``seq_len``: ``full`` or ``lora`` training, or ``extract``."""
+    cfg = model.config
+    n, n_train = linear_weights(model)
+    attention = 4 * cfg.num_hidden_layers * cfg.hidden_size * (seq_len + 1) / 2
+    forward = 2 * n + attention
+    if mode == "extract":
+        return forward
+    if mode == "full":
+        return 3 * forward
+    if mode == "lora":
+        return 2 * forward + 2 * n_train
+    raise ValueError(f"mode {mode!r}: full, lora or extract")
+
+
+# ------------------------------------------------------------------------------------- ceilings
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _time(fn, reps: int) -> float:
+    """Median seconds of ``reps`` calls after two warm-up calls."""
+    fn(), fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return float(np.median(out))
+
+
+def matmul_ceiling(shapes: list[tuple[int, int, int]], dtype: str, reps: int = 5) -> list[dict]:
+    """GFLOP/s of (M×K)·(K×N) products in ``dtype`` on the CPU or GPU, per shape."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=dev).to(DTYPES[dtype])
+        b = torch.randn(k, n, device=dev).to(DTYPES[dtype])
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+        s = _time(lambda: (a @ b, sync()), reps)
+        rows.append({"dtype": dtype, "m": m, "k": k, "n": n, "seconds": s, "gflops": 2 * m * k * n / s / 1e9})
+    return rows
+
+
+def model_shapes(model, tokens: int = 2048) -> list[tuple[int, int, int]]:
+    """The distinct (tokens × in) · (in × out) products of the model's linear layers, and a square 2048."""
+    shapes = {(2048, 2048, 2048)}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and "embed" not in name and mod.out_features > 2:
+            shapes.add((tokens, mod.in_features, mod.out_features))
+    return sorted(shapes)
+
+
+# ------------------------------------------------------------------------------------- throughput
+def _autocast(precision: str):
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(dev, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def batches(prof: dict, task: str, tok, batch_size: int, n: int, glue_source=None) -> list[dict]:
+    """``n`` padded batches of the task's training split, grouped by length as the Trainer groups them."""
+    from transformers import DataCollatorWithPadding
+
+    from .data import study_splits, tokenize
+    enc = tokenize(task, study_splits(prof, task, glue_source)["train"], tok, int(prof["data"]["max_length"]))
+    order = np.random.default_rng(0).permutation(len(enc))[: batch_size * n]
+    rows = [enc[int(i)] for i in order]
+    collate = DataCollatorWithPadding(tok)
+    return [collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")}
+                     for r in sorted(rows[i:i + batch_size], key=lambda r: r["length"])])
+            for i in range(0, len(rows), batch_size)]
+
+
+def throughput(model, data: list[dict], mode: str, precision: str, lr: float = 1e-5) -> dict:
+    """Real tokens/s and FLOP/s of training steps (forward, backward, AdamW) or of extraction forwards."""
+    train = mode != "extract"
+    model.train(train)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr) if train else None
+
+    def step(b):
+        with _autocast(precision), (contextlib.nullcontext() if train else torch.no_grad()):
+            out = model(**b) if train else model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                                 output_hidden_states=True)
+        if train:
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    step(data[0])  # warm-up (allocations, oneDNN primitive creation)
+    real = flops = 0.0
+    t0 = time.perf_counter()
+    for b in data[1:]:
+        step(b)
+        lengths = b["attention_mask"].sum(1).double()
+        real += float(lengths.sum())
+        flops += float(sum(flops_per_token(model, float(x), mode) for x in lengths))
+    s = time.perf_counter() - t0
+    return {"mode": mode, "precision": precision, "batches": len(data) - 1, "tokens": real, "seconds": s,
+            "tokens_per_s": real / s, "gflops": flops / s / 1e9}
+
+
+def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = None, **_) -> dict:
+    """The profile's benchmark (see the module docstring) -> data/<profile>/bench.json."""
+    from .methods import kind_of
+    from .models import base_model_path, load_classifier, load_tokenizer
+    cfg = prof.get("bench") or {}
+    threads = int(cfg.get("threads") or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    task = (tasks or [cfg.get("task", prof["tasks"][0])])[0]
+    n_batches = int(n_batches or cfg.get("batches", 6))
+    settings = {"model": prof["model"], "methods": prof["methods"], "task": task, "threads": threads,
+                "batches": n_batches, "batch_size": prof["training"]["common"]["per_device_train_batch_size"]}
+    out_path = result_path(prof["name"], "bench")
+    if is_current(out_path, key(settings)):
+        print(f"bench results are current: {out_path} (skipped)")
+        return read_json(out_path)
+    path = base_model_path(prof)
+    tok = load_tokenizer(path)
+    precisions = [p for p in ("fp32", "bf16") if p == "fp32" or _bf16_native()]
+    base = load_classifier(path, "float32", tok.pad_token_id)
+    ceilings = [r for p in precisions for r in matmul_ceiling(model_shapes(base), p, int(cfg.get("reps", 5)))]
+    best = {p: max(r["gflops"] for r in ceilings if r["dtype"] == p) for p in precisions}
+    rows = []
+    for method in list(prof["methods"]) + ["extract"]:
+        bs = int(prof["training"]["common"]["per_device_train_batch_size"])
+        data = batches(prof, task, tok, bs, n_batches + 1, glue_source)
+        for p in precisions:
+            model = load_classifier(path, "float32", tok.pad_token_id)
+            mode = "extract" if method == "extract" else kind_of(prof, method).name
+            if method != "extract":
+                model = kind_of(prof, method).prepare(model, prof["methods"][method])
+            r = throughput(model, data, mode, p)
+            r.update(method=method, task=task, batch_size=bs, fraction_of_ceiling=r["gflops"] / best[p])
+            rows.append(r)
+            print(f"bench {method:<8} {p}: {r['tokens_per_s']:8.0f} tokens/s, {r['gflops']:6.1f} GFLOP/s "
+                  f"({r['fraction_of_ceiling']:.0%} of the {p} ceiling)")
+    out = {"profile": prof["name"], "key": key(settings), "threads": threads, "task": task, "ceilings": ceilings, "ceiling": best,
+           "throughput": rows, "load_avg_after": list(os.getloadavg()), "environment": environment()}
+    write_json(out_path, out)
+    return out
+
+
+def _bf16_native() -> bool:
+    from .train import cpu_supports_bf16
+    return torch.cuda.is_available() or cpu_supports_bf16()
