@@ -96,6 +96,9 @@ def test_sanity_check_drives_loss_down(tiny_profile):
         s = sanity_check(str(tiny_profile), method)
         assert s["passed"], s["losses"][-5:]
         assert s["losses"][0] > 0.3  # it started from chance, so the check can fail
+        # it stops once fit: either every step ran, or the last three losses were all below 0.1
+        assert s["steps_run"] == s["steps"] or max(s["losses"][-3:]) < 0.1
+        assert s["steps_run"] == len(s["losses"])
 
 
 def test_baselines(tiny_profile):

@@ -392,13 +392,28 @@ def sanity_check(prof: dict | str, method: str, task: str = "rte", glue_source=N
                               eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
                               logging_steps=1, train_sampling_strategy="random", disable_tqdm=True)
     t0 = time.perf_counter()
-    trainer = Trainer(model=model, args=args, train_dataset=enc, data_collator=make_collator(tok))
+    trainer = Trainer(model=model, args=args, train_dataset=enc, data_collator=make_collator(tok),
+                      callbacks=[_stop_when_fit(float(s.get("threshold", 0.1)))])
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {"method": method, "task": task, "n_examples": len(enc), "steps": int(s["steps"]),
+            "steps_run": int(trainer.state.global_step),
             "learning_rate": float(s["learning_rate"][method]), "losses": losses,
-            "final_loss": losses[-1], "passed": bool(min(losses[-3:]) < 0.1),
+            "final_loss": losses[-1], "passed": bool(min(losses[-3:]) < float(s.get("threshold", 0.1))),
             "seconds": time.perf_counter() - t0}
+
+
+def _stop_when_fit(threshold: float, window: int = 3):
+    """A callback that ends the sanity check once the last ``window`` losses are all below ``threshold``:
+    the check has passed, and the remaining steps would only confirm it."""
+    from transformers import TrainerCallback
+
+    class StopWhenFit(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            losses = [r["loss"] for r in state.log_history if "loss" in r]
+            if len(losses) >= window and max(losses[-window:]) < threshold:
+                control.should_training_stop = True
+    return StopWhenFit()
 
 
 def baselines(prof: dict | str, glue_source=None, n_random: int = 1000) -> list[dict]:
