@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .config import active_profile, load_profile
+from .config import active_profile, load_profile, searched_values, unit_config, units
 from .methods import kind_of
 from .store import data_dir, read_json, result_path
 
@@ -57,7 +57,6 @@ def summary_frame(runs):
 
 def unit_counts(prof, runs) -> dict:
     """The profile's units (task x method x seed) and how many of ``runs`` are done and stale."""
-    from .config import units
     status = runs["status"].value_counts() if not runs.empty else {}
     return {"units": len(units(load_profile(prof))), "done": int(status.get("done", 0)),
             "stale": int(status.get("stale", 0))}
@@ -83,8 +82,6 @@ def unit_settings(prof=None):
     """Per task x method, the training values a unit gets (the method's, or the search's where the
     profile has them): numbers, with NaN for LoRA settings of a method that has none."""
     import pandas as pd
-
-    from .config import searched_values, unit_config
     p = load_profile(prof)
     rows = []
     for task in p["tasks"]:
@@ -245,14 +242,14 @@ def headline_study(prof=None):
     rows = []
     for task in [t for t in p["tasks"] if not summ.empty and t in set(summ.task)]:
         status = set(runs[runs.task == task]["status"])
-        units = "current" if status == {"done"} else "stale" if status == {"stale"} else "partly stale"
+        state = "current" if status == {"done"} else "stale" if status == {"stale"} else "partly stale"
         t = tests[(tests.task == task) & (tests.pooling == "masked") & (tests.measure == "cka")
                   & (tests.summary == "last")] if not tests.empty else tests
         for m in p["methods"]:
             s = summ[(summ.task == task) & (summ.method == m)]
             g = sd[(sd.task == task) & (sd.method == m) & (sd.pooling == "masked") & (sd.measure == "cka")] \
                 if not sd.empty else sd
-            rows.append({"task": task, "metric": summ[summ.task == task]["metric"].iloc[0], "units": units,
+            rows.append({"task": task, "metric": summ[summ.task == task]["metric"].iloc[0], "units": state,
                          "method": m, "test_mean": first(s["mean"]), "test_sd": first(s["sd"]),
                          "drift": g["last"].mean() if len(g) else math.nan,
                          "perm_p": first(t["perm_p"]) if len(t) else math.nan,
