@@ -1,4 +1,5 @@
-"""The preface's headline and the study's run time: computed from data/, checked against the records."""
+"""Findings (numbers from data/), the chapters' display (report, figures) and report's stage wiring:
+checked against the records they are computed from."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loradrift import cli, report
+from loradrift import cli, figures, findings, report, search_findings
 from loradrift.config import load_profile
 from loradrift.store import repo_root
 
@@ -32,7 +33,7 @@ def _fake_records(d: Path, run_loads=(1.0, 1.2), deploy_load=3.5):
 
 def test_study_time_sums_every_stage(book_root):
     _fake_records(book_root / "data" / "x")
-    t = report.study_time("x")
+    t = findings.study_time("x")
     by = {s["stage"]: s for s in t["stages"]}
     assert [s["stage"] for s in t["stages"]] == ["setup", "search", "train", "drift", "deploy"]
     assert by["setup"]["wall_s"] == 30.0 and by["train"]["wall_s"] == 300.0 and by["train"]["pieces"] == 2
@@ -45,9 +46,9 @@ def test_study_time_sums_every_stage(book_root):
 def test_study_time_flags_a_loaded_training_run_and_skips_absent_stages(book_root):
     d = book_root / "data" / "y"
     _write(d / "runs" / "a.json", {"wall_time_s": 5.0, "environment": {"cpu_count": 2, "load_avg": [4.0, 1, 1]}})
-    t = report.study_time("y")
+    t = findings.study_time("y")
     assert [s["stage"] for s in t["stages"]] == ["train"] and t["stages"][0]["loaded"] is True
-    assert report.study_time("nothing-here")["total_wall_s"] == 0
+    assert findings.study_time("nothing-here")["total_wall_s"] == 0
 
 
 def test_timing_command_writes_study_time(tiny_profile, book_root, capsys):
@@ -62,32 +63,49 @@ def test_timing_command_writes_study_time(tiny_profile, book_root, capsys):
 def test_headline_matches_the_run_records(monkeypatch):
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
     assert repo_root() == COMMITTED.parents[1]
-    study, serving = report.headline("cpu")
+    numbers = findings.headline_study("cpu")
+    study, serving = figures.headline_table(numbers), figures.headline_serving_table(findings.headline_serving("cpu"))
     runs = [json.loads(p.read_text()) for p in sorted((COMMITTED / "runs").glob("*.json"))]
     tasks = {r["task"] for r in runs}
     assert len(study) == len(tasks)
-    for r in ("rte", "mrpc", "sst2"):
-        if r not in tasks:
-            continue
-        metric = "f1" if r == "mrpc" else "accuracy"
-        vals = [x["test"][metric] for x in runs if x["task"] == r and x["method"] == "lora"]
+    names = {"rte": "RTE", "mrpc": "MRPC", "sst2": "SST-2"}
+    for t in tasks:
+        metric = "f1" if t == "mrpc" else "accuracy"
+        vals = [x["test"][metric] for x in runs if x["task"] == t and x["method"] == "lora"]
         mean = sum(vals) / len(vals)
-        row = study[study.task == {"rte": "RTE", "mrpc": "MRPC", "sst2": "SST-2"}[r]].iloc[0]
-        assert row["metric"] == metric
-        assert row["LoRA test"].startswith(f"{mean:.3f} ± ")
+        n = numbers[(numbers.task == t) & (numbers.method == "lora")].iloc[0]
+        assert n["metric"] == metric and n["test_mean"] == pytest.approx(mean)
+        row = study[study.task == names[t]].iloc[0]
+        assert row["metric"] == metric and row["LoRA test"].startswith(f"{mean:.3f} ± ")
     summ = json.loads((COMMITTED / "drift_summary.json").read_text()) if (COMMITTED / "drift_summary.json").exists() else {}
     for t in summ.get("tests", []):
         if t["pooling"] == "masked" and t["measure"] == "cka" and t["summary"] == "last":
             row = study[study.task.str.lower().str.replace("-", "") == t["task"]].iloc[0]
             assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
             assert row["full FT 1−CKA"] == report.sig(t["mean_a"], 2) and row["LoRA 1−CKA"] == report.sig(t["mean_b"], 2)
-    stale = {r["task"] for r in report.runs_frame("cpu").query("status != 'done'").to_dict("records")}
+    stale = {r["task"] for r in findings.runs_frame("cpu").query("status != 'done'").to_dict("records")}
     assert ("units" in study) == bool(stale)  # the column appears only while some units are stale
     if stale:
-        names = {"rte": "RTE", "mrpc": "MRPC", "sst2": "SST-2"}
         assert set(study[study["units"] != "current"]["task"]) == {names[t] for t in stale}
     if (COMMITTED / "deployment_meta.json").exists():
         assert not serving.empty and serving["ratio [95% CI]"].str.contains("×").any()
+
+
+@pytest.mark.skipif(not (COMMITTED / "deployment_ratios.csv").exists(), reason="no committed serving results")
+def test_headline_serving_ratios_are_the_benchmarks_own(monkeypatch):
+    import pandas as pd
+    monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
+    rat = pd.read_csv(COMMITTED / "deployment_ratios.csv")
+    srv = findings.headline_serving("cpu")
+    lat = srv[(srv.kind == "latency") & srv.ratio.notna()]
+    assert len(lat) > 3
+    for r in lat.itertuples():
+        src = rat[(rat.numerator == r.numerator) & (rat.denominator == r.denominator) & (rat.batch_size == r.batch_size)
+                  & (rat.stream == (r.task if isinstance(r.task, str) else "multi"))].iloc[0]
+        assert (r.ratio, r.ci_low, r.ci_high) == pytest.approx((src.ratio, src.ci_low, src.ci_high))
+    shown = figures.headline_serving_table(srv)
+    first = lat.iloc[0]
+    assert f"{first.ratio:.2f}× [{first.ci_low:.2f}, {first.ci_high:.2f}]" in shown["ratio [95% CI]"].iloc[0]
 
 
 def test_sig_formats_small_numbers_as_text_and_keeps_plain_ones():
@@ -116,7 +134,7 @@ def test_every_chart_gets_its_own_div_with_a_static_fallback():
 
 def test_untuned_units_are_kept_beside_the_study():
     """The study's first run (untuned values) stays readable for the search's test-split comparison."""
-    old = report.runs_frame("cpu", "runs_untuned")
+    old = findings.runs_frame("cpu", "runs_untuned")
     assert len(old) == 18 and set(old["task"]) == {"rte", "mrpc", "sst2"}
     assert old.groupby(["task", "method"])["seed"].nunique().eq(3).all()
     cfg = json.loads((COMMITTED / "runs_untuned" / "rte-lora-s42.json").read_text())["config"]["training"]
@@ -148,7 +166,7 @@ def test_tuned_vs_untuned_compares_only_units_retrained_with_searched_values(tin
     for s, v in zip((1, 2, 3), (0.70, 0.72, 0.74)):
         _write(d / "runs" / f"rte-lora-s{s}.json", _unit_record(prof, "rte", "lora", s, v))
         _write(d / "runs" / f"rte-full-s{s}.json", _unit_record(prof, "rte", "full", s, v + 0.1))
-    t = report.tuned_vs_untuned(str(tiny_profile)).set_index("method")
+    t = search_findings.tuned_vs_untuned(str(tiny_profile)).set_index("method")
     assert bool(t.loc["lora", "retrained"]) and not bool(t.loc["full", "retrained"])  # full: no searched values
     assert t.loc["lora", "diff"] == pytest.approx(0.72 - 0.55)
     assert t.loc["lora", "ci_low"] < t.loc["lora", "diff"] < t.loc["lora", "ci_high"]
@@ -156,7 +174,7 @@ def test_tuned_vs_untuned_compares_only_units_retrained_with_searched_values(tin
     assert np.isnan(t.loc["full", "diff"])
     # one lora unit left from before the search (stale): no comparison until all three are current
     _write(d / "runs" / "rte-lora-s3.json", _unit_record(prof, "rte", "lora", 3, 0.74, current=False))
-    assert not report.tuned_vs_untuned(str(tiny_profile)).set_index("method").loc["lora", "retrained"]
+    assert not search_findings.tuned_vs_untuned(str(tiny_profile)).set_index("method").loc["lora", "retrained"]
 
 
 def test_outdated_note_names_stale_units(tiny_profile, book_root, monkeypatch):
@@ -216,3 +234,139 @@ def test_table_as_written_keeps_values_as_text(monkeypatch):
     row = shown[0]["text/markdown"].split("\n")[2]
     assert [c.strip() for c in row.strip("|").split("|")] == ["learning_rate", "2e-05", "–"]
     assert "None" not in shown[0]["text/plain"]
+
+
+def _split_record(prof, task, method, seed, test, val, **extra):
+    """A unit whose test and validation scores differ (and, per split, accuracy from F1)."""
+    rec = _unit_record(prof, task, method, seed, test)
+    rec["test"] = {"accuracy": test, "f1": test + 0.05, "n": 10}
+    rec["validation"] = {"accuracy": val, "f1": val + 0.05}
+    rec["curves"] = {"train": [{"step": 1, "loss": 0.7}],
+                     "validation": [{"step": 1, "loss": 0.6, "accuracy": val, "f1": val + 0.05}]}
+    return rec | extra
+
+
+def test_training_findings_read_the_test_split_and_the_tasks_metric(tiny_profile, book_root):
+    """Every record's test and validation scores differ: a finding that reads the wrong split, or
+    accuracy where MRPC is judged by F1, shows in the test chapter's numbers."""
+    d = book_root / "data" / "tiny"
+    prof = load_profile(str(tiny_profile))
+    for task in ("rte", "mrpc"):
+        for s, v in zip((1, 2, 3), (0.60, 0.70, 0.80)):
+            _write(d / "runs" / f"{task}-lora-s{s}.json", _split_record(prof, task, "lora", s, v, v - 0.3))
+    test = {"rte": [0.60, 0.70, 0.80], "mrpc": [0.65, 0.75, 0.85]}       # accuracy for RTE, F1 for MRPC
+    val = {"rte": [0.30, 0.40, 0.50], "mrpc": [0.35, 0.45, 0.55]}
+    runs = findings.runs_frame(str(tiny_profile)).sort_values(["task", "seed"])
+    for task in test:
+        r = runs[runs.task == task]
+        assert list(r["test_score"]) == pytest.approx(test[task]) and list(r["val_score"]) == pytest.approx(val[task])
+    summ = findings.summary_frame(runs).set_index("task")
+    scores = findings.test_scores(runs, findings.summary_frame(runs)).set_index("task")
+    study = findings.headline_study(str(tiny_profile)).query("method == 'lora'").set_index("task")
+    _, curves = findings.learning_curves(str(tiny_profile))
+    for task in test:
+        assert summ.loc[task, "mean"] == pytest.approx(sum(test[task]) / 3)
+        assert summ.loc[task, "sd"] == pytest.approx(0.1)
+        assert scores.loc[task, "scores"] == pytest.approx(test[task])
+        assert study.loc[task, "test_mean"] == pytest.approx(sum(test[task]) / 3)
+        assert sorted(curves[curves.task == task]["metric"]) == pytest.approx(val[task])   # the validation slice's
+
+
+def test_findings_and_tables_follow_the_profiles_methods(tiny_profile, book_root):
+    """A third method (a LoRA variant) gets its own columns and counts as an adapter; nothing assumes
+    the methods are exactly full and lora."""
+    import yaml
+    raw = yaml.safe_load(tiny_profile.read_text())
+    raw["methods"]["lora-r64"] = {"extends": "lora", "lora_r": 64}
+    tiny_profile.write_text(yaml.safe_dump(raw))
+    prof = load_profile(str(tiny_profile))
+    d = book_root / "data" / "tiny"
+    for m, trainable, speed in (("full", 100, 100.0), ("lora", 1, 200.0), ("lora-r64", 3, 400.0)):
+        for s in (1, 2):
+            rec = _split_record(prof, "rte", m, s, 0.6, 0.5, tokens_per_s=speed)
+            rec["params"] = {"trainable": trainable, "total": 100}
+            _write(d / "runs" / f"rte-{m}-s{s}.json", rec)
+    study = findings.headline_study(str(tiny_profile))
+    assert list(study["method"]) == ["full", "lora", "lora-r64"]
+    shown = figures.headline_table(study)
+    assert {"full FT test", "LoRA test", "lora-r64 test", "lora-r64 1−CKA"} <= set(shown.columns)
+    settings = figures.settings_table(findings.unit_settings(str(tiny_profile))).set_index(["task", "method"])
+    assert settings.loc[("rte", "lora-r64"), "LoRA r / α / dropout"] == "64 / 8 / 0"
+    assert settings.loc[("rte", "full"), "LoRA r / α / dropout"] == "–"
+    cost = findings.adapter_cost(str(tiny_profile), findings.summary_frame(findings.runs_frame(str(tiny_profile))))
+    assert cost["trainable_fraction"] == pytest.approx(0.02) and cost["speedup"] == pytest.approx(3.0)
+    assert findings.unit_counts(str(tiny_profile), findings.runs_frame(str(tiny_profile))) == \
+        {"units": 3 * 3 * 3, "done": 6, "stale": 0}
+
+
+def test_ensure_runs_a_stage_unless_told_never_and_looks_for_its_results(tiny_profile, book_root, monkeypatch):
+    calls, shown = [], []
+
+    class Fake:
+        name, help, results = "train", "training units", "runs/*.json"
+
+        def run(self, prof, tasks=None):
+            calls.append((prof["name"], tasks))
+            _write(book_root / "data" / "tiny" / "runs" / "rte-lora-s1.json", {})
+
+        def command(self, profile):
+            return f"python -m loradrift train --profile {profile}"
+
+    real = report.get_stage
+    monkeypatch.setattr(report, "get_stage", lambda name: Fake() if name == "train" else real(name))
+    monkeypatch.setattr(report, "profile", lambda: str(tiny_profile))
+    monkeypatch.setattr(report, "note", shown.append)
+    monkeypatch.setenv("LORADRIFT_COMPUTE", "never")
+    assert report.ensure("train") is False and calls == []
+    report.missing_note("train")
+    assert "training units" in shown[0] and f"--profile {tiny_profile}`" in shown[0]
+    monkeypatch.setenv("LORADRIFT_COMPUTE", "missing")
+    assert report.ensure("train", tasks=["rte"]) is True and calls == [("tiny", ["rte"])]
+    assert report.has_results("train", "tiny") and not report.has_results("drift", "tiny")
+
+
+def test_every_stage_has_a_command_and_a_results_pattern(tiny_profile, book_root):
+    from loradrift.stages import STAGES, get_stage
+    assert [s.name for s in STAGES] == ["setup", "search", "train", "drift", "deploy", "timing"]
+    for s in STAGES:
+        assert s.command("cpu") == f"python -m loradrift {s.name} --profile cpu" and s.results and s.help
+    _fake_records(book_root / "data" / "tiny")
+    assert not report.has_results("timing", "tiny")
+    get_stage("timing").run(load_profile(str(tiny_profile)))
+    assert report.has_results("timing", "tiny")
+    assert findings.recorded_study_time(str(tiny_profile))["total_wall_s"] == pytest.approx(1020.0)
+
+
+def _study(task, method, gain, applied_lr, n_complete=5):
+    return {"task": task, "method": method, "metric": "accuracy", "n_trials": 8, "n_complete": n_complete,
+            "n_pruned": 8 - n_complete, "best_value": 0.5 + gain, "default_value": 0.5, "gain_over_default": gain,
+            "best_params": {"learning_rate": applied_lr, "num_train_epochs": 2},
+            "default_params": {"learning_rate": 5e-3, "num_train_epochs": 2}, "cpu_s": 600.0, "wall_s": 360.0,
+            "trials": [{"number": 0, "state": "COMPLETE", "value": 0.5, "defaults": True, "intermediate": {}},
+                       {"number": 1, "state": "PRUNED", "value": None, "defaults": False, "intermediate": {"1": 0.7}},
+                       {"number": 2, "state": "COMPLETE", "value": 0.5 + gain, "defaults": False, "intermediate": {}}]}
+
+
+def test_search_findings_count_trials_gains_and_applied_values(tiny_profile):
+    import yaml
+    raw = yaml.safe_load(tiny_profile.read_text())
+    raw["training"]["per_task"] = {"rte": {"lora": {"learning_rate": 1e-2, "num_train_epochs": 2}}}
+    tiny_profile.write_text(yaml.safe_dump(raw))
+    prof = load_profile(str(tiny_profile))
+    res = [_study("rte", "lora", 0.10, 1e-2, n_complete=6), _study("rte", "full", 0.02, 3e-5, n_complete=3)]
+    s = search_findings.summary(prof, res)
+    assert (s["n_studies"], s["n_trials"], s["n_pruned"], s["n_applied"]) == (2, 16, 7, 1)
+    assert (s["max_complete"], s["min_complete"]) == (6, 3) and s["wall_h"] == pytest.approx(0.2)
+    assert (s["gain_mean"], s["gain_min"], s["gain_max"]) == pytest.approx((0.06, 0.02, 0.10))
+    hist = search_findings.history(res[:1])
+    assert list(hist["state"]) == ["defaults", "pruned", "complete"] and list(hist["value"]) == pytest.approx([0.5, 0.7, 0.6])
+    assert list(hist["best so far"]) == pytest.approx([0.5, 0.5, 0.6])
+    gains = figures.gains_table(search_findings.gains(prof, res)).set_index("method")
+    assert gains.loc["lora", "applied"] == "yes" and gains.loc["full", "applied"] == "no"
+    chosen = figures.chosen_table(search_findings.chosen(res)).set_index(["method", "parameter"])
+    assert chosen.loc[("lora", "learning_rate"), "chosen"] == "0.01" and chosen.loc[("lora", "learning_rate"), "untuned"] == "0.005"
+    assert chosen.loc[("lora", "num_train_epochs"), "chosen"] == 2              # an integer stays as written
+    assert chosen.loc[("full", "learning_rate"), "original"] == "9.663e-06"    # the original's typed-in choice
+    res[0]["best_params"]["max_grad_norm"] = 0.5                                # no untuned value, no original
+    chosen = figures.chosen_table(search_findings.chosen(res)).set_index(["method", "parameter"])
+    assert tuple(chosen.loc[("lora", "max_grad_norm")]) == ("rte", "–", "0.5", "–")

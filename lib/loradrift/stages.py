@@ -77,7 +77,7 @@ def run_deploy(prof: dict, tasks=None, glue_source=None, arch=None, vllm=False, 
 
 def run_timing(prof: dict, **_) -> dict:
     """The study's wall time, stage by stage, from what each stage recorded."""
-    from .report import study_time
+    from .findings import study_time
     t = study_time(prof["name"])
     path = write_json(result_path(prof["name"], "study_time"), t)
     for s in t["stages"]:

@@ -1,0 +1,239 @@
+"""What the chapters show: figure functions (altair charts) and the display tables beside them.
+
+Each function takes findings (numbers, from ``findings``, ``search_findings`` and the stages' own
+loaders) and returns an altair chart or a DataFrame ready for ``report.table``; formatting a number
+as text happens here, where it is displayed, and nowhere earlier. ``report.show`` / ``report.table``
+put them on the page. Sections: general helpers; setup / training / search (and the preface);
+drift; deployment.
+"""
+from __future__ import annotations
+
+from .report import missing, pm, sig
+
+METHOD_LABELS = {"full": "full FT", "lora": "LoRA"}   # display names; any other method shows as its name
+
+
+def method_label(method: str) -> str:
+    """A method's name for tables and prose: 'full FT', 'LoRA', else the method's own name ('lora-r64')."""
+    return METHOD_LABELS.get(method, method)
+
+
+def as_written(x, digits: int = 4):
+    """A setting as a table shows it with ``as_written``: floats to ``digits`` significant figures,
+    other values as they are, '–' where there is none."""
+    return "–" if missing(x) else f"{x:.{digits}g}" if isinstance(x, float) else x
+
+
+def ratio_ci(ratio, lo, hi) -> str:
+    """'1.23× [1.20, 1.26]': a ratio with its 95% interval, or 'n/a'."""
+    return "n/a" if missing(ratio) else f"{ratio:.2f}× [{lo:.2f}, {hi:.2f}]"
+
+
+# ---- setup / training / search
+def splits_table(stats):
+    t = stats[["task", "split", "n", "positive_rate", "tokens_mean", "tokens_p95", "tokens_max", "truncated"]]
+    return t.rename(columns={"positive_rate": "label 1", "tokens_mean": "mean tokens", "tokens_p95": "p95 tokens",
+                             "tokens_max": "max tokens", "truncated": "share truncated"})
+
+
+def baselines_table(base):
+    """One row per task: accuracy and F1 of each baseline."""
+    wide = base.pivot(index="task", columns="baseline", values=["accuracy", "f1"])
+    wide.columns = [f"{b} {m}" for m, b in wide.columns]
+    return wide.reset_index()
+
+
+def sanity_chart(sanity: dict):
+    """Training loss of the sanity check, per method (log scale)."""
+    import altair as alt
+    import pandas as pd
+    df = pd.DataFrame([{"method": m, "step": i + 1, "loss": loss} for m, s in sanity.items()
+                       for i, loss in enumerate(s["losses"])])
+    return alt.Chart(df).mark_line(point=True).encode(
+        x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(type="log"), title="training loss"),
+        color="method:N", tooltip=["method", "step", "loss"]).properties(width=420, height=220)
+
+
+def sanity_table(sanity: dict):
+    import pandas as pd
+    return pd.DataFrame([{"method": m, "final loss": s["final_loss"], "passed (< 0.1)": s["passed"],
+                          "seconds": s["seconds"]} for m, s in sanity.items()])
+
+
+def environment_table(env: dict):
+    import pandas as pd
+    rows = [("CPU", env["cpu"]), ("cores / torch threads", f'{env["cpu_count"]} / {env["torch_threads"]}'),
+            ("GPU", env["gpu"] or "none"), ("Python", env["python"]), *env["versions"].items()]
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def runtime_table(study_time: dict):
+    """The recorded run time per stage, in minutes (CPU minutes where a stage recorded them)."""
+    import pandas as pd
+    t = pd.DataFrame(study_time["stages"])
+    t["minutes"] = t["wall_s"] / 60
+    t["CPU minutes"] = t["cpu_s"].map(lambda x: "" if missing(x) else f"{x / 60:.1f}")
+    t["shared"] = t["loaded"].map({True: "yes", False: "no"}).fillna("")
+    return t[["stage", "minutes", "CPU minutes", "pieces", "shared", "what"]]
+
+
+def settings_table(settings):
+    """``findings.unit_settings`` as written in a profile (3 significant figures)."""
+    import pandas as pd
+    g = lambda x: f"{x:.3g}"   # noqa: E731
+    return pd.DataFrame([{
+        "task": r.task, "method": r.method, "values": "searched" if r.searched else "profile",
+        "learning rate": g(r.learning_rate), "epochs": r.epochs, "batch": r.batch, "warm-up": g(r.warmup_ratio),
+        "weight decay": g(r.weight_decay),
+        "LoRA r / α / dropout": "–" if missing(r.lora_r) else f"{r.lora_r:g} / {r.lora_alpha:g} / {g(r.lora_dropout)}"}
+        for r in settings.itertuples()])
+
+
+def test_chart(runs, majority: dict):
+    """Test metric per seed (points) and mean (bar) per task and method; the majority baseline dashed."""
+    import altair as alt
+    df = runs.assign(majority=runs["task"].map({t: v["score"] for t, v in majority.items()}))
+    bars = alt.Chart().mark_bar(opacity=0.35).encode(
+        x=alt.X("method:N", title=None), y=alt.Y("mean(test_score):Q", title="test metric"), color="method:N")
+    pts = alt.Chart().mark_point(filled=True, size=60).encode(
+        x="method:N", y="test_score:Q", color="method:N",
+        tooltip=["id", "test_score", "test_accuracy", "test_f1", "status"])
+    rule = alt.Chart().mark_rule(strokeDash=[4, 3], color="gray").encode(y="mean(majority):Q")
+    return alt.layer(bars, pts, rule, data=df).properties(width=150, height=220) \
+        .facet(column=alt.Column("task:N", title=None))
+
+
+def test_table(scores):
+    """``findings.test_scores``: each seed, mean ± sd, and the original's mean ± sd ('–' where it has none)."""
+    import pandas as pd
+    return pd.DataFrame([{
+        "task": r.task, "method": r.method, "metric": r.metric, "seeds": r.seeds,
+        "ours (each seed)": ", ".join(f"{v:.3f}" for v in r.scores), "ours mean ± sd": pm(r.mean, r.sd),
+        "original mean ± sd": None if missing(r.original_mean) else pm(r.original_mean, r.original_sd)}
+        for r in scores.itertuples()])
+
+
+def curves_chart(train, val):
+    """Training loss (left) and validation-slice metric (right) against steps, one line per seed."""
+    import altair as alt
+    enc = dict(x="step:Q", color="method:N", detail="seed:N", tooltip=["task", "method", "seed", "step"])
+
+    def panel(df, mark, y):
+        return mark(alt.Chart(df)).encode(y=y, **enc).properties(width=200, height=150) \
+            .facet(row=alt.Row("task:N", title=None)).resolve_scale(x="independent")
+    left = panel(train, lambda c: c.mark_line(opacity=0.7), alt.Y("loss:Q", title="training loss"))
+    right = panel(val, lambda c: c.mark_line(point=True, opacity=0.7),
+                  alt.Y("metric:Q", title="validation metric", scale=alt.Scale(zero=False)))
+    return alt.hconcat(left, right)
+
+
+def cost_table(summ):
+    """Trainable parameters (and their share), training seconds, tokens per second, pad share."""
+    c = summ[["task", "method", "trainable", "total", "train_s", "tokens_per_s", "pad_fraction"]].copy()
+    c["trainable %"] = 100 * c["trainable"] / c["total"]
+    c["trainable"] = c["trainable"].map(lambda v: f"{v:,}")
+    return c.drop(columns="total").rename(columns={"train_s": "train s", "tokens_per_s": "tokens/s",
+                                                   "pad_fraction": "pad share"})
+
+
+def search_space_table(space: dict):
+    """The search space of each method: a range (log where sampled log-uniformly), a set or a value."""
+    import pandas as pd
+    def rng(spec):
+        if spec["type"] == "categorical":
+            return "{" + ", ".join(map(str, spec["choices"])) + "}"
+        if spec["type"] == "fixed":
+            return str(spec["value"])
+        return f'[{spec["low"]:g}, {spec["high"]:g}]' + (" log" if spec.get("log") else "")
+    params = sorted({k for m in space for k in space[m]})
+    return pd.DataFrame([{"parameter": k, **{m: rng(space[m][k]) if k in space[m] else "–" for m in space}}
+                         for k in params])
+
+
+def search_history_chart(hist):
+    """Each trial's validation-slice metric (by state) and the best so far, per task and method."""
+    import altair as alt
+    pts = alt.Chart().mark_point(filled=True, size=50).encode(
+        x=alt.X("trial:Q", title="trial"), y=alt.Y("value:Q", title="validation metric", scale=alt.Scale(zero=False)),
+        color=alt.Color("state:N"), tooltip=["task", "method", "trial", "state", "value"])
+    line = alt.Chart().mark_line(interpolate="step-after", color="gray").encode(x="trial:Q", y="best so far:Q")
+    return alt.layer(line, pts, data=hist).properties(width=180, height=130) \
+        .facet(row=alt.Row("task:N", title=None), column=alt.Column("method:N", title=None))
+
+
+def importances_table(imp):
+    """Short headers that can wrap, so the table fits a PDF page."""
+    short = {"per_device_train_batch_size": "batch size", "num_train_epochs": "epochs"}
+    return imp.rename(columns=lambda c: short.get(c, c.replace("_", " ")))
+
+
+def chosen_table(chosen):
+    """``search_findings.chosen`` as written (4 significant figures); show with ``as_written=True``."""
+    return chosen.assign(**{c: chosen[c].map(as_written) for c in ("untuned", "chosen", "original")})
+
+
+def gains_table(gains):
+    return gains.assign(applied=gains["applied"].map({True: "yes", False: "no"})) \
+        .rename(columns={"original": "original (accuracy)", "cpu_min": "CPU min"})
+
+
+def tuned_table(tvu):
+    """``search_findings.tuned_vs_untuned``: untuned and searched mean ± sd, the difference [95% CI]."""
+    import pandas as pd
+    return pd.DataFrame([{
+        "task": r.task, "method": r.method, "metric": r.metric, "untuned": pm(r.untuned_mean, r.untuned_sd),
+        "searched": pm(r.searched_mean, r.searched_sd) if r.retrained else "not re-trained yet",
+        "difference [95% CI]": f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.retrained else "n/a"}
+        for r in tvu.itertuples()])
+
+
+def headline_table(study):
+    """``findings.headline_study`` as the preface shows it: one row per task, a column per method and
+    measure; ``units`` only while some units are stale."""
+    import pandas as pd
+
+    from .tasks import task_name
+    rows = []
+    for task, g in study.groupby("task", sort=False):
+        row = {"task": task_name(task), "metric": g["metric"].iloc[0], "units": g["units"].iloc[0]}
+        row |= {f"{method_label(r.method)} test": "n/a" if missing(r.test_mean) else pm(r.test_mean, r.test_sd)
+                for r in g.itertuples()}
+        row |= {f"{method_label(r.method)} 1−CKA": sig(r.drift, 2) for r in g.itertuples()}
+        p, holm = g["perm_p"].iloc[0], g["perm_p_holm"].iloc[0]
+        rows.append(row | {"p (FT vs LoRA drift)": "n/a" if missing(p) else f"{p:.2f} (Holm {holm:.2f})"})
+    t = pd.DataFrame(rows)
+    return t.drop(columns="units") if t.empty or (t["units"] == "current").all() else t
+
+
+SERVING_COMPARISONS = {   # (kind, numerator, denominator) -> what the preface calls it
+    ("latency", "lora", "merged"): "unmerged adapter / merged model",
+    ("latency", "merged", "full"): "merged / fully fine-tuned model (the same computation: the timing's resolution)",
+    ("latency", "multi", "routed-merged"): "one base, adapter switched per batch / a merged model per task",
+    ("latency", "mixed", "routed-merged"): "one base, mixed-adapter batches / a merged model per task",
+    ("throughput", "mixed", "merged"): "throughput: mixed-adapter batches / a merged model per task "
+                                       "(harmonic mean over tasks)",
+    ("storage", "adapter", "full"): "on disk: adapter / fully fine-tuned model",
+}
+
+
+def headline_serving_table(srv):
+    """``findings.headline_serving`` as the preface shows it: one row per comparison and batch size,
+    per-task ratios joined in one cell."""
+    import pandas as pd
+
+    from .tasks import task_name
+
+    def value(r):
+        if r.kind == "throughput":
+            return f"{r.ratio:.2f}× ({r.num:.1f} / {r.den:.1f} req/s)"
+        if r.kind == "storage":
+            return f"{r.num / 1e6:.1f} MB / {r.den / 1e6:.0f} MB"
+        return (f"{task_name(r.task)} " if isinstance(r.task, str) else "") + ratio_ci(r.ratio, r.ci_low, r.ci_high)
+    rows = []
+    for r in srv.itertuples():
+        what, bs = SERVING_COMPARISONS[(r.kind, r.numerator, r.denominator)], "" if missing(r.batch_size) else str(int(r.batch_size))
+        if rows and (rows[-1]["comparison"], rows[-1]["batch size"]) == (what, bs):
+            rows[-1]["ratio [95% CI]"] += f"; {value(r)}"
+        else:
+            rows.append({"comparison": what, "batch size": bs, "ratio [95% CI]": value(r)})
+    return pd.DataFrame(rows, columns=["comparison", "batch size", "ratio [95% CI]"])

@@ -1,0 +1,333 @@
+"""Findings: the study's results as numbers, for the setup and training chapters, the preface and the
+limitations (the search's are in ``search_findings``).
+
+Every function here reads ``data/<profile>/`` (a profile name, a YAML path or a loaded profile) and
+returns floats, dicts or DataFrames of numbers; nothing is formatted. A chapter formats a number
+where it shows it (``report.fmt``, ``report.pm``, the table builders in ``figures``). A missing
+result gives an empty frame, an empty dict or NaN, never an error.
+"""
+from __future__ import annotations
+
+import math
+
+from .config import active_profile, load_profile, searched_values, unit_config, units
+from .methods import kind_of
+from .store import data_dir, read_json, result_path
+
+
+def _read(prof_name: str, result: str, empty):
+    p = result_path(prof_name, result)
+    return read_json(p) if p.exists() else empty
+
+
+# ---------------------------------------------------------------------------- training units
+def runs_frame(prof=None, subdir: str = "runs"):
+    """One row per training unit: test and validation metrics, cost, status (``subdir``: another set
+    of units kept beside the study's, e.g. ``runs_untuned``)."""
+    import pandas as pd
+
+    from .tasks import task_metric
+    from .train import load_runs
+    p = load_profile(prof)
+    rows = []
+    for r in load_runs(p, subdir):
+        metric = task_metric(r["task"])
+        rows.append({"id": r["id"], "task": r["task"], "method": r["method"], "seed": r["seed"],
+                     "status": r["status"], "metric": metric, "test_score": r["test"][metric],
+                     "test_accuracy": r["test"]["accuracy"], "test_f1": r["test"]["f1"],
+                     "val_score": r["validation"][metric],
+                     "train_s": r["train_runtime_s"], "wall_s": r["wall_time_s"],
+                     "tokens_per_s": r.get("tokens_per_s"), "pad_fraction": r.get("pad_fraction"),
+                     "trainable": r["params"]["trainable"], "total": r["params"]["total"],
+                     "steps": r["steps"], "early_stopped": r["early_stopped"]})
+    return pd.DataFrame(rows)
+
+
+def summary_frame(runs):
+    """Mean ± sd (ddof=1) of the test metric over seeds, per task and method."""
+    if runs.empty:
+        return runs
+    g = runs.groupby(["task", "method"])
+    return g.agg(metric=("metric", "first"), n_seeds=("seed", "nunique"), mean=("test_score", "mean"),
+                 sd=("test_score", "std"), accuracy=("test_accuracy", "mean"), f1=("test_f1", "mean"),
+                 train_s=("train_s", "mean"), tokens_per_s=("tokens_per_s", "mean"),
+                 pad_fraction=("pad_fraction", "mean"), trainable=("trainable", "first"),
+                 total=("total", "first")).reset_index()
+
+
+def unit_counts(prof, runs) -> dict:
+    """The profile's units (task x method x seed) and how many of ``runs`` are done and stale."""
+    status = runs["status"].value_counts() if not runs.empty else {}
+    return {"units": len(units(load_profile(prof))), "done": int(status.get("done", 0)),
+            "stale": int(status.get("stale", 0))}
+
+
+def learning_curves(prof=None):
+    """(training loss, validation-slice metric) against optimisation steps: one row per logged step
+    of each unit (the validation metric is the task's own: F1 for MRPC)."""
+    import pandas as pd
+
+    from .tasks import task_metric
+    from .train import load_runs
+    p = load_profile(prof)
+    tr, va = [], []
+    for r in load_runs(p):
+        unit = {"task": r["task"], "method": r["method"], "seed": str(r["seed"])}
+        tr += [{**unit, "step": c["step"], "loss": c["loss"]} for c in r["curves"]["train"]]
+        va += [{**unit, "step": c["step"], "metric": c[task_metric(r["task"])]} for c in r["curves"]["validation"]]
+    return pd.DataFrame(tr), pd.DataFrame(va)
+
+
+def unit_settings(prof=None):
+    """Per task x method, the training values a unit gets (the method's, or the search's where the
+    profile has them): numbers, with NaN for LoRA settings of a method that has none."""
+    import pandas as pd
+    p = load_profile(prof)
+    rows = []
+    for task in p["tasks"]:
+        for m in p["methods"]:
+            t = unit_config(p, task, m, p["seeds"][0])["training"]
+            rows.append({"task": task, "method": m, "searched": bool(searched_values(p, task, m)),
+                         "learning_rate": t["learning_rate"], "epochs": t["num_train_epochs"],
+                         "batch": t["per_device_train_batch_size"] * t.get("gradient_accumulation_steps", 1),
+                         "warmup_ratio": t["warmup_ratio"], "weight_decay": t["weight_decay"],
+                         **{k: t.get(k, math.nan) for k in ("lora_r", "lora_alpha", "lora_dropout")}})
+    return pd.DataFrame(rows)
+
+
+def test_scores(runs, summ):
+    """Per task x method: the test metric of each seed (in seed order), its mean and sd, and the
+    original study's mean and sd of the same metric (NaN where the original has no such method)."""
+    import numpy as np
+    import pandas as pd
+
+    from . import original
+    rows = []
+    for _, r in summ.iterrows():
+        o = original.PERFORMANCE.get(r["task"], {}).get(r["method"], {}).get(r["metric"])
+        seeds = runs[(runs.task == r["task"]) & (runs.method == r["method"])].sort_values("seed")
+        rows.append({"task": r["task"], "method": r["method"], "metric": r["metric"], "seeds": int(r["n_seeds"]),
+                     "scores": list(seeds["test_score"]), "mean": r["mean"], "sd": r["sd"],
+                     "original_mean": float(np.mean(o)) if o else math.nan,
+                     "original_sd": float(np.std(o, ddof=1)) if o else math.nan})
+    return pd.DataFrame(rows)
+
+
+def adapter_cost(prof, summ) -> dict:
+    """What adapters save in training: the share of weights that methods of an adapter kind (LoRA)
+    train, and their real tokens per second over those of full fine-tuning (NaN when either is absent)."""
+    p = load_profile(prof)
+    if summ.empty:
+        return {"trainable_fraction": math.nan, "speedup": math.nan}
+    adapter = summ[summ.method.map(lambda m: m in p["methods"] and kind_of(p, m).adapter)]
+    full = summ[summ.method.map(lambda m: m in p["methods"] and kind_of(p, m).name == "full")]
+    frac = float((adapter["trainable"] / adapter["total"]).mean()) if len(adapter) else math.nan
+    speed = adapter["tokens_per_s"].mean() / full["tokens_per_s"].mean() if len(adapter) and len(full) else math.nan
+    return {"trainable_fraction": frac, "speedup": float(speed)}
+
+
+# ---------------------------------------------------------------------------- setup
+def split_stats(prof=None):
+    """Per task and split: size, share of label 1, token lengths, share truncated."""
+    import pandas as pd
+    return pd.DataFrame(_read(load_profile(prof)["name"], "data_stats", {}).get("splits", []))
+
+
+def setup_environment(prof=None) -> dict:
+    """Hardware and software the setup stage recorded ({} before it ran)."""
+    return _read(load_profile(prof)["name"], "data_stats", {}).get("environment", {})
+
+
+def baselines(prof=None):
+    """The trivial predictors on the test split: task, baseline, accuracy, f1."""
+    import pandas as pd
+    return pd.DataFrame(_read(load_profile(prof)["name"], "baselines", []), columns=["task", "baseline", "accuracy", "f1"])
+
+
+def majority(prof=None) -> dict:
+    """task -> the majority-class baseline's {"accuracy", "f1", "score"} (score: the task's metric)."""
+    from .tasks import task_metric
+    b = baselines(prof)
+    return {r.task: {"accuracy": r.accuracy, "f1": r.f1, "score": getattr(r, task_metric(r.task))}
+            for r in b[b.baseline == "majority"].itertuples()}
+
+
+def sanity(prof=None) -> dict:
+    """method -> the sanity check's record (losses, final_loss, passed, seconds); {} before it ran."""
+    return _read(load_profile(prof)["name"], "sanity", {})
+
+
+def recorded_study_time(prof=None) -> dict:
+    """The run time the ``timing`` stage recorded (``study_time``'s dict); {} before it ran."""
+    return _read(load_profile(prof)["name"], "study_time", {})
+
+
+def study_time(prof_name: str | None = None) -> dict:
+    """The study's run time, stage by stage, from the times each result recorded when it was computed.
+
+    A stage run in several sittings (or resumed) is the sum of its pieces; results that were skipped
+    because they were current cost nothing again. Wall times taken on a shared machine are inflated;
+    the per-stage ``loaded`` flag says where the 1-minute load average exceeded the cores in use.
+    """
+    name = prof_name or active_profile()
+    d = data_dir(name)
+    stages = []
+
+    def add(stage, wall, cpu=None, n=None, loaded=None, what=""):
+        if wall:
+            stages.append({"stage": stage, "wall_s": float(wall), "cpu_s": None if cpu is None else float(cpu),
+                           "pieces": n, "loaded": loaded, "what": what})
+
+    def busy(env, load):   # the 1-minute load average above the cores in use
+        return load > ((env or {}).get("cpu_count") or 1) + 0.5
+
+    s = _read(name, "sanity", {})
+    if s:
+        add("setup", sum(v.get("seconds", 0) for v in s.values()), n=len(s),
+            what="sanity check (data statistics and baselines take seconds and are not timed)")
+    s = _read(name, "search_summary", {})
+    if s:
+        add("search", s.get("wall_s"), s.get("cpu_s"), n=len(s.get("studies", [])),
+            what="hyperparameter search, all trials")
+    runs = [read_json(p) for p in sorted((d / "runs").glob("*.json"))]
+    if runs:
+        cores = max((r.get("environment") or {}).get("cpu_count") or 1 for r in runs)
+        loads = [((r.get("environment") or {}).get("load_avg") or [0])[0] for r in runs]
+        add("train", sum(r["wall_time_s"] for r in runs), n=len(runs),
+            loaded=any(busy({"cpu_count": cores}, x) for x in loads),
+            what="training units, with their validation and test evaluations")
+    s = _read(name, "drift_timing", {})
+    if s:
+        add("drift", s.get("total_wall_s"), s.get("total_cpu_s"), n=len(s.get("per_task", {})),
+            what="hidden states, measures, weight space and perplexity")
+    m = _read(name, "deploy_meta", {})
+    if m:
+        add("deploy", m.get("wall_time_s"), n=1, loaded=busy(m.get("environment"), (m.get("loadavg_before") or [0])[0]),
+            what="serving benchmark on the trained models")
+    total = sum(s["wall_s"] for s in stages)
+    return {"profile": name, "stages": stages, "total_wall_s": total, "total_wall_h": total / 3600,
+            "note": "sum of the wall times recorded by each stage's results; model conversion, installs "
+                    "and rendering are not included"}
+
+
+# ---------------------------------------------------------------------------- currency
+def outdated(prof=None) -> dict:
+    """Later-stage results made from training units that have since been re-trained (or a stale config):
+    {"train": [stale unit ids], "drift": [tasks], "deploy": [method/task]}; empty lists when all current."""
+    from . import drift, serving
+    p = load_profile(prof)
+    runs = runs_frame(p)
+    meta = _read(p["name"], "deploy_meta", None)
+    return {"train": sorted(runs[runs.status != "done"]["id"]) if not runs.empty else [],
+            "drift": [t for t in p["tasks"] if result_path(p["name"], "drift", task=t).exists()
+                      and not drift.is_current(p, t)],
+            "deploy": serving.outdated_units(p, meta) if meta is not None else []}
+
+
+# ---------------------------------------------------------------------------- the preface's headline
+def headline_study(prof=None):
+    """Per task x method of the profile: the test metric (``test_mean``, ``test_sd`` over seeds), the drift
+    at the final-norm output (``drift``: 1 − linear CKA with the base model, masked-mean pooling, mean over
+    seeds) and the task's exact permutation test of the methods' drift (``perm_p``, ``perm_p_holm``);
+    ``units``: current, stale or partly stale (a study re-run in pieces). NaN where a stage has not run."""
+    import pandas as pd
+
+    from . import drift
+    p = load_profile(prof)
+    runs = runs_frame(p)
+    summ = summary_frame(runs)
+    res = drift.load_results(p)
+    sd, tests = res["seeds"], res["tests"]
+    first = lambda s: s.iloc[0] if len(s) else math.nan   # noqa: E731
+    rows = []
+    for task in [t for t in p["tasks"] if not summ.empty and t in set(summ.task)]:
+        status = set(runs[runs.task == task]["status"])
+        state = "current" if status == {"done"} else "stale" if status == {"stale"} else "partly stale"
+        t = tests[(tests.task == task) & (tests.pooling == "masked") & (tests.measure == "cka")
+                  & (tests.summary == "last")] if not tests.empty else tests
+        for m in p["methods"]:
+            s = summ[(summ.task == task) & (summ.method == m)]
+            g = sd[(sd.task == task) & (sd.method == m) & (sd.pooling == "masked") & (sd.measure == "cka")] \
+                if not sd.empty else sd
+            rows.append({"task": task, "metric": summ[summ.task == task]["metric"].iloc[0], "units": state,
+                         "method": m, "test_mean": first(s["mean"]), "test_sd": first(s["sd"]),
+                         "drift": g["last"].mean() if len(g) else math.nan,
+                         "perm_p": first(t["perm_p"]) if len(t) else math.nan,
+                         "perm_p_holm": first(t["perm_p_holm"]) if len(t) else math.nan})
+    return pd.DataFrame(rows, columns=["task", "metric", "units", "method", "test_mean", "test_sd", "drift",
+                                       "perm_p", "perm_p_holm"])
+
+
+def headline_serving(prof=None):
+    """The preface's serving costs as numbers, one row per value shown: ``kind`` latency (a ratio of
+    ``numerator`` to ``denominator`` mode with its 95% interval, per ``task`` where each model serves one
+    task, NaN where it was not measured), throughput (``num``/``den`` requests per second, a merged model
+    per task as their harmonic mean) or storage (``num``/``den`` bytes); empty before the benchmark ran."""
+    import pandas as pd
+
+    from . import serving
+    cols = ["kind", "numerator", "denominator", "batch_size", "task", "ratio", "ci_low", "ci_high", "num", "den"]
+    p = load_profile(prof)
+    D = serving.load_results(data_dir(p["name"]))
+    if D is None or D["ratios"].empty:
+        return pd.DataFrame(columns=cols)
+    rat, rows = D["ratios"], []
+
+    def latency(num, den, stream, bs, task=None):   # a task's own stream shows only where it was measured
+        r = rat[(rat.numerator == num) & (rat.denominator == den) & (rat.stream == stream) & (rat.batch_size == bs)]
+        if task is None or len(r):
+            rows.append({"kind": "latency", "numerator": num, "denominator": den, "batch_size": int(bs), "task": task,
+                         **{k: float(r[k].iloc[0]) if len(r) else math.nan for k in ("ratio", "ci_low", "ci_high")}})
+
+    sizes = D["meta"]["config"]["batch_sizes"]
+    for num, den in (("lora", "merged"), ("merged", "full")):
+        for bs in sorted({min(sizes), max(sizes)}):
+            for task in [t for t in p["tasks"] if t in set(rat.stream)]:
+                latency(num, den, task, bs, task)
+    multi = rat[rat.stream == "multi"]["batch_size"]
+    for num in ("multi", "mixed") if len(multi) else ():
+        for bs in sorted({int(multi.min()), int(multi.max())}):
+            latency(num, "routed-merged", "multi", bs)
+    lat = D["latency"]
+    if not lat.empty:
+        thr = lambda mode, bs: lat[(lat["mode"] == mode) & (lat.batch_size == bs)]["throughput_rps"]   # noqa: E731
+        for bs in sorted(set(lat[lat["mode"] == "mixed"]["batch_size"]) & set(lat[lat["mode"] == "merged"]["batch_size"])):
+            mx, mg = thr("mixed", bs).mean(), 1 / (1 / thr("merged", bs)).mean()
+            rows.append({"kind": "throughput", "numerator": "mixed", "denominator": "merged", "batch_size": int(bs),
+                         "ratio": mx / mg, "num": mx, "den": mg})
+    st = D["storage"]
+    if not st.empty and {"artifact", "bytes"} <= set(st.columns):
+        ad, fu = (st[st.artifact.str.contains(a)]["bytes"] for a in ("adapter", "full"))
+        if len(ad) and len(fu):
+            rows.append({"kind": "storage", "numerator": "adapter", "denominator": "full",
+                         "ratio": ad.mean() / fu.mean(), "num": ad.mean(), "den": fu.mean()})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ---------------------------------------------------------------------------- limitations
+def limitations(prof=None) -> dict:
+    """The numbers the limitations chapter cites: the original formula's similarity of the base model with
+    itself across depths (``self_similarity``: min, max), the smallest attainable permutation p, the model's
+    parameters and those an adapter method trains, each task's mean test accuracy (both methods) and majority
+    accuracy, the serving benchmark's device, the architecture-only runs and whether vLLM ran."""
+    import re
+
+    from . import drift, serving
+    p = load_profile(prof)
+    runs, res, dep = runs_frame(p), drift.load_results(p), serving.load_results(data_dir(p["name"]))
+    L, T = res["layers"], res["tests"]
+    selfsim = L[(L.method == "base") & (L.measure == "original_study_similarity")]["value"] if not L.empty else []
+    adapter = [m for m in p["methods"] if kind_of(p, m).adapter]
+    a_runs = runs[runs.method.isin(adapter)] if not runs.empty else runs
+    summ, maj = summary_frame(runs), majority(p)
+    env = dep["meta"]["environment"] if dep else {}
+    return {"self_similarity": (float(min(selfsim)), float(max(selfsim))) if len(selfsim) else (math.nan, math.nan),
+            "min_attainable_p": float(T["min_attainable_p"].min()) if not T.empty else math.nan,
+            "total_params": int(runs["total"].iloc[0]) if not runs.empty else None,
+            "adapter_params": int(a_runs["trainable"].iloc[0]) if len(a_runs) else None,
+            "model": re.sub(r"(\.Q\w+)?\.gguf$", "", p["model"]["name_or_path"].split("/")[-1]),
+            "train_sizes": {t: v["train_size"] for t, v in p["data"]["tasks"].items()},
+            "accuracy_vs_majority": {t: (float(summ[summ.task == t]["accuracy"].mean()), maj[t]["accuracy"])
+                                     for t in (set(summ.task) if not summ.empty else ()) if t in maj},
+            "device": (env.get("gpu") or env.get("cpu")) if dep else None,
+            "arch_runs": list(serving.arch_results()), "vllm_ran": bool(dep and dep.get("vllm_meta"))}
