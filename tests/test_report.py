@@ -327,7 +327,7 @@ def test_ensure_runs_a_stage_unless_told_never_and_looks_for_its_results(tiny_pr
 
 def test_every_stage_has_a_command_and_a_results_pattern(tiny_profile, book_root):
     from loradrift.stages import STAGES, get_stage
-    assert [s.name for s in STAGES] == ["setup", "search", "train", "drift", "deploy", "timing"]
+    assert [s.name for s in STAGES] == ["setup", "bench", "search", "train", "drift", "deploy", "timing"]
     for s in STAGES:
         assert s.command("cpu") == f"python -m loradrift {s.name} --profile cpu" and s.results and s.help
     _fake_records(book_root / "data" / "tiny")
