@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from loradrift import LoraDriftError, serving, vllm_serving
+from loradrift import LoraDriftError, serving
 from loradrift.config import load_profile, run_id
+from loradrift.serving import vllm as vllm_serving
 
 TASKS = ["rte", "mrpc", "sst2"]
 

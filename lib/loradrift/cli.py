@@ -123,7 +123,7 @@ def cmd_deploy(prof, args):
         from .serving import run_arch
         run_arch(args.arch, glue_source=args.glue_dir)
     elif getattr(args, "vllm", False):
-        from .vllm_serving import run_vllm
+        from .serving import run_vllm
         run_vllm(prof, tasks=args.task, glue_source=args.glue_dir)
     else:
         from .serving import run_deploy
