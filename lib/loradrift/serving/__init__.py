@@ -27,18 +27,35 @@ write the same files under ``data/arch-<arch>-<cpu|cuda>/``.
 """
 from __future__ import annotations
 
-from .arch import (ARCHS, arch_config, random_classifier, random_lora_model, randomize_adapter, realistic_lengths,
-                   run_arch)
+from .arch import ARCHS, random_classifier, random_lora_model, randomize_adapter, run_arch
 from .chapter import per_task_ratios, ratio_text
-from .engine import (FILES, Bench, accuracy_rows, correctness_rows, mode_batch_sizes, plan_groups)
+from .engine import FILES, correctness_rows
 from .findings import (ORIGINAL_DEPLOYMENT, ORIGINAL_OVERHEAD, ORIGINAL_SOURCE, arch_command, arch_results,
-                       has_latency, load_results, task_ratios, timing_error)
-from .memory import MemoryMeter, tensor_bytes
-from .modes import MODES, Mode, get_mode, register_mode
-from .requests import Request, mixed_batches, multi_batches, real_requests, single_batches
-from .servers import IdsEncoder, MixedServer, RoutedServer, Server, SwitchServer, TextEncoder
-from .sources import ModelSource, TrainedSource, check_adapter, load_multi_adapter
+                       correctness_summary, has_latency, load_results, timing_error)
+from .memory import MemoryMeter
+from .modes import MODES, Mode, register_mode
+from .requests import Request, mixed_batches, multi_batches, single_batches
+from .servers import MixedServer, Server, SwitchServer, TextEncoder
+from .sources import ModelSource, check_adapter, load_multi_adapter
 from .stage import (_unit_results, deploy_config, deploy_settings, outdated_units, plan_deploy, run_deploy,
-                    served_method, unit_results)
-from .timing import latency_summary, ratio_ci, ratio_rows, time_stream
+                    served_method, served_methods, unit_results)
+from .timing import latency_summary, ratio_ci, time_stream
 from .vllm import run_vllm, vllm_available
+
+__all__ = [
+    # the stage, its settings and currency
+    "run_deploy", "plan_deploy", "deploy_config", "deploy_settings", "served_method", "served_methods",
+    "unit_results", "_unit_results", "outdated_units", "FILES",
+    # architecture-only runs and vLLM
+    "run_arch", "ARCHS", "random_classifier", "random_lora_model", "randomize_adapter",
+    "run_vllm", "vllm_available",
+    # the modes table and the engine's parts
+    "MODES", "Mode", "register_mode", "correctness_rows",
+    "Request", "single_batches", "multi_batches", "mixed_batches", "TextEncoder", "Server", "SwitchServer",
+    "MixedServer", "ModelSource", "check_adapter", "load_multi_adapter", "MemoryMeter",
+    "time_stream", "latency_summary", "ratio_ci",
+    # findings for the book
+    "load_results", "arch_results", "arch_command", "has_latency", "timing_error",
+    "correctness_summary", "ratio_text", "per_task_ratios", "ORIGINAL_DEPLOYMENT", "ORIGINAL_OVERHEAD",
+    "ORIGINAL_SOURCE",
+]
