@@ -18,7 +18,8 @@ max |Δlogit|), and every mode's accuracy is computed on the labelled requests i
 
 Modules: ``modes`` (the table), ``requests`` (requests and batching), ``servers`` (encoders, servers),
 ``sources`` (loading trained units, adapter checks), ``timing``, ``memory``, ``engine`` (groups, the
-run, correctness and accuracy rows), ``stage`` (a profile's settings, currency key, ``run_deploy``),
+run, correctness and accuracy rows), ``settings`` (a profile's ``deploy:`` section, the served methods),
+``stage`` (the served units, the currency key, ``run_deploy``),
 ``arch`` (architecture-only runs on random weights, ``run_arch``), ``vllm`` (``run_vllm``),
 ``findings`` (numbers for the book) and ``chapter`` (the deployment chapter's tables and prose values).
 
@@ -37,8 +38,8 @@ from .modes import MODES, Mode, register_mode
 from .requests import Request, mixed_batches, multi_batches, single_batches
 from .servers import MixedServer, Server, SwitchServer, TextEncoder
 from .sources import ModelSource, check_adapter, load_multi_adapter
-from .stage import (_unit_results, deploy_config, deploy_settings, outdated_units, plan_deploy, run_deploy,
-                    served_method, served_methods, unit_results)
+from .settings import deploy_config, served_method, served_methods
+from .stage import _unit_results, deploy_settings, outdated_units, plan_deploy, run_deploy, unit_results
 from .timing import latency_summary, ratio_ci, time_stream
 from .vllm import run_vllm, vllm_available
 

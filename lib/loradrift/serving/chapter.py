@@ -115,20 +115,18 @@ def setup_text(D) -> dict[str, str]:
 
 
 def _below_text(below) -> str:
-    from ..report import listing
     from ..tasks import task_name
     if below is None or below.empty:
         return ""
+    items = [f"{task_name(r.stream)} at batch size {int(r.batch_size)} ({r.ratio:.2f}×)" for r in below.itertuples()]
     return (" An unmerged adapter computes strictly more than its merged model, so a ratio below 1 is "
-            "measurement error too, and these timings have some: " + listing(
-                f"{task_name(r.stream)} at batch size {int(r.batch_size)} ({r.ratio:.2f}×)"
-                for r in below.itertuples()) + ".")
+            "measurement error too, and these timings have some: " + ", ".join(items[:-1])
+            + (" and " if len(items) > 1 else "") + items[-1] + ".")
 
 
 def overhead_text(D) -> dict[str, str]:
     """The overheads' prose: per-task ratios at the smallest and largest batch size, the interleaved
     stream's ratios, the timings' error floor, and our overhead beside the original's."""
-    from ..report import pct
     keys = ("bmin", "bmax", "bmax_multi", "lm_min", "lm_max", "mf_min", "multi_min", "multi_max", "mixed_min",
             "mixed_max", "mixed_multi_max", "floor", "floor_all", "overhead")
     if not has_latency(D):
@@ -142,8 +140,8 @@ def overhead_text(D) -> dict[str, str]:
             "mf_min": per_task_ratios(rat, "merged", "full", bmin),
             "multi_min": multi("multi", "routed-merged", bmin), "multi_max": multi("multi", "routed-merged", bmm),
             "mixed_min": multi("mixed", "routed-merged", bmin), "mixed_max": multi("mixed", "routed-merged", bmm),
-            "mixed_multi_max": multi("mixed", "multi", bmm), "floor": pct(err["same"], 0),
-            "floor_all": pct(err["floor"], 0), "below": _below_text(err["below"]),
+            "mixed_multi_max": multi("mixed", "multi", bmm), "floor": num(100 * err["same"], ".0f", "%"),
+            "floor_all": num(100 * err["floor"], ".0f", "%"), "below": _below_text(err["below"]),
             "overhead": num(100 * overhead_vs_full(D), "+.1f", "%")}
 
 

@@ -238,7 +238,7 @@ def _check_vllm(prof: dict, unit_dirs: dict, streams: dict, got: dict, encode, h
 
     from ..models import load_finetuned
     from .servers import Server
-    from .stage import served_method
+    from .settings import served_method
     corr = []
     for t, path in unit_dirs.items():
         m, _ = load_finetuned(prof, path, served_method(prof, "lora"))
@@ -258,7 +258,7 @@ def _check_vllm(prof: dict, unit_dirs: dict, streams: dict, got: dict, encode, h
 
 def vllm_config(prof: dict, **overrides) -> dict:
     """The vLLM path's settings: the deploy section's ``vllm``, then keyword overrides."""
-    from .stage import deploy_section
+    from .settings import deploy_section
     cfg = dict(deploy_section(prof).get("vllm") or {})
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg.setdefault("seed", int(prof["seeds"][0]))
@@ -280,7 +280,7 @@ def run_vllm(prof, tasks=None, glue_source=None, log=print, **overrides) -> dict
     from ..train import model_dir
     from .requests import n_per_point, real_requests
     from .servers import TextEncoder
-    from .stage import served_method
+    from .settings import served_method
     ok, why = vllm_available()
     if not ok:
         raise LoraDriftError(f"the vLLM path cannot run here: {why}")
