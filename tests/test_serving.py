@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from loradrift import LoraDriftError, serving, vllm_serving
+from loradrift import LoraDriftError, serving
 from loradrift.config import load_profile, run_id
+from loradrift.serving import vllm as vllm_serving
 
 TASKS = ["rte", "mrpc", "sst2"]
 
@@ -367,3 +368,105 @@ def test_timing_error_reads_the_two_controls():
     only_same = serving.timing_error(rat[rat.numerator == "merged"])
     assert only_same["floor"] == pytest.approx(0.10) and only_same["below"].empty
     assert math.isnan(serving.timing_error(None)["floor"]) and math.isnan(serving.timing_error(rat.iloc[:0])["floor"])
+
+
+# ------------------------------------------------------------------------------ wiring
+def _deploy(tiny_profile, tiny_model, adapters, tasks=("rte",), **kw):
+    """run_deploy on the tiny profile with tiny units in place, small settings."""
+    prof = load_profile(str(tiny_profile))
+    _fake_units(prof, tiny_model, adapters, list(tasks), prof["seeds"][0])
+    kw = {"n_requests": 4, "batch_sizes": [2], "warmup_batches": 1, "repeats": 1, "bootstrap": 20, **kw}
+    res = serving.run_deploy(str(tiny_profile), tasks=list(tasks), log=lambda *a: None, **kw)
+    return res, serving.load_results(res["out_dir"])
+
+
+def test_correctness_check_fails_when_merged_predictions_differ(tiny_profile, tiny_model, adapters, monkeypatch):
+    """A merged copy whose weights differ from the unmerged adapter's must be reported as a failure."""
+    merged = serving.ModelSource.merged
+
+    def wrong_merge(self, task):
+        model, extra = merged(self, task)
+        with torch.no_grad():
+            model.score.weight.mul_(-1)  # a weight of the merged copy only: its predictions flip
+        return model, extra
+
+    monkeypatch.setattr(serving.ModelSource, "merged", wrong_merge)
+    _, D = _deploy(tiny_profile, tiny_model, adapters, modes=["lora", "merged"])
+    rows = D["correctness"][D["correctness"]["mode"] == "merged"]
+    assert len(rows) and not rows["passed"].any() and (rows["prediction_agreement"] < 1).all()
+    c = serving.correctness_summary(D)
+    assert c["passed"] < c["n"] and c["merged_agreement"] < 1
+
+
+def test_a_new_serving_mode_is_one_table_entry(tiny_profile, tiny_model, adapters, monkeypatch):
+    """Registering an A/A copy of `merged` (same load, same server) is all it takes: it is loaded with
+    `merged`, timed at every batch size, divided by `merged` (paired) and checked against it."""
+    monkeypatch.setitem(serving.MODES, "merged-aa", serving.Mode(
+        "merged-aa", "merged, served a second time (A/A control)", "task", "lora", "merged",
+        over=("merged",), check=("merged", "identical")))
+    _, D = _deploy(tiny_profile, tiny_model, adapters, ("rte", "mrpc"), modes=["lora", "merged", "merged-aa"],
+                   batch_sizes=[1, 2])
+    lat = D["latency"][D["latency"]["mode"] == "merged-aa"]
+    assert sorted(zip(lat["stream"], lat["batch_size"])) == [("mrpc", 1), ("mrpc", 2), ("rte", 1), ("rte", 2)]
+    assert (lat["n_requests"] >= 4).all() and (lat["throughput_rps"] > 0).all()
+    rat = D["ratios"][D["ratios"]["numerator"] == "merged-aa"]
+    assert len(rat) == 4 and set(rat["denominator"]) == {"merged"} and rat["paired"].all()
+    corr = D["correctness"][D["correctness"]["mode"] == "merged-aa"]
+    assert len(corr) == 4 and corr["passed"].all() and (corr["max_abs_dlogit"] == 0).all()
+    assert set(D["memory"]["modes"]) == {"lora", "merged+merged-aa"}   # one loaded object, two modes
+
+
+def _record(root, unit, config_hash="h0", finished_at="2026-01-01T00:00:00Z"):
+    from loradrift.store import write_json
+    write_json(root / "data" / "tiny" / "runs" / f"{unit}.json",
+               {"test": {"accuracy": 0.5, "f1": 0.5, "n": 16}, "config_hash": config_hash, "finished_at": finished_at})
+
+
+def test_deployment_key_holds_every_setting(tiny_profile, book_root):
+    prof = load_profile(str(tiny_profile))
+    for t in TASKS:
+        for m in ("full", "lora"):
+            _record(book_root, run_id(t, m, 1))
+    key = lambda **kw: serving.plan_deploy(prof, device="cpu", **kw)["key"]  # noqa: E731
+    base = key()
+    assert key() == base                                          # stable
+    changed = [dict(modes=["lora", "merged"]), dict(batch_sizes=[1, 8]), dict(n_requests=7),
+               dict(repeats=2), dict(warmup_batches=3), dict(bootstrap=100), dict(seed=2),
+               dict(batch_sizes_by_mode={"full": [1]})]
+    keys = [key(**kw) for kw in changed] + [serving.plan_deploy(prof, device="cuda")["key"],
+                                            serving.plan_deploy(prof, ["rte"], device="cpu")["key"]]
+    assert base not in keys and len(set(keys)) == len(keys)
+    _record(book_root, run_id("mrpc", "lora", 1), config_hash="h1")  # a re-trained served unit
+    assert key() != base
+    _record(book_root, run_id("mrpc", "lora", 1))
+    assert key() == base
+    _record(book_root, run_id("mrpc", "lora", 1), finished_at="2026-02-01T00:00:00Z")
+    assert key() != base
+
+
+def test_served_units_are_chosen_by_method_kind():
+    lora = {"kind": "lora", "lora_r": 8}
+    prof = {"name": "p", "methods": {"ft": {"kind": "full"}, "adapter": lora}}
+    assert serving.served_methods(prof) == {"full": "ft", "lora": "adapter"}
+    prof["methods"].update({"lora": lora, "lora-r64": {**lora, "lora_r": 64}})
+    assert serving.served_method(prof, "lora") == "lora"          # several: the one named like the kind
+    assert serving.served_method({**prof, "deploy": {"methods": {"lora": "lora-r64"}}}, "lora") == "lora-r64"
+    with pytest.raises(LoraDriftError, match="no method of kind lora"):
+        serving.served_method({**prof, "deploy": {"methods": {"lora": "ft"}}}, "lora")
+    del prof["methods"]["lora"]
+    with pytest.raises(LoraDriftError, match="deploy.methods.lora"):
+        serving.served_method(prof, "lora")
+    with pytest.raises(LoraDriftError, match="has none"):
+        serving.served_method({"name": "p", "methods": {"ft": {"kind": "full"}}}, "lora")
+
+
+def test_committed_deployment_results_are_current():
+    """The committed benchmark's key is the one the cpu profile and its committed units give now."""
+    from loradrift.store import is_current, result_path
+    path = result_path("cpu", "deploy_meta")
+    if not path.exists():
+        pytest.skip("no committed deployment results")
+    prof = load_profile("cpu")
+    meta = json.loads(path.read_text())
+    assert is_current(path, serving.plan_deploy(prof, device=meta["device"])["key"])
+    assert serving.outdated_units(prof, meta) == []

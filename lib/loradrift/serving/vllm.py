@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import LoraDriftError
+from .. import LoraDriftError
 
 TARGET = "vLLM >= 0.10 (V1 engine, runner/convert API); task='embed' fallback for older versions"
 
@@ -65,7 +65,9 @@ def split_adapter(adapter_dir: Path, out_dir: Path) -> dict:
     """Write a vLLM-loadable copy of a PEFT SEQ_CLS adapter (LoRA A/B only) to ``out_dir`` and return
     {"path", "score_weight" (n_labels x hidden, float32), "score_bias" (or None), "lora_keys"}."""
     from safetensors.numpy import save_file
-    from .serving import check_adapter
+
+    from ..store import replace_dir
+    from .sources import check_adapter
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     check_adapter(adapter_dir)
     tensors = _load_tensors(adapter_dir / "adapter_model.safetensors")
@@ -82,8 +84,7 @@ def split_adapter(adapter_dir: Path, out_dir: Path) -> dict:
     tmp.mkdir(parents=True)
     save_file({k: np.ascontiguousarray(v) for k, v in lora.items()}, str(tmp / "adapter_model.safetensors"))
     (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=1))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    replace_dir(tmp, out_dir)
     return {"path": out_dir, "score_weight": np.asarray(w[0], dtype=np.float32),
             "score_bias": np.asarray(b[0], dtype=np.float32) if b else None, "lora_keys": sorted(lora)}
 
@@ -155,8 +156,8 @@ def head_logits(hidden: np.ndarray, tasks: list[str], heads: dict[str, dict]) ->
 
 
 # ---------------------------------------------------------------------------- the engine (CUDA)
-def make_engine(model_path: str, n_adapters: int, rank: int, dtype: str, max_length: int, head: str = "host",
-                gpu_memory_utilization: float = 0.5):
+def make_engine(model_path: str, n_adapters: int, rank: int, dtype: str, max_length: int, head: str,
+                gpu_memory_utilization: float):
     """An offline ``vllm.LLM`` with multi-LoRA on; pooling as embedding (host head) or classification."""
     from vllm import LLM
     common = dict(model=model_path, enable_lora=True, max_loras=n_adapters, max_lora_rank=max(8, rank),
@@ -192,95 +193,120 @@ def _lora_requests(specs):
     return out
 
 
-def run_vllm(prof, tasks=None, glue_source=None, batch_sizes=(1, 8, 32), n_requests: int = 500,
-             warmup_batches: int = 5, head: str = "host", seed: int | None = None, log=print) -> dict:
+class VllmServer:
+    """The benchmark's server interface over a vLLM engine: every request with its task's LoRA; the
+    host-side head (``head="host"``) or vLLM's classifier (``"native"``)."""
+
+    switches = 0
+
+    def __init__(self, llm, adapters: dict, heads: dict, tokenizer, max_length: int, head: str):
+        self.llm, self.adapters, self.heads, self.tok, self.max_length, self.head = \
+            llm, adapters, heads, tokenizer, max_length, head
+
+    def __call__(self, batch):
+        import torch
+        specs = build_requests(batch, self.adapters, self.tok, self.max_length)
+        prompts, lrs = [s["prompt"] for s in specs], _lora_requests(specs)
+        if self.head == "host":
+            outs = self.llm.embed(prompts, lora_request=lrs, use_tqdm=False)
+            return torch.from_numpy(head_logits(parse_embed_outputs(outs), [s["task"] for s in specs], self.heads))
+        return torch.from_numpy(parse_classify_outputs(self.llm.classify(prompts, lora_request=lrs, use_tqdm=False)))
+
+
+def _time_vllm(server, streams: dict, cfg: dict, log) -> tuple[list, list, dict]:
+    """The mixed-adapter stream at every batch size: latency rows, batch rows, logits by request."""
+    from .requests import mixed_batches
+    from .timing import batch_rows, latency_summary, time_stream
+    lat_rows, rows, got = [], [], {}
+    for bs in cfg["batch_sizes"]:
+        batches = mixed_batches(streams, int(bs), int(cfg["n_requests"]))
+        res = time_stream(server, batches, int(cfg["warmup_batches"]))
+        lat_rows.append({"mode": "vllm-multi", "stream": "multi", "batch_size": int(bs), "repeat": 0,
+                         **latency_summary(res["latency_s"], res["sizes"], res["wall_s"]), "head": cfg["head"]})
+        rows += batch_rows("vllm-multi", "multi", bs, 0, batches, res["latency_s"])
+        for b, out in zip(batches, res["logits"]):
+            for r, row in zip(b, out.numpy()):
+                got.setdefault(r.uid, row)
+        log(f"  vllm-multi bs={bs}: p50 {lat_rows[-1]['latency_p50_ms']:.2f} ms, "
+            f"{lat_rows[-1]['throughput_rps']:.1f} req/s")
+    return lat_rows, rows, got
+
+
+def _check_vllm(prof: dict, unit_dirs: dict, streams: dict, got: dict, encode, head: str) -> list[dict]:
+    """vLLM's predictions against the unmerged PEFT model of each task, on the same requests."""
+    import torch
+
+    from ..models import load_finetuned
+    from .servers import Server
+    from .settings import served_method
+    corr = []
+    for t, path in unit_dirs.items():
+        m, _ = load_finetuned(prof, path, served_method(prof, "lora"))
+        ref = Server(m.to("cuda").eval(), encode)
+        reqs = [r for r in streams[t] if r.uid in got]
+        R = np.concatenate([ref(reqs[i:i + 32]).numpy() for i in range(0, len(reqs), 32)])
+        V = np.stack([got[r.uid] for r in reqs])
+        labels = np.array([r.label for r in reqs])
+        corr.append({"mode": "vllm-multi", "reference": "lora", "task": t, "n": len(reqs), "head": head,
+                     "prediction_agreement": float((R.argmax(1) == V.argmax(1)).mean()),
+                     "max_abs_dlogit": float(np.abs(R - V).max()) if head == "host" else None,
+                     "accuracy": float((V.argmax(1) == labels).mean())})
+        del m, ref
+        torch.cuda.empty_cache()
+    return corr
+
+
+def vllm_config(prof: dict, **overrides) -> dict:
+    """The vLLM path's settings: the deploy section's ``vllm``, then keyword overrides."""
+    from .settings import deploy_section
+    cfg = dict(deploy_section(prof).get("vllm") or {})
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg.setdefault("seed", int(prof["seeds"][0]))
+    return cfg
+
+
+def run_vllm(prof, tasks=None, glue_source=None, log=print, **overrides) -> dict:
     """Time vLLM multi-LoRA on the interleaved (mixed-adapter) stream of every task and check its
-    predictions against the unmerged PEFT model. Writes ``data/<profile>/deployment_vllm_*.csv`` and
-    ``deployment_vllm_meta.json``. Raises LoraDriftError where vLLM cannot run."""
+    predictions against the unmerged PEFT model. Settings: the profile's ``deploy.vllm`` (batch_sizes,
+    n_requests, warmup_batches, head, gpu_memory_utilization), keyword arguments override. Writes
+    ``data/<profile>/deployment_vllm_*.csv`` and ``deployment_vllm_meta.json``. Raises LoraDriftError
+    where vLLM cannot run."""
     import pandas as pd
     import torch
 
-    from .config import environment, load_profile, run_id
-    from .store import artifacts_dir, data_dir, write_csv, write_json
-    from .models import base_model_path, load_finetuned, load_tokenizer
-    from .serving import (TextEncoder, Server, latency_summary, mixed_batches, n_per_point, real_requests,
-                          time_stream)
-    from .train import model_dir
+    from ..config import environment, load_profile, run_id
+    from ..models import base_model_path, load_tokenizer
+    from ..store import artifacts_dir, data_dir, write_csv, write_json
+    from ..train import model_dir
+    from .requests import n_per_point, real_requests
+    from .servers import TextEncoder
+    from .settings import served_method
     ok, why = vllm_available()
     if not ok:
         raise LoraDriftError(f"the vLLM path cannot run here: {why}")
     import vllm
     prof = load_profile(prof) if isinstance(prof, str) else prof
-    tasks = list(tasks or prof["tasks"])
-    seed = int(seed if seed is not None else prof["seeds"][0])
-    max_len = int(prof["data"]["max_length"])
-    base = base_model_path(prof)
+    cfg, tasks = vllm_config(prof, **overrides), list(tasks or prof["tasks"])
+    method, max_len, base = served_method(prof, "lora"), int(prof["data"]["max_length"]), base_model_path(prof)
     tok = load_tokenizer(base)
-    heads, paths = {}, {}
-    for t in tasks:
-        rid = run_id(t, "lora", seed)
-        if head == "host":
-            heads[t] = split_adapter(model_dir(prof["name"], rid), artifacts_dir(prof["name"]) / "vllm" / rid)
-            paths[t] = heads[t]["path"]
-        else:
-            paths[t] = model_dir(prof["name"], rid)
-    adapters = adapter_table(tasks, paths)
-    rank = max(int(s["lora_r"]) for s in prof["methods"].values() if "lora_r" in s)  # vLLM's max_lora_rank
-    llm = make_engine(base, len(tasks), rank, "bfloat16" if prof["model"].get("dtype") == "bfloat16" else "float32",
-                      max_len, head)
-    n_stream = max(n_per_point(n_requests, b) for b in batch_sizes)
+    units = {t: model_dir(prof["name"], run_id(t, method, cfg["seed"])) for t in tasks}
+    heads = {t: split_adapter(units[t], artifacts_dir(prof["name"]) / "vllm" / units[t].name) for t in tasks} \
+        if cfg["head"] == "host" else {}
+    adapters = adapter_table(tasks, {t: heads[t]["path"] if heads else units[t] for t in tasks})
+    llm = make_engine(base, len(tasks), int(prof["methods"][method]["lora_r"]),
+                      "bfloat16" if prof["model"].get("dtype") == "bfloat16" else "float32", max_len, cfg["head"],
+                      float(cfg["gpu_memory_utilization"]))
+    n_stream = max(n_per_point(int(cfg["n_requests"]), int(b)) for b in cfg["batch_sizes"])
     streams = {t: real_requests(prof, t, n_stream, glue_source) for t in tasks}
-
-    class VllmServer:
-        switches = 0
-
-        def __call__(self, batch):
-            specs = build_requests(batch, adapters, tok, max_len)
-            prompts = [s["prompt"] for s in specs]
-            lrs = _lora_requests(specs)
-            if head == "host":
-                outs = llm.embed(prompts, lora_request=lrs, use_tqdm=False)
-                return torch.from_numpy(head_logits(parse_embed_outputs(outs), [s["task"] for s in specs], heads))
-            return torch.from_numpy(parse_classify_outputs(llm.classify(prompts, lora_request=lrs, use_tqdm=False)))
-
-    server = VllmServer()
-    lat_rows, batch_rows, got = [], [], {}
-    for bs in batch_sizes:
-        batches = mixed_batches(streams, int(bs), n_requests)
-        res = time_stream(server, batches, warmup_batches)
-        lat_rows.append({"mode": "vllm-multi", "stream": "multi", "batch_size": int(bs), "repeat": 0,
-                         **latency_summary(res["latency_s"], res["sizes"], res["wall_s"]), "head": head})
-        for i, (b, l) in enumerate(zip(batches, res["latency_s"])):
-            batch_rows.append({"mode": "vllm-multi", "stream": "multi", "batch_size": int(bs), "repeat": 0,
-                               "batch": i, "n": len(b), "latency_ms": float(l) * 1e3})
-        for b, out in zip(batches, res["logits"]):
-            for r, row in zip(b, out.numpy()):
-                got.setdefault(r.uid, row)
-        log(f"  vllm-multi bs={bs}: p50 {lat_rows[-1]['latency_p50_ms']:.2f} ms, {lat_rows[-1]['throughput_rps']:.1f} req/s")
+    lat, rows, got = _time_vllm(VllmServer(llm, adapters, heads, tok, max_len, cfg["head"]), streams, cfg, log)
     del llm
     torch.cuda.empty_cache()
-    # reference: the unmerged PEFT model of each task on the same requests
-    corr = []
-    enc = TextEncoder(tok, max_len, "cuda")
-    for t in tasks:
-        m, _ = load_finetuned(prof, model_dir(prof["name"], run_id(t, "lora", seed)), "lora")
-        ref = Server(m.to("cuda").eval(), enc)
-        reqs = [r for r in streams[t] if r.uid in got]
-        R = np.concatenate([ref(reqs[i:i + 32]).numpy() for i in range(0, len(reqs), 32)])
-        V = np.stack([got[r.uid] for r in reqs])
-        agree = float((R.argmax(1) == V.argmax(1)).mean())
-        labels = np.array([r.label for r in reqs])
-        corr.append({"mode": "vllm-multi", "reference": "lora", "task": t, "n": len(reqs), "head": head,
-                     "prediction_agreement": agree,
-                     "max_abs_dlogit": float(np.abs(R - V).max()) if head == "host" else None,
-                     "accuracy": float((V.argmax(1) == labels).mean())})
-        del m, ref
-        torch.cuda.empty_cache()
+    corr = _check_vllm(prof, units, streams, got, TextEncoder(tok, max_len, "cuda"), cfg["head"])
     out = data_dir(prof["name"])
-    write_csv(out / "deployment_vllm_latency.csv", pd.DataFrame(lat_rows))
-    write_csv(out / "deployment_vllm_batches.csv", pd.DataFrame(batch_rows))
-    write_csv(out / "deployment_vllm_correctness.csv", pd.DataFrame(corr))
-    write_json(out / "deployment_vllm_meta.json", {"vllm": vllm.__version__, "head": head, "tasks": tasks,
-                                                   "seed": seed, "target": TARGET, "environment": environment(),
-                                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    return {"latency": lat_rows, "correctness": corr}
+    for name, frame in (("latency", lat), ("batches", rows), ("correctness", corr)):
+        write_csv(out / f"deployment_vllm_{name}.csv", pd.DataFrame(frame))
+    write_json(out / "deployment_vllm_meta.json", {"vllm": vllm.__version__, "config": cfg, "tasks": tasks,
+                                                   "head": cfg["head"], "seed": cfg["seed"], "target": TARGET,
+                                                   "environment": environment(), "finished_at":
+                                                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return {"latency": lat, "correctness": corr}
