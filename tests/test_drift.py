@@ -14,7 +14,10 @@ import torch
 import yaml
 
 from conftest import FILL, make_tiny_llama, tiny_profile_dict, write_tiny_glue
-from loradrift import LoraDriftError, drift, measures
+from loradrift import LoraDriftError, drift
+from loradrift.drift import extract as E
+from loradrift.drift import forgetting as F
+from loradrift.drift import weights as W
 
 TEXTS = ["the movie was good", "a very old man said it is bad and the story was dull today", "rain",
          "she said the plot is quite grim", "they and he"]
@@ -31,11 +34,11 @@ def base_lm(tiny_model):
 # ------------------------------------------------------------------------------------ extraction
 def test_extract_returns_every_depth(base_lm):
     lm, tok = base_lm
-    r = drift.extract(lm.model, tok, TEXTS, max_length=32)
+    r = E.extract(lm.model, tok, TEXTS, max_length=32)
     L, D = lm.config.num_hidden_layers, lm.config.hidden_size
     for k in ("masked", "last", "original"):
         assert r[k].shape == (L + 2, len(TEXTS), D) and r[k].dtype == np.float32
-    assert drift.depth_names(L) == ["embedding", "layer_1", "layer_2", "final_norm"]
+    assert E.depth_names(L) == ["embedding", "layer_1", "layer_2", "final_norm"]
     assert r["tokens"] == sum(len(t.split()) for t in TEXTS)
 
 
@@ -49,7 +52,7 @@ def test_hidden_state_layout(base_lm):
               for layer in lm.model.layers]
     hooks.append(lm.model.norm.register_forward_hook(lambda m, a, o: seen.append(o)))
     with torch.no_grad():
-        hs = drift._hidden_states(lm.model, enc.input_ids, enc.attention_mask)
+        hs = E.hidden_states(lm.model, enc.input_ids, enc.attention_mask)
     for h in hooks:
         h.remove()
     # one hook output per module, in order: embedding, each decoder layer, final norm
@@ -61,8 +64,8 @@ def test_hidden_state_layout(base_lm):
 def test_masked_pooling_invariant_to_padding(base_lm):
     lm, tok = base_lm
     short, longer = TEXTS[0], TEXTS[1]
-    alone = drift.extract(lm.model, tok, [short], max_length=32, original=False)
-    batched = drift.extract(lm.model, tok, [short, longer], max_length=32, original=False, batch_tokens=10_000)
+    alone = E.extract(lm.model, tok, [short], max_length=32, original=False)
+    batched = E.extract(lm.model, tok, [short, longer], max_length=32, original=False, batch_tokens=10_000)
     for k in ("masked", "last"):
         np.testing.assert_allclose(alone[k][:, 0], batched[k][:, 0], atol=1e-5, rtol=1e-5)
 
@@ -70,13 +73,13 @@ def test_masked_pooling_invariant_to_padding(base_lm):
 def test_original_pooling_exact_and_sampled(base_lm):
     """pad_positions=None is the original's quantity: unmasked mean over the sample padded to its longest."""
     lm, tok = base_lm
-    exact = drift.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=None, batch_tokens=1)
+    exact = E.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=None, batch_tokens=1)
     enc = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        hs = drift._hidden_states(lm.model, enc.input_ids, enc.attention_mask)
-    ref = torch.stack([measures.unmasked_mean_pool(h) for h in hs]).numpy()
+        hs = E.hidden_states(lm.model, enc.input_ids, enc.attention_mask)
+    ref = torch.stack([E.unmasked_mean_pool(h) for h in hs]).numpy()
     np.testing.assert_allclose(exact["original"], ref, atol=1e-5, rtol=1e-4)
-    sampled = drift.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=3, batch_tokens=1)
+    sampled = E.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=3, batch_tokens=1)
     assert exact["tokens_run"] == len(TEXTS) * exact["t_max"]  # one example per batch, padded to t_max
     assert sampled["tokens_run"] < exact["tokens_run"]
     np.testing.assert_allclose(sampled["masked"], exact["masked"], atol=1e-5)
@@ -86,10 +89,10 @@ def test_original_pooling_exact_and_sampled(base_lm):
 
 
 def test_pad_positions():
-    assert drift._pad_positions(5, 5, 3) == []
-    assert drift._pad_positions(3, 6, None) == [3, 4, 5]
-    assert drift._pad_positions(3, 6, 8) == [3, 4, 5]
-    p = drift._pad_positions(2, 102, 4)
+    assert E._pad_positions(5, 5, 3) == []
+    assert E._pad_positions(3, 6, None) == [3, 4, 5]
+    assert E._pad_positions(3, 6, 8) == [3, 4, 5]
+    p = E._pad_positions(2, 102, 4)
     assert p == [14, 39, 64, 89] and all(2 <= x < 102 for x in p)
 
 
@@ -102,24 +105,24 @@ def _text_file(path: Path, n_words=400) -> Path:
 
 def test_forgetting_perplexity_matches_direct(base_lm, tmp_path):
     lm, tok = base_lm
-    chunks = drift.wikitext_chunks(tok, _text_file(tmp_path / "t.txt"), 3, 16)
+    chunks = F.wikitext_chunks(tok, _text_file(tmp_path / "t.txt"), 3, 16)
     assert chunks.shape == (3, 16)
     head = lm.lm_head.weight.detach().clone()
-    nll = drift.chunk_nll(lm.model, head, chunks, batch=2)
+    nll = F.chunk_nll(lm.model, head, chunks, batch=2)
     with torch.no_grad():
         direct = torch.stack([lm(input_ids=c[None], labels=c[None]).loss for c in chunks]).numpy()
     np.testing.assert_allclose(nll, direct, rtol=1e-5)
     # a model identical to the base (a separate copy) gives the same perplexity
     import copy
     same = copy.deepcopy(lm.model)
-    np.testing.assert_allclose(drift.chunk_nll(same, head, chunks), nll, rtol=1e-6)
+    np.testing.assert_allclose(F.chunk_nll(same, head, chunks), nll, rtol=1e-6)
     with pytest.raises(LoraDriftError, match="fewer than"):
-        drift.wikitext_chunks(tok, tmp_path / "t.txt", 1000, 16)
+        F.wikitext_chunks(tok, tmp_path / "t.txt", 1000, 16)
 
 
 def test_weight_change_of_identical_model(base_lm):
     lm, _ = base_lm
-    rows = drift.weight_change(lm.model, lm.model, ("q_proj", "v_proj"), k=4, threshold=0.5)
+    rows = W.weight_change(lm.model, lm.model, ("q_proj", "v_proj"), k=4, threshold=0.5)
     assert len(rows) == 2 * lm.config.num_hidden_layers
     assert all(r["n_intruders"] == 0 and r["rel_change"] == 0 for r in rows)
 
@@ -134,18 +137,18 @@ def test_weight_change_matches_measures(base_lm):
             w = layer.self_attn.q_proj.weight
             w += 0.5 * torch.randn(w.shape, generator=g) * w.std()
     cache = {}
-    rows = drift.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache)
+    rows = W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache)
     assert len(cache) == 2 * lm.config.num_hidden_layers
     for r in rows:
         a = getattr(lm.model.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
         b = getattr(ft.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
-        ref = measures.intruder_dimensions(a, b, k=6, threshold=0.7)
+        ref = W.intruder_dimensions(a, b, k=6, threshold=0.7)
         assert r["n_intruders"] == ref["n_intruders"]
         assert r["min_max_sim"] == pytest.approx(min(ref["max_sims"]), abs=1e-9)
     assert any(r["rel_change"] > 0 for r in rows if r["matrix"] == "q_proj")
     assert all(r["rel_change"] == 0 for r in rows if r["matrix"] == "v_proj")
     # cached base SVDs give the same answer
-    assert drift.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache) == rows
+    assert W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache) == rows
 
 
 def test_config_rejects_unknown_setting():
@@ -225,7 +228,7 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     # a second call does no work: no model is loaded
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
-    monkeypatch.setattr(drift._Base, "load", boom)
+    monkeypatch.setattr("loradrift.drift.records.Base.load", boom)
     monkeypatch.setattr("loradrift.models.load_finetuned", boom)
     assert drift.run_drift(prof, tasks=["rte"])["rte"] == "current"
 
