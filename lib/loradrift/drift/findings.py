@@ -94,10 +94,11 @@ def within_max(res, task, measure="cka") -> float | None:
 
 
 # ------------------------------------------------------------------------------------ across seeds
-def test(res, task, measure="cka", summary="last") -> dict:
-    """The seed-level test of one task, measure and summary (a row of the summary's tests; {} if missing)."""
+def test(res, task, measure="cka", summary="last", pooling="masked") -> dict:
+    """The seed-level test of one task, pooling, measure and summary (a row of the summary's tests; {} if missing)."""
     T = res["tests"]
-    g = T[(T.task == task) & (T.measure == measure) & (T.summary == summary)] if not T.empty else T
+    g = T[(T.task == task) & (T.pooling == pooling) & (T.measure == measure) & (T.summary == summary)] \
+        if not T.empty else T
     return {k: _num(v) if isinstance(v, (float, np.floating)) else v for k, v in g.iloc[0].items()} if len(g) else {}
 
 
@@ -106,7 +107,7 @@ def tests_overview(res) -> dict:
     first method drifted more, and how many survive Holm's adjustment (Welch, permutation, both)."""
     T = res["tests"]
     if T.empty:
-        return dict.fromkeys(("n", "min_p", "a_more", "holm_welch", "holm_perm", "holm_both"))
+        return {"n": 0, **dict.fromkeys(("min_p", "a_more", "holm_welch", "holm_perm", "holm_both"))}
     return {"n": len(T), "min_p": float(T.min_attainable_p.min()), "a_more": int((T["diff"] > 0).sum()),
             "holm_welch": int((T.welch_p_holm < 0.05).sum()), "holm_perm": int((T.perm_p_holm < 0.05).sum()),
             "holm_both": int(((T.welch_p_holm < 0.05) & (T.perm_p_holm < 0.05)).sum())}

@@ -45,7 +45,9 @@ def bootstrap_ci(X, Y, measure, n_boot: int = 1000, alpha: float = 0.05, seed: i
 
     The interval is the [alpha/2, 1 - alpha/2] quantiles of `bootstrap_replicates`; it covers
     example-sampling noise only (not seed-to-seed training noise). nan replicates are ignored.
-    duplicates="rows" reproduces published practice, which is biased for the Gram measures.
+    duplicates="rows" reproduces published practice, which is biased for the Gram measures; the
+    derivation of "distinct" and the simulations behind it are in the comment above the fast paths
+    in `loradrift.drift.measures`.
     """
     point = float(get_measure(measure).fn(X, Y))
     reps = bootstrap_replicates(X, Y, measure, n_boot=n_boot, seed=seed, duplicates=duplicates)
