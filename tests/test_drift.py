@@ -290,3 +290,126 @@ def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkey
         write_json(unit, rec)
     assert drift.is_current(p, "rte")
     assert not drift.is_current(p, "sst2")  # never computed
+
+
+# ------------------------------------------------------------------------------------ wiring
+def _final_norm_means(backbone, tok, texts, max_length=32) -> np.ndarray:
+    """Masked-mean pooled output of the backbone's final RMSNorm, one example at a time (no padding),
+    read with a hook on the norm module itself: independent of drift.extract's layout."""
+    out = []
+    with torch.no_grad():
+        for t in texts:
+            seen = []
+            h = backbone.norm.register_forward_hook(lambda m, a, o: seen.append(o))
+            try:
+                backbone(input_ids=tok(t, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"])
+            finally:
+                h.remove()
+            out.append(seen[0][0].mean(0))
+    return torch.stack(out).double().numpy()
+
+
+def test_headline_drift_is_read_at_the_final_norm(tiny_book):
+    """The drift the summary (seed_drifts 'last', the preface's headline) and the chapter's prose
+    (findings) quote "at the final norm" is 1 - linear CKA of the final-norm output, recomputed here
+    from the models; a wrong depth (the embedding, the last decoder layer) fails."""
+    from transformers import AutoModelForCausalLM
+
+    from loradrift.config import load_profile
+    from loradrift.drift import findings
+    from loradrift.drift.measures import linear_cka
+    from loradrift.drift.settings import drift_config
+    from loradrift.drift.stage import drift_sample
+    from loradrift.models import load_finetuned, load_tokenizer
+    from loradrift.train import model_dir
+    root, path = tiny_book
+    drift.run_drift(path, tasks=["rte"])
+    drift.summarise(path)  # the summary made by this code, whatever an earlier test left
+    p = load_profile(path)
+    texts = drift_sample(p, "rte", drift_config(p))["texts"]
+    base_path = p["model"]["name_or_path"]
+    base = _final_norm_means(AutoModelForCausalLM.from_pretrained(base_path).model.eval(), load_tokenizer(base_path), texts)
+    res = drift.load_results(path)
+    S = res["seeds"][(res["seeds"].pooling == "masked") & (res["seeds"].measure == "cka")]
+    expected = {}
+    for m in ("full", "lora"):
+        for s in (1, 2):
+            rid = f"rte-{m}-s{s}"
+            model, tok = load_finetuned(p, model_dir("tiny", rid), m, merge=True)
+            expected[rid] = 1 - linear_cka(base, _final_norm_means(E.backbone_of(model), tok, texts))
+            row = S[S.model == rid].iloc[0]
+            assert row["last"] == pytest.approx(expected[rid], rel=1e-3, abs=1e-7), rid
+            # the test can tell the depths apart: the embedding's drift is a different number
+            emb = res["layers"][(res["layers"].model == rid) & (res["layers"].pooling == "masked")
+                                & (res["layers"].measure == "cka") & (res["layers"].depth_name == "embedding")]
+            assert abs((1 - emb.value.iloc[0]) - expected[rid]) > 1e-2 * expected[rid] + 1e-6, rid
+        prose = findings.drift_at(res, "rte", m, "masked", "cka")[0]
+        assert prose == pytest.approx(np.mean([expected[f"rte-{m}-s{s}"] for s in (1, 2)]), rel=1e-3, abs=1e-7)
+    assert findings.task_numbers(res, "rte").cka_lora == prose
+
+
+# ------------------------------------------------------------------------------------ currency
+def test_task_key_holds_every_setting(tiny_profile):
+    """The key of a task's drift results changes with the measures, poolings, bootstrap and
+    permutation counts and controls; the summary-only claims change the summary's key only."""
+    import copy
+
+    from loradrift.config import load_profile
+    from loradrift.drift.currency import summary_key, task_key
+    p = load_profile(str(tiny_profile))
+    base_key, base_summary = task_key(p, "rte"), summary_key(p, ["rte"])
+    changes = {
+        "measures": {"measures": {"masked": ["cka", "debiased_cka"]}},
+        "poolings": {"poolings": ["masked", "last"], "measures": {"original": []}},
+        "n_boot": {"n_boot": 999},
+        "n_perm": {"n_perm": 7},
+        "controls": {"controls": {"measures": ["cka"]}},
+        "sample": {"max_examples": {"rte": 5}},
+    }
+    for what, over in changes.items():
+        q = copy.deepcopy(p)
+        q["drift"] = over
+        assert task_key(q, "rte") != base_key, what
+    q = copy.deepcopy(p)
+    q["drift"] = {"claims": [["masked", "cka"]]}
+    assert task_key(q, "rte") == base_key and summary_key(q, ["rte"]) != base_summary
+    assert task_key(p, "rte") == base_key  # nothing above changed the profile itself
+
+
+def test_config_names_unregistered_measures():
+    with pytest.raises(LoraDriftError, match="unknown measure 'nope'.*register"):
+        drift.drift_config({"name": "x", "drift": {"measures": {"masked": ["cka", "nope"]}}})
+    with pytest.raises(LoraDriftError, match="not in drift.poolings"):
+        drift.drift_config({"name": "x", "drift": {"poolings": ["masked", "last"]}})
+
+
+def test_a_new_measure_is_one_registration_and_one_setting(tiny_book, monkeypatch):
+    """Adding a measure: register it, name it in the profile's drift.measures. The stage computes it
+    (from the cached representations: no model is loaded), the per-seed drift uses it (a distance:
+    drift = its value), and the results are out of date until it is computed."""
+    import copy
+
+    from loradrift.config import load_profile
+    from loradrift.drift import measures as M
+    root, path = tiny_book
+    drift.run_drift(path, tasks=["rte"])
+    p = load_profile(path)
+    assert drift.is_current(p, "rte")
+
+    def spread(X, Y):  # a toy distance: mean distance between matching rows, relative to X's scale
+        return float(np.linalg.norm(X - Y, axis=1).mean() / np.linalg.norm(X, axis=1).mean())
+
+    monkeypatch.setitem(M.MEASURES, "spread", M.Measure("spread", spread, similarity=False))  # 1: register
+    q = copy.deepcopy(p)
+    q["drift"]["measures"] = {"masked": ["cka", "debiased_cka", "cosine", "spread"]}  # 2: the profile names it
+    assert not drift.is_current(q, "rte")
+    monkeypatch.setattr("loradrift.models.load_finetuned",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    assert drift.run_drift(q, tasks=["rte"])["rte"] == "computed"
+    assert drift.is_current(q, "rte") and not drift.is_current(p, "rte")
+    res = drift.load_results(q)
+    rows = res["layers"][res["layers"].measure == "spread"]
+    assert len(rows) == 4 * 4 and rows["lo"].notna().all()  # 4 models x 4 depths, with intervals
+    last = rows[rows.depth_name == "final_norm"].set_index("model")["value"]
+    sd = res["seeds"][res["seeds"].measure == "spread"].set_index("model")["last"]
+    assert np.allclose(sd[last.index], last)  # a distance's drift is its value, not 1 - value
