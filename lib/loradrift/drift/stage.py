@@ -27,7 +27,7 @@ from .tables import seed_drifts, seed_noise, seed_tests, task_measures
 
 
 def drift_sample(prof: dict, task: str, cfg: dict, glue_source=None) -> dict:
-    """The task's fixed drift sample: test-split indices (seeded subsample if capped), texts, labels."""
+    """The task's fixed drift sample: test-split indices (seeded subsample if capped), texts, hash."""
     from ..data import study_splits, texts
     test = study_splits(prof, task, glue_source)["test"]
     n = len(test)
@@ -36,7 +36,7 @@ def drift_sample(prof: dict, task: str, cfg: dict, glue_source=None) -> dict:
         np.random.default_rng(cfg["sample_seed"]).choice(n, int(cap), replace=False))
     sub = test.select(idx.tolist())
     t = texts(task, sub)
-    return {"indices": idx.tolist(), "texts": t, "labels": list(sub["label"]), "n_test": n,
+    return {"indices": idx.tolist(), "texts": t, "n_test": n,
             "hash": hashlib.sha256("\n".join(t).encode()).hexdigest()[:16]}
 
 
