@@ -60,6 +60,11 @@ def task_paths(prof: dict, task: str) -> tuple:
             *[result_path(name, "drift_table", task=task, table=t) for t in TABLES])
 
 
+def computed_tasks(prof: dict) -> list[str]:
+    """The profile's tasks that have drift results (the JSON and its layers table), in profile order."""
+    return [t for t in prof["tasks"] if all(p.exists() for p in task_paths(prof, t)[:2])]
+
+
 def is_current(prof: dict, task: str, expected: str | None = None) -> bool:
     """Were the task's drift results computed with the profile's current settings and trained units?
     False when they are absent, unreadable, or made from other settings or since re-trained units."""

@@ -8,6 +8,7 @@ import pandas as pd
 from .. import original
 from ..config import load_profile
 from ..store import read_json, result_path
+from .currency import computed_tasks
 from .settings import drift_config
 
 
@@ -17,7 +18,7 @@ def load_results(profile: dict | str) -> dict:
     prof = load_profile(profile) if isinstance(profile, str) else profile
     name = prof["name"]
     path = lambda r, **f: result_path(name, r, **f)  # noqa: E731
-    tasks = [t for t in prof["tasks"] if path("drift_table", task=t, table="layers").exists() and path("drift", task=t).exists()]
+    tasks = computed_tasks(prof)
     cat = lambda table: (pd.concat([pd.read_csv(path("drift_table", task=t, table=table)) for t in tasks],  # noqa: E731
                                    ignore_index=True) if tasks else pd.DataFrame())
     summary = read_json(path("drift_summary")) if path("drift_summary").exists() and tasks else {}

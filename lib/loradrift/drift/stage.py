@@ -18,7 +18,8 @@ import pandas as pd
 from ..config import environment, load_profile, run_id
 from ..store import artifacts_dir, read_json, result_path, write_csv, write_json
 from ..tasks import task_metric
-from .currency import TABLES, extract_settings, is_current, summary_is_current, summary_key, task_key, task_rids
+from .currency import (TABLES, computed_tasks, extract_settings, is_current, summary_is_current, summary_key,
+                       task_key, task_rids)
 from .extract import depth_names
 from .forgetting import forgetting_rows, wikitext_path
 from .records import Base, TaskContext, ensure_model, timed
@@ -67,7 +68,7 @@ def run_drift(prof: dict | str, tasks=None, glue_source=None) -> dict:
             continue
         run_task(prof, cfg, task, key, base, glue_source)
         status[task] = "computed"
-    done = [t for t in prof["tasks"] if result_path(prof["name"], "drift", task=t).exists()]
+    done = computed_tasks(prof)
     if done and not summary_is_current(prof, done, cfg):
         summarise(prof, cfg)
     return status
@@ -130,7 +131,7 @@ def summarise(prof: dict | str, cfg: dict | None = None) -> dict | None:
     prof = load_profile(prof) if isinstance(prof, str) else prof
     cfg, name = cfg or drift_config(prof), prof["name"]
     path = lambda r, **f: result_path(name, r, **f)  # noqa: E731
-    tasks = [t for t in prof["tasks"] if path("drift", task=t).exists() and path("drift_table", task=t, table="layers").exists()]
+    tasks = computed_tasks(prof)
     if not tasks:
         return None
     read = lambda table: pd.concat([pd.read_csv(path("drift_table", task=t, table=table)) for t in tasks],  # noqa: E731
