@@ -14,7 +14,10 @@ import torch
 import yaml
 
 from conftest import FILL, make_tiny_llama, tiny_profile_dict, write_tiny_glue
-from loradrift import LoraDriftError, drift, measures
+from loradrift import LoraDriftError, drift
+from loradrift.drift import extract as E
+from loradrift.drift import forgetting as F
+from loradrift.drift import weights as W
 
 TEXTS = ["the movie was good", "a very old man said it is bad and the story was dull today", "rain",
          "she said the plot is quite grim", "they and he"]
@@ -31,11 +34,11 @@ def base_lm(tiny_model):
 # ------------------------------------------------------------------------------------ extraction
 def test_extract_returns_every_depth(base_lm):
     lm, tok = base_lm
-    r = drift.extract(lm.model, tok, TEXTS, max_length=32)
+    r = E.extract(lm.model, tok, TEXTS, max_length=32)
     L, D = lm.config.num_hidden_layers, lm.config.hidden_size
     for k in ("masked", "last", "original"):
         assert r[k].shape == (L + 2, len(TEXTS), D) and r[k].dtype == np.float32
-    assert drift.depth_names(L) == ["embedding", "layer_1", "layer_2", "final_norm"]
+    assert E.depth_names(L) == ["embedding", "layer_1", "layer_2", "final_norm"]
     assert r["tokens"] == sum(len(t.split()) for t in TEXTS)
 
 
@@ -49,7 +52,7 @@ def test_hidden_state_layout(base_lm):
               for layer in lm.model.layers]
     hooks.append(lm.model.norm.register_forward_hook(lambda m, a, o: seen.append(o)))
     with torch.no_grad():
-        hs = drift._hidden_states(lm.model, enc.input_ids, enc.attention_mask)
+        hs = E.hidden_states(lm.model, enc.input_ids, enc.attention_mask)
     for h in hooks:
         h.remove()
     # one hook output per module, in order: embedding, each decoder layer, final norm
@@ -61,8 +64,8 @@ def test_hidden_state_layout(base_lm):
 def test_masked_pooling_invariant_to_padding(base_lm):
     lm, tok = base_lm
     short, longer = TEXTS[0], TEXTS[1]
-    alone = drift.extract(lm.model, tok, [short], max_length=32, original=False)
-    batched = drift.extract(lm.model, tok, [short, longer], max_length=32, original=False, batch_tokens=10_000)
+    alone = E.extract(lm.model, tok, [short], max_length=32, original=False)
+    batched = E.extract(lm.model, tok, [short, longer], max_length=32, original=False, batch_tokens=10_000)
     for k in ("masked", "last"):
         np.testing.assert_allclose(alone[k][:, 0], batched[k][:, 0], atol=1e-5, rtol=1e-5)
 
@@ -70,13 +73,13 @@ def test_masked_pooling_invariant_to_padding(base_lm):
 def test_original_pooling_exact_and_sampled(base_lm):
     """pad_positions=None is the original's quantity: unmasked mean over the sample padded to its longest."""
     lm, tok = base_lm
-    exact = drift.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=None, batch_tokens=1)
+    exact = E.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=None, batch_tokens=1)
     enc = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        hs = drift._hidden_states(lm.model, enc.input_ids, enc.attention_mask)
-    ref = torch.stack([measures.unmasked_mean_pool(h) for h in hs]).numpy()
+        hs = E.hidden_states(lm.model, enc.input_ids, enc.attention_mask)
+    ref = torch.stack([E.unmasked_mean_pool(h) for h in hs]).numpy()
     np.testing.assert_allclose(exact["original"], ref, atol=1e-5, rtol=1e-4)
-    sampled = drift.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=3, batch_tokens=1)
+    sampled = E.extract(lm.model, tok, TEXTS, max_length=32, pad_positions=3, batch_tokens=1)
     assert exact["tokens_run"] == len(TEXTS) * exact["t_max"]  # one example per batch, padded to t_max
     assert sampled["tokens_run"] < exact["tokens_run"]
     np.testing.assert_allclose(sampled["masked"], exact["masked"], atol=1e-5)
@@ -86,10 +89,10 @@ def test_original_pooling_exact_and_sampled(base_lm):
 
 
 def test_pad_positions():
-    assert drift._pad_positions(5, 5, 3) == []
-    assert drift._pad_positions(3, 6, None) == [3, 4, 5]
-    assert drift._pad_positions(3, 6, 8) == [3, 4, 5]
-    p = drift._pad_positions(2, 102, 4)
+    assert E._pad_positions(5, 5, 3) == []
+    assert E._pad_positions(3, 6, None) == [3, 4, 5]
+    assert E._pad_positions(3, 6, 8) == [3, 4, 5]
+    p = E._pad_positions(2, 102, 4)
     assert p == [14, 39, 64, 89] and all(2 <= x < 102 for x in p)
 
 
@@ -102,24 +105,24 @@ def _text_file(path: Path, n_words=400) -> Path:
 
 def test_forgetting_perplexity_matches_direct(base_lm, tmp_path):
     lm, tok = base_lm
-    chunks = drift.wikitext_chunks(tok, _text_file(tmp_path / "t.txt"), 3, 16)
+    chunks = F.wikitext_chunks(tok, _text_file(tmp_path / "t.txt"), 3, 16)
     assert chunks.shape == (3, 16)
     head = lm.lm_head.weight.detach().clone()
-    nll = drift.chunk_nll(lm.model, head, chunks, batch=2)
+    nll = F.chunk_nll(lm.model, head, chunks, batch=2)
     with torch.no_grad():
         direct = torch.stack([lm(input_ids=c[None], labels=c[None]).loss for c in chunks]).numpy()
     np.testing.assert_allclose(nll, direct, rtol=1e-5)
     # a model identical to the base (a separate copy) gives the same perplexity
     import copy
     same = copy.deepcopy(lm.model)
-    np.testing.assert_allclose(drift.chunk_nll(same, head, chunks), nll, rtol=1e-6)
+    np.testing.assert_allclose(F.chunk_nll(same, head, chunks), nll, rtol=1e-6)
     with pytest.raises(LoraDriftError, match="fewer than"):
-        drift.wikitext_chunks(tok, tmp_path / "t.txt", 1000, 16)
+        F.wikitext_chunks(tok, tmp_path / "t.txt", 1000, 16)
 
 
 def test_weight_change_of_identical_model(base_lm):
     lm, _ = base_lm
-    rows = drift.weight_change(lm.model, lm.model, ("q_proj", "v_proj"), k=4, threshold=0.5)
+    rows = W.weight_change(lm.model, lm.model, ("q_proj", "v_proj"), k=4, threshold=0.5)
     assert len(rows) == 2 * lm.config.num_hidden_layers
     assert all(r["n_intruders"] == 0 and r["rel_change"] == 0 for r in rows)
 
@@ -134,18 +137,18 @@ def test_weight_change_matches_measures(base_lm):
             w = layer.self_attn.q_proj.weight
             w += 0.5 * torch.randn(w.shape, generator=g) * w.std()
     cache = {}
-    rows = drift.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache)
+    rows = W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache)
     assert len(cache) == 2 * lm.config.num_hidden_layers
     for r in rows:
         a = getattr(lm.model.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
         b = getattr(ft.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
-        ref = measures.intruder_dimensions(a, b, k=6, threshold=0.7)
+        ref = W.intruder_dimensions(a, b, k=6, threshold=0.7)
         assert r["n_intruders"] == ref["n_intruders"]
         assert r["min_max_sim"] == pytest.approx(min(ref["max_sims"]), abs=1e-9)
     assert any(r["rel_change"] > 0 for r in rows if r["matrix"] == "q_proj")
     assert all(r["rel_change"] == 0 for r in rows if r["matrix"] == "v_proj")
     # cached base SVDs give the same answer
-    assert drift.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache) == rows
+    assert W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache) == rows
 
 
 def test_config_rejects_unknown_setting():
@@ -225,7 +228,7 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     # a second call does no work: no model is loaded
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
-    monkeypatch.setattr(drift._Base, "load", boom)
+    monkeypatch.setattr("loradrift.drift.records.Base.load", boom)
     monkeypatch.setattr("loradrift.models.load_finetuned", boom)
     assert drift.run_drift(prof, tasks=["rte"])["rte"] == "current"
 
@@ -287,3 +290,126 @@ def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkey
         write_json(unit, rec)
     assert drift.is_current(p, "rte")
     assert not drift.is_current(p, "sst2")  # never computed
+
+
+# ------------------------------------------------------------------------------------ wiring
+def _final_norm_means(backbone, tok, texts, max_length=32) -> np.ndarray:
+    """Masked-mean pooled output of the backbone's final RMSNorm, one example at a time (no padding),
+    read with a hook on the norm module itself: independent of drift.extract's layout."""
+    out = []
+    with torch.no_grad():
+        for t in texts:
+            seen = []
+            h = backbone.norm.register_forward_hook(lambda m, a, o: seen.append(o))
+            try:
+                backbone(input_ids=tok(t, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"])
+            finally:
+                h.remove()
+            out.append(seen[0][0].mean(0))
+    return torch.stack(out).double().numpy()
+
+
+def test_headline_drift_is_read_at_the_final_norm(tiny_book):
+    """The drift the summary (seed_drifts 'last', the preface's headline) and the chapter's prose
+    (findings) quote "at the final norm" is 1 - linear CKA of the final-norm output, recomputed here
+    from the models; a wrong depth (the embedding, the last decoder layer) fails."""
+    from transformers import AutoModelForCausalLM
+
+    from loradrift.config import load_profile
+    from loradrift.drift import findings
+    from loradrift.drift.measures import linear_cka
+    from loradrift.drift.settings import drift_config
+    from loradrift.drift.stage import drift_sample
+    from loradrift.models import load_finetuned, load_tokenizer
+    from loradrift.train import model_dir
+    root, path = tiny_book
+    drift.run_drift(path, tasks=["rte"])
+    drift.summarise(path)  # the summary made by this code, whatever an earlier test left
+    p = load_profile(path)
+    texts = drift_sample(p, "rte", drift_config(p))["texts"]
+    base_path = p["model"]["name_or_path"]
+    base = _final_norm_means(AutoModelForCausalLM.from_pretrained(base_path).model.eval(), load_tokenizer(base_path), texts)
+    res = drift.load_results(path)
+    S = res["seeds"][(res["seeds"].pooling == "masked") & (res["seeds"].measure == "cka")]
+    expected = {}
+    for m in ("full", "lora"):
+        for s in (1, 2):
+            rid = f"rte-{m}-s{s}"
+            model, tok = load_finetuned(p, model_dir("tiny", rid), m, merge=True)
+            expected[rid] = 1 - linear_cka(base, _final_norm_means(E.backbone_of(model), tok, texts))
+            row = S[S.model == rid].iloc[0]
+            assert row["last"] == pytest.approx(expected[rid], rel=1e-3, abs=1e-7), rid
+            # the test can tell the depths apart: the embedding's drift is a different number
+            emb = res["layers"][(res["layers"].model == rid) & (res["layers"].pooling == "masked")
+                                & (res["layers"].measure == "cka") & (res["layers"].depth_name == "embedding")]
+            assert abs((1 - emb.value.iloc[0]) - expected[rid]) > 1e-2 * expected[rid] + 1e-6, rid
+        prose = findings.drift_at(res, "rte", m, "masked", "cka")[0]
+        assert prose == pytest.approx(np.mean([expected[f"rte-{m}-s{s}"] for s in (1, 2)]), rel=1e-3, abs=1e-7)
+    assert findings.task_numbers(res, "rte").cka_lora == prose
+
+
+# ------------------------------------------------------------------------------------ currency
+def test_task_key_holds_every_setting(tiny_profile):
+    """The key of a task's drift results changes with the measures, poolings, bootstrap and
+    permutation counts and controls; the summary-only claims change the summary's key only."""
+    import copy
+
+    from loradrift.config import load_profile
+    from loradrift.drift.currency import summary_key, task_key
+    p = load_profile(str(tiny_profile))
+    base_key, base_summary = task_key(p, "rte"), summary_key(p, ["rte"])
+    changes = {
+        "measures": {"measures": {"masked": ["cka", "debiased_cka"]}},
+        "poolings": {"poolings": ["masked", "last"], "measures": {"original": []}},
+        "n_boot": {"n_boot": 999},
+        "n_perm": {"n_perm": 7},
+        "controls": {"controls": {"measures": ["cka"]}},
+        "sample": {"max_examples": {"rte": 5}},
+    }
+    for what, over in changes.items():
+        q = copy.deepcopy(p)
+        q["drift"] = over
+        assert task_key(q, "rte") != base_key, what
+    q = copy.deepcopy(p)
+    q["drift"] = {"claims": [["masked", "cka"]]}
+    assert task_key(q, "rte") == base_key and summary_key(q, ["rte"]) != base_summary
+    assert task_key(p, "rte") == base_key  # nothing above changed the profile itself
+
+
+def test_config_names_unregistered_measures():
+    with pytest.raises(LoraDriftError, match="unknown measure 'nope'.*register"):
+        drift.drift_config({"name": "x", "drift": {"measures": {"masked": ["cka", "nope"]}}})
+    with pytest.raises(LoraDriftError, match="not in drift.poolings"):
+        drift.drift_config({"name": "x", "drift": {"poolings": ["masked", "last"]}})
+
+
+def test_a_new_measure_is_one_registration_and_one_setting(tiny_book, monkeypatch):
+    """Adding a measure: register it, name it in the profile's drift.measures. The stage computes it
+    (from the cached representations: no model is loaded), the per-seed drift uses it (a distance:
+    drift = its value), and the results are out of date until it is computed."""
+    import copy
+
+    from loradrift.config import load_profile
+    from loradrift.drift import measures as M
+    root, path = tiny_book
+    drift.run_drift(path, tasks=["rte"])
+    p = load_profile(path)
+    assert drift.is_current(p, "rte")
+
+    def spread(X, Y):  # a toy distance: mean distance between matching rows, relative to X's scale
+        return float(np.linalg.norm(X - Y, axis=1).mean() / np.linalg.norm(X, axis=1).mean())
+
+    monkeypatch.setitem(M.MEASURES, "spread", M.Measure("spread", spread, similarity=False))  # 1: register
+    q = copy.deepcopy(p)
+    q["drift"]["measures"] = {"masked": ["cka", "debiased_cka", "cosine", "spread"]}  # 2: the profile names it
+    assert not drift.is_current(q, "rte")
+    monkeypatch.setattr("loradrift.models.load_finetuned",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    assert drift.run_drift(q, tasks=["rte"])["rte"] == "computed"
+    assert drift.is_current(q, "rte") and not drift.is_current(p, "rte")
+    res = drift.load_results(q)
+    rows = res["layers"][res["layers"].measure == "spread"]
+    assert len(rows) == 4 * 4 and rows["lo"].notna().all()  # 4 models x 4 depths, with intervals
+    last = rows[rows.depth_name == "final_norm"].set_index("model")["value"]
+    sd = res["seeds"][res["seeds"].measure == "spread"].set_index("model")["last"]
+    assert np.allclose(sd[last.index], last)  # a distance's drift is its value, not 1 - value

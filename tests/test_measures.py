@@ -1,5 +1,6 @@
-"""Tests for loradrift.measures: each measure against an independent naive implementation,
-its invariances, and the statistics against scipy or hand-worked numbers."""
+"""Tests for the drift package's numerics (loradrift.drift.measures, .stats, .extract's pooling,
+.weights): each measure against an independent naive implementation, its invariances, and the
+statistics against scipy or hand-worked numbers."""
 import itertools
 import math
 import time
@@ -9,7 +10,10 @@ import pytest
 import torch
 from scipy import stats
 
-from loradrift import measures as M
+from loradrift.drift import extract as E
+from loradrift.drift import measures as M
+from loradrift.drift import stats as S
+from loradrift.drift import weights as WS
 
 
 def rng(seed=0):
@@ -120,14 +124,14 @@ def padded_batch(padding_side):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_masked_mean_pool_is_mean_of_real_tokens_and_ignores_padding(side):
     hidden, mask, _ = padded_batch(side)
-    pooled = M.masked_mean_pool(hidden, mask)
+    pooled = E.masked_mean_pool(hidden, mask)
     expected = torch.stack([hidden[i][mask[i].bool()].mean(0) for i in range(3)])
     torch.testing.assert_close(pooled, expected)
     garbage = hidden.clone()
     garbage[~mask.bool()] = torch.tensor(float("inf"), dtype=torch.float64)  # even inf is ignored
-    torch.testing.assert_close(M.masked_mean_pool(garbage, mask), pooled)
+    torch.testing.assert_close(E.masked_mean_pool(garbage, mask), pooled)
     garbage[~mask.bool()] = 1e6
-    torch.testing.assert_close(M.masked_mean_pool(garbage, mask), pooled)
+    torch.testing.assert_close(E.masked_mean_pool(garbage, mask), pooled)
 
 
 def test_masked_mean_pool_same_for_left_and_right_padding():
@@ -138,8 +142,8 @@ def test_masked_mean_pool_same_for_left_and_right_padding():
     for i, n in enumerate(lengths):
         left_hidden[i, T - n :] = hidden[i, :n]
         left_mask[i, T - n :] = 1
-    torch.testing.assert_close(M.masked_mean_pool(left_hidden, left_mask), M.masked_mean_pool(hidden, mask))
-    torch.testing.assert_close(M.last_token_pool(left_hidden, left_mask), M.last_token_pool(hidden, mask))
+    torch.testing.assert_close(E.masked_mean_pool(left_hidden, left_mask), E.masked_mean_pool(hidden, mask))
+    torch.testing.assert_close(E.last_token_pool(left_hidden, left_mask), E.last_token_pool(hidden, mask))
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -148,34 +152,34 @@ def test_last_token_pool_picks_last_real_position(side):
     T = hidden.shape[1]
     positions = [n - 1 for n in lengths] if side == "right" else [T - 1] * 3
     expected = torch.stack([hidden[i, p] for i, p in enumerate(positions)])
-    torch.testing.assert_close(M.last_token_pool(hidden, mask), expected)
+    torch.testing.assert_close(E.last_token_pool(hidden, mask), expected)
 
 
 def test_last_token_pool_with_holes_in_the_mask_uses_last_one():
     hidden = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
     mask = torch.tensor([[1, 0, 1, 1, 0], [0, 1, 0, 0, 0]])
-    assert M.last_token_pool(hidden, mask).flatten().tolist() == [3.0, 6.0]
+    assert E.last_token_pool(hidden, mask).flatten().tolist() == [3.0, 6.0]
 
 
 def test_unmasked_mean_pool_differs_with_padding_and_agrees_without():
     hidden, mask, _ = padded_batch("right")
-    torch.testing.assert_close(M.unmasked_mean_pool(hidden), hidden.mean(1))
-    assert not torch.allclose(M.unmasked_mean_pool(hidden), M.masked_mean_pool(hidden, mask))
+    torch.testing.assert_close(E.unmasked_mean_pool(hidden), hidden.mean(1))
+    assert not torch.allclose(E.unmasked_mean_pool(hidden), E.masked_mean_pool(hidden, mask))
     full = torch.ones_like(mask)
-    torch.testing.assert_close(M.unmasked_mean_pool(hidden), M.masked_mean_pool(hidden, full))
+    torch.testing.assert_close(E.unmasked_mean_pool(hidden), E.masked_mean_pool(hidden, full))
 
 
 def test_pooling_rejects_empty_rows_and_upcasts_half_precision():
     hidden, mask, _ = padded_batch("right")
     mask[1] = 0
     with pytest.raises(ValueError):
-        M.masked_mean_pool(hidden, mask)
+        E.masked_mean_pool(hidden, mask)
     with pytest.raises(ValueError):
-        M.last_token_pool(hidden, mask)
+        E.last_token_pool(hidden, mask)
     h16 = torch.randn(2, 3, 4).to(torch.bfloat16)
     m = torch.ones(2, 3, dtype=torch.long)
-    assert M.masked_mean_pool(h16, m).dtype == torch.float32
-    assert M.unmasked_mean_pool(h16).dtype == torch.float32
+    assert E.masked_mean_pool(h16, m).dtype == torch.float32
+    assert E.unmasked_mean_pool(h16).dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +297,7 @@ def test_cosine():
 
 
 def test_registry_and_input_checks():
-    assert set(M.SIMILARITIES) == {"cka", "debiased_cka", "original_study_similarity", "cosine"}
+    assert set(M.MEASURES) == {"cka", "debiased_cka", "original_study_similarity", "cosine"}
     X = rng(13).normal(size=(10, 4))
     assert M.linear_cka(torch.from_numpy(X).float(), X) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError):
@@ -313,17 +317,16 @@ NAIVE_GRAM = {"cka": naive_cka_gram, "debiased_cka": naive_debiased_gram, "origi
 @pytest.mark.parametrize("duplicates", ["rows", "distinct"])
 def test_weighted_fast_path_with_unit_weights_is_the_measure(name, duplicates):
     X, Y = related(40, 25, seed=14)
-    K, L = M._centred_grams(X, Y)
-    value = M._gram_measure_weighted(name, K, L, np.ones((1, 40)), duplicates)[0]
-    assert value == pytest.approx(M.SIMILARITIES[name](X, Y), abs=1e-12)
+    value = M.MEASURES[name].resampled(X, Y, np.arange(40)[None], duplicates)[0]  # every example drawn once
+    assert value == pytest.approx(M.MEASURES[name].fn(X, Y), abs=1e-12)
 
 
 @pytest.mark.parametrize("name", GRAM)
 def test_bootstrap_rows_mode_equals_recomputing_on_resampled_rows(name):
     X, Y = related(25, 35, seed=15)
-    reps = M.bootstrap_replicates(X, Y, name, n_boot=30, seed=4, duplicates="rows", chunk=7)
-    idx = M.bootstrap_indices(25, 30, seed=4)
-    naive = [M.SIMILARITIES[name](X[i], Y[i]) for i in idx]
+    reps = S.bootstrap_replicates(X, Y, name, n_boot=30, seed=4, duplicates="rows", chunk=7)
+    idx = S.bootstrap_indices(25, 30, seed=4)
+    naive = [M.MEASURES[name].fn(X[i], Y[i]) for i in idx]
     np.testing.assert_allclose(reps, naive, atol=1e-10)
 
 
@@ -333,23 +336,23 @@ def test_bootstrap_distinct_mode_equals_naive_on_resampled_gram_without_copy_pai
     X, Y = related(n, 6, seed=16)
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     K, L = Xc @ Xc.T, Yc @ Yc.T
-    reps = M.bootstrap_replicates(X, Y, name, n_boot=10, seed=5, duplicates="distinct")
-    for value, i in zip(reps, M.bootstrap_indices(n, 10, seed=5)):
+    reps = S.bootstrap_replicates(X, Y, name, n_boot=10, seed=5, duplicates="distinct")
+    for value, i in zip(reps, S.bootstrap_indices(n, 10, seed=5)):
         copies = (i[:, None] == i[None, :]) & ~np.eye(n, dtype=bool)  # two copies of one example
         Kb, Lb = K[np.ix_(i, i)], L[np.ix_(i, i)]
         Kb[copies], Lb[copies] = 0.0, 0.0
         assert value == pytest.approx(NAIVE_GRAM[name](Kb, Lb), abs=1e-10)
 
 
-@pytest.mark.parametrize("name", list(M.SIMILARITIES))
+@pytest.mark.parametrize("name", list(M.MEASURES))
 def test_bootstrap_interval_contains_point_and_is_reproducible(name):
     X, Y = related(400, 8, seed=17)
-    point, lo, hi = M.bootstrap_ci(X, Y, name, n_boot=300, seed=1)
-    assert point == pytest.approx(M.SIMILARITIES[name](X, Y))
+    point, lo, hi = S.bootstrap_ci(X, Y, name, n_boot=300, seed=1)
+    assert point == pytest.approx(M.MEASURES[name].fn(X, Y))
     assert lo < point < hi
-    assert (point, lo, hi) == M.bootstrap_ci(X, Y, name, n_boot=300, seed=1)
-    assert (lo, hi) != M.bootstrap_ci(X, Y, name, n_boot=300, seed=2)[1:]
-    assert M.bootstrap_ci(X, Y, M.SIMILARITIES[name], n_boot=300, seed=1) == (point, lo, hi)  # callable form
+    assert (point, lo, hi) == S.bootstrap_ci(X, Y, name, n_boot=300, seed=1)
+    assert (lo, hi) != S.bootstrap_ci(X, Y, name, n_boot=300, seed=2)[1:]
+    assert S.bootstrap_ci(X, Y, M.MEASURES[name].fn, n_boot=300, seed=1) == (point, lo, hi)  # callable form
 
 
 def test_bootstrap_of_debiased_cka_with_duplicated_rows_is_biased_and_distinct_mode_is_not():
@@ -358,55 +361,55 @@ def test_bootstrap_of_debiased_cka_with_duplicated_rows_is_biased_and_distinct_m
     r = rng(18)
     X, Y = r.normal(size=(150, 150)), r.normal(size=(150, 150))
     point = M.debiased_cka(X, Y)
-    rows = M.bootstrap_replicates(X, Y, "debiased_cka", n_boot=200, duplicates="rows")
-    distinct = M.bootstrap_replicates(X, Y, "debiased_cka", n_boot=200, duplicates="distinct")
+    rows = S.bootstrap_replicates(X, Y, "debiased_cka", n_boot=200, duplicates="rows")
+    distinct = S.bootstrap_replicates(X, Y, "debiased_cka", n_boot=200, duplicates="distinct")
     assert rows.min() > point + 0.2
     assert abs(distinct.mean() - point) < 0.25 * distinct.std() + 1e-3
-    _, lo, hi = M.bootstrap_ci(X, Y, "debiased_cka", n_boot=200)
+    _, lo, hi = S.bootstrap_ci(X, Y, "debiased_cka", n_boot=200)
     assert lo < point < hi
     for name in ("cka", "original_study_similarity"):
-        _, lo, hi = M.bootstrap_ci(X, Y, name, n_boot=200)
-        assert lo < M.SIMILARITIES[name](X, Y) < hi
+        _, lo, hi = S.bootstrap_ci(X, Y, name, n_boot=200)
+        assert lo < M.MEASURES[name].fn(X, Y) < hi
 
 
 def test_bootstrap_cosine_and_custom_callable():
     X, Y = related(50, 10, seed=19)
-    idx = M.bootstrap_indices(50, 40, seed=3)
+    idx = S.bootstrap_indices(50, 40, seed=3)
     cos = M.per_example_cosine(X, Y)
-    np.testing.assert_allclose(M.bootstrap_replicates(X, Y, "cosine", n_boot=40, seed=3), cos[idx].mean(1))
+    np.testing.assert_allclose(S.bootstrap_replicates(X, Y, "cosine", n_boot=40, seed=3), cos[idx].mean(1))
     fn = lambda A, B: float(np.abs(A - B).mean())  # noqa: E731
-    np.testing.assert_allclose(M.bootstrap_replicates(X, Y, fn, n_boot=40, seed=3), [fn(X[i], Y[i]) for i in idx])
+    np.testing.assert_allclose(S.bootstrap_replicates(X, Y, fn, n_boot=40, seed=3), [fn(X[i], Y[i]) for i in idx])
     with pytest.raises(ValueError):
-        M.bootstrap_ci(X, Y, "not_a_measure")
+        S.bootstrap_ci(X, Y, "not_a_measure")
 
 
 def test_bootstrap_is_fast_at_study_size():
     X, Y = related(872, 576, seed=20)
     start = time.perf_counter()
-    reps = M.bootstrap_replicates(X, Y, "debiased_cka", n_boot=1000)
+    reps = S.bootstrap_replicates(X, Y, "debiased_cka", n_boot=1000)
     assert time.perf_counter() - start < 30.0  # about 1 s on 2 idle CPU cores; per-replicate recompute takes minutes
     assert reps.shape == (1000,) and np.isfinite(reps).all()
 
 
 def naive_null(X, Y, name, n_perm, seed):
     r = np.random.default_rng(seed)
-    return np.array([M.SIMILARITIES[name](X, Y[r.permutation(len(X))]) for _ in range(n_perm)])
+    return np.array([M.MEASURES[name].fn(X, Y[r.permutation(len(X))]) for _ in range(n_perm)])
 
 
-@pytest.mark.parametrize("name", list(M.SIMILARITIES))
+@pytest.mark.parametrize("name", list(M.MEASURES))
 def test_permutation_null_fast_path_matches_recompute(name):
     X, Y = related(30, 40, seed=21)
     X = X + 2.0
-    np.testing.assert_allclose(M.permutation_null(X, Y, name, n_perm=15, seed=7), naive_null(X, Y, name, 15, 7), atol=1e-10)
+    np.testing.assert_allclose(S.permutation_null(X, Y, name, n_perm=15, seed=7), naive_null(X, Y, name, 15, 7), atol=1e-10)
 
 
-@pytest.mark.parametrize("name", list(M.SIMILARITIES))
+@pytest.mark.parametrize("name", list(M.MEASURES))
 def test_permutation_null_far_below_paired_value_for_near_identical(name):
     r = rng(22)
     X = r.normal(size=(200, 50)) + 1.0
     Y = X + 0.1 * r.normal(size=(200, 50))
-    paired = M.SIMILARITIES[name](X, Y)
-    null = M.permutation_null(X, Y, name, n_perm=100, seed=0)
+    paired = M.MEASURES[name].fn(X, Y)
+    null = S.permutation_null(X, Y, name, n_perm=100, seed=0)
     assert null.shape == (100,)
     assert null.max() < paired
     assert paired - null.mean() > 20 * null.std()
@@ -418,7 +421,7 @@ def test_permutation_null_far_below_paired_value_for_near_identical(name):
 
 def test_compare_groups_matches_scipy_welch_and_reports_design():
     a, b = [0.81, 0.84, 0.79, 0.86], [0.70, 0.77, 0.74]
-    out = M.compare_groups(a, b)
+    out = S.compare_groups(a, b)
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert out["welch_t"] == pytest.approx(ref.statistic)
     assert out["welch_p"] == pytest.approx(ref.pvalue)
@@ -430,11 +433,11 @@ def test_compare_groups_matches_scipy_welch_and_reports_design():
 
 
 def test_compare_groups_exact_permutation_p_for_three_vs_three():
-    out = M.compare_groups([0.9, 0.91, 0.92], [0.5, 0.52, 0.51])
+    out = S.compare_groups([0.9, 0.91, 0.92], [0.5, 0.52, 0.51])
     assert out["perm_p"] == pytest.approx(0.1)
     assert out["min_attainable_p"] == pytest.approx(0.1)  # 2 / C(6, 3): p < 0.05 is unreachable
     assert out["welch_p"] < 0.001  # while Welch happily reports a tiny p
-    mixed = M.compare_groups([1.0, 3.0, 5.0], [2.0, 4.0, 6.0])
+    mixed = S.compare_groups([1.0, 3.0, 5.0], [2.0, 4.0, 6.0])
     # diff = -1; splits with |diff| >= 1: 14 of 20 (enumerated by hand below)
     splits = [s for s in itertools.combinations([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3)]
     diffs = [np.mean(s) - (21 - sum(s)) / 3 for s in splits]
@@ -444,36 +447,36 @@ def test_compare_groups_exact_permutation_p_for_three_vs_three():
 
 def test_hedges_g_hand_example():
     # means 2 and 5, both sd 1 -> Cohen's d = -3; df = 4, J = Gamma(2) / (sqrt(2) Gamma(1.5)) = 0.79788
-    out = M.compare_groups([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    out = S.compare_groups([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     j = 1.0 / (math.sqrt(2.0) * math.gamma(1.5))
     assert out["hedges_g"] == pytest.approx(-3.0 * j)
     assert out["hedges_g"] == pytest.approx(-3.0 * (1 - 3 / 15), rel=0.01)  # the usual approximation
-    assert M.hedges_g([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(3.0 * j)
+    assert S.hedges_g([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(3.0 * j)
     # unequal sizes and sds: pooled sd from the definition
     a, b = np.array([1.0, 4.0, 2.0, 7.0]), np.array([0.0, 1.0])
     pooled = math.sqrt((3 * a.var(ddof=1) + 1 * b.var(ddof=1)) / 4)
-    assert M.hedges_g(a, b) == pytest.approx(j * (a.mean() - b.mean()) / pooled)
+    assert S.hedges_g(a, b) == pytest.approx(j * (a.mean() - b.mean()) / pooled)
 
 
 def test_compare_groups_needs_two_per_group():
     with pytest.raises(ValueError):
-        M.compare_groups([1.0], [2.0, 3.0])
+        S.compare_groups([1.0], [2.0, 3.0])
 
 
 def test_holm_hand_example_and_properties():
-    np.testing.assert_allclose(M.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
-    np.testing.assert_allclose(M.holm([0.5, 0.01, 0.3, 0.2]), [0.6, 0.04, 0.6, 0.6])  # 4p, 3p, 2p, p capped by cummax
-    np.testing.assert_allclose(M.holm([0.9, 0.8]), [1.0, 1.0])
-    assert M.holm([]).shape == (0,)
+    np.testing.assert_allclose(S.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(S.holm([0.5, 0.01, 0.3, 0.2]), [0.6, 0.04, 0.6, 0.6])  # 4p, 3p, 2p, p capped by cummax
+    np.testing.assert_allclose(S.holm([0.9, 0.8]), [1.0, 1.0])
+    assert S.holm([]).shape == (0,)
     p = rng(23).uniform(size=12) ** 3
-    adj = M.holm(p)
+    adj = S.holm(p)
     order = np.argsort(p)
     m = len(p)
     by_definition = [min(1.0, max((m - j) * p[order[j]] for j in range(i + 1))) for i in range(m)]
     np.testing.assert_allclose(adj[order], by_definition)
     assert (adj >= p).all() and (np.diff(adj[order]) >= 0).all()
     with pytest.raises(ValueError):
-        M.holm([0.1, np.nan])
+        S.holm([0.1, np.nan])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,11 +485,11 @@ def test_holm_hand_example_and_properties():
 
 def test_no_intruders_for_identical_or_slightly_perturbed():
     W = rng(24).normal(size=(64, 48))
-    same = M.intruder_dimensions(W, W.copy(), k=10)
+    same = WS.intruder_dimensions(W, W.copy(), k=10)
     assert same["n_intruders"] == 0
     np.testing.assert_allclose(same["max_sims"], 1.0, atol=1e-10)
     np.testing.assert_allclose(same["singular_values"], np.linalg.svd(W, compute_uv=False)[:10])
-    small = M.intruder_dimensions(W, W + 1e-3 * rng(25).normal(size=W.shape), k=10)
+    small = WS.intruder_dimensions(W, W + 1e-3 * rng(25).normal(size=W.shape), k=10)
     assert small["n_intruders"] == 0
     assert min(small["max_sims"]) > 0.9
 
@@ -500,7 +503,7 @@ def test_rank_one_update_outside_base_column_space_is_an_intruder():
     u /= np.linalg.norm(u)
     v = r.normal(size=48)
     v /= np.linalg.norm(v)
-    out = M.intruder_dimensions(torch.from_numpy(W), torch.from_numpy(W + 50.0 * np.outer(u, v)), k=5)
+    out = WS.intruder_dimensions(torch.from_numpy(W), torch.from_numpy(W + 50.0 * np.outer(u, v)), k=5)
     assert out["n_intruders"] >= 1
     assert out["max_sims"][0] < 0.2  # the new top direction resembles nothing in the base (W v mixes in a little)
     assert len(out["max_sims"]) == 5 and len(out["singular_values"]) == 5
@@ -511,7 +514,7 @@ def test_rank_one_update_along_random_direction_square_matrix():
     W = r.normal(size=(64, 64))
     u, v = r.normal(size=64), r.normal(size=64)
     u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
-    out = M.intruder_dimensions(W, W + 60.0 * np.outer(u, v), k=10)
+    out = WS.intruder_dimensions(W, W + 60.0 * np.outer(u, v), k=10)
     assert out["n_intruders"] >= 1
     assert out["max_sims"][0] < 0.5
 
@@ -519,12 +522,12 @@ def test_rank_one_update_along_random_direction_square_matrix():
 def test_wide_matrix_similarity_floor_and_argument_checks():
     r = rng(28)
     W = r.normal(size=(16, 40))  # wide: base left singular vectors are a basis of R^16
-    out = M.intruder_dimensions(W, r.normal(size=(16, 40)), k=16, threshold=0.5)
+    out = WS.intruder_dimensions(W, r.normal(size=(16, 40)), k=16, threshold=0.5)
     assert min(out["max_sims"]) >= 1 / math.sqrt(16) - 1e-12
     with pytest.raises(ValueError):
-        M.intruder_dimensions(W, W[:, :30])
+        WS.intruder_dimensions(W, W[:, :30])
     with pytest.raises(ValueError):
-        M.intruder_dimensions(W, W, k=17)
+        WS.intruder_dimensions(W, W, k=17)
 
 
 def test_promoting_a_minor_base_direction_is_not_an_intruder():
@@ -533,6 +536,6 @@ def test_promoting_a_minor_base_direction_is_not_an_intruder():
     W = rng(29).normal(size=(40, 30))
     U, s, Vt = np.linalg.svd(W, full_matrices=False)
     boosted = W + 100.0 * np.outer(U[:, -1], Vt[-1])
-    out = M.intruder_dimensions(W, boosted, k=5)
+    out = WS.intruder_dimensions(W, boosted, k=5)
     assert out["max_sims"][0] == pytest.approx(1.0, abs=1e-10)
     assert out["n_intruders"] == 0

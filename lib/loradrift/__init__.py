@@ -10,8 +10,9 @@ Chapters import it; the CLI (`python -m loradrift`) drives it. Modules:
 - `data`     GLUE from a local TSV folder or the hub, splits
 - `models`   base model (hub id, local folder or GGUF), classification heads
 - `train`    one training unit with transformers' Trainer; the run store
-- `measures` CKA, debiased CKA, the original study's formula, bootstrap, tests
-- `drift`    hidden-state extraction and the drift stage
+- `drift`    the drift stage (a package): extraction, the measures registry (CKA, debiased CKA, the
+             original study's formula), bootstrap and tests, weights, forgetting, findings
+- `figures`  the chapters' charts and display tables
 - `serving`  the deployment benchmark
 - `report`   loading results and drawing the book's charts
 """

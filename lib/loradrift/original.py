@@ -24,3 +24,21 @@ PERFORMANCE = {
 # trainable parameters at TinyLlama-1.1B scale: LoRA r=8 on q_proj/v_proj over 22 layers plus the
 # 2048x2 score head (computed in METHODS.md §2; the report's "4,096 (0.4%)" counted only the head)
 LORA_TRAINABLE = 22 * 8 * ((2048 + 2048) + (2048 + 256)) + 4096
+
+# ---- drift
+# The original study's headline drift numbers, typed in from METHODS.md section 7.2 (computed there
+# from drift_analysis/drift_analysis_results.json of benc61116/NLP at eef92c5): mean over its 22
+# layers of 1 - "CKA" (its formula, unmasked mean pooling), per seed 42 / 1337 / 2024, and the mean
+# cosine over layers.
+DRIFT_SOURCE = ("benc61116/NLP @ eef92c5, drift_analysis/drift_analysis_results.json "
+                "(as summarised in METHODS.md, section 7.2)")
+DRIFT = {
+    ("mrpc", "full"): {"mean_drift": [0.7739, 0.7803, 0.7778], "mean_cosine": [0.9661, 0.9670, 0.9607]},
+    ("mrpc", "lora"): {"mean_drift": [0.7671, 0.7668, 0.7613], "mean_cosine": [0.9898, 0.9811, 0.9824]},
+    ("sst2", "full"): {"mean_drift": [0.9153, 0.8735, 0.9078], "mean_cosine": [0.6556, 0.8373, 0.8280]},
+    ("sst2", "lora"): {"mean_drift": [0.6374, 0.6326, 0.6542], "mean_cosine": [0.9775, 0.9790, 0.9676]},
+    ("rte", "full"): {"mean_drift": [0.6031, 0.5968, 0.6050], "mean_cosine": [0.9975, 0.9966, 0.9916]},
+    ("rte", "lora"): {"mean_drift": [0.6046, 0.5992, 0.5988], "mean_cosine": [0.9966, 0.9963, 0.9946]},
+}
+# its RTE full-FT result at layer 0 (METHODS.md section 5): identical representations by cosine, "CKA" far below 1
+DRIFT_RTE_LAYER0 = {"cosine": 1.000, "cka": 0.595}

@@ -1,0 +1,91 @@
+"""The drift results a chapter shows, read from ``data/<profile>/``, and the tables built from them
+(numbers only: formatting happens where a table is displayed)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import original
+from ..config import load_profile
+from ..store import read_json, result_path
+from .currency import computed_tasks
+from .settings import drift_config
+
+
+def load_results(profile: dict | str) -> dict:
+    """Everything the chapter shows, as DataFrames / dicts; empty frames for what is missing.
+    ``profile``: a profile name, a YAML path or a loaded profile."""
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    name = prof["name"]
+    path = lambda r, **f: result_path(name, r, **f)  # noqa: E731
+    tasks = computed_tasks(prof)
+    cat = lambda table: (pd.concat([pd.read_csv(path("drift_table", task=t, table=table)) for t in tasks],  # noqa: E731
+                                   ignore_index=True) if tasks else pd.DataFrame())
+    summary = read_json(path("drift_summary")) if path("drift_summary").exists() and tasks else {}
+    task_json = {t: read_json(path("drift", task=t)) for t in tasks}
+    return {"tasks": tasks, "missing": [t for t in prof["tasks"] if t not in tasks],
+            "compare": drift_config(prof)["compare"], "seeds_configured": len(prof["seeds"]),
+            "config": task_json[tasks[0]]["config"] if tasks else drift_config(prof),
+            "layers": cat("layers"), "pairs": cat("pairs"), "null": cat("null"), "intruders": cat("intruders"),
+            "task_json": task_json, "summary": summary, "seeds": pd.DataFrame(summary.get("seed_drifts", [])),
+            "tests": pd.DataFrame(summary.get("tests", [])),
+            "timing": read_json(path("drift_timing")) if path("drift_timing").exists() and tasks else {}}
+
+
+def replication_table(res: dict) -> pd.DataFrame:
+    """Per task x method: the original's figure, our reproduction of its quantity, and correct measures."""
+    sd, rows = res["seeds"], []
+    for task in res["tasks"]:
+        for method in res["compare"]:
+            g = sd[(sd["task"] == task) & (sd["method"] == method)]
+            if g.empty:
+                continue
+            pick = lambda p, m, col="mean": g[(g["pooling"] == p) & (g["measure"] == m)][col]  # noqa: E731
+            orig = original.DRIFT.get((task, method), {})
+            rep = pick("original", "original_study_similarity")
+            rows.append({"task": task, "method": method,
+                         "original: mean drift": float(np.mean(orig["mean_drift"])) if orig else None,
+                         "ours, their quantity": float(rep.mean()), "ours, their quantity sd": float(rep.std(ddof=1)),
+                         "original: mean cosine": float(np.mean(orig["mean_cosine"])) if orig else None,
+                         "ours, their cosine": 1 - float(pick("original", "cosine").mean()),
+                         "1 - CKA (masked)": float(pick("masked", "cka").mean()),
+                         "1 - debiased CKA (masked)": float(pick("masked", "debiased_cka").mean()),
+                         "1 - CKA, final norm": float(pick("masked", "cka", "last").mean()),
+                         "1 - debiased CKA, final norm": float(pick("masked", "debiased_cka", "last").mean())})
+    return pd.DataFrame(rows)
+
+
+def seed_table(res: dict, pooling: str = "masked") -> pd.DataFrame:
+    """Per task, measure and method: seeds, and the mean and sd over seeds of the drift at the final
+    norm (``last``) and averaged over the decoder layers (``mean``)."""
+    s = res["seeds"]
+    if s.empty:
+        return s
+    g = s[s.pooling == pooling].groupby(["task", "measure", "method"])
+    return g.agg(seeds=("seed", "size"), last=("last", "mean"), last_sd=("last", "std"),
+                 mean=("mean", "mean"), mean_sd=("mean", "std")).reset_index()
+
+
+def intruder_table(res: dict) -> pd.DataFrame:
+    """Per task, method and matrix: intruders per model, layers, median relative change, lowest best-match cosine."""
+    i = res["intruders"]
+    return (i.groupby(["task", "method", "matrix", "model"]).agg(
+                intruders=("n_intruders", "sum"), layers=("n_intruders", "size"),
+                median_rel_change=("rel_change", "median"), min_max_sim=("min_max_sim", "min"))
+            .groupby(["task", "method", "matrix"]).agg(
+                **{"intruders per model": ("intruders", "mean"), "layers": ("layers", "first"),
+                   "median relative change": ("median_rel_change", "mean"),
+                   "lowest best-match cosine": ("min_max_sim", "min")}).reset_index())
+
+
+def forgetting_table(res: dict) -> pd.DataFrame:
+    """Every fine-tuned model's forgetting record, with its task."""
+    tj = res["task_json"]
+    return pd.concat([pd.DataFrame(tj[t]["forgetting"]["models"]).assign(task=t) for t in res["tasks"]]) \
+        if res["tasks"] else pd.DataFrame()
+
+
+def timing_table(res: dict) -> pd.DataFrame:
+    tim = res["timing"]
+    return pd.DataFrame([{"task": t, "tokens run": tim["tokens_run"][t], "wall s": v["wall_s"], "cpu s": v["cpu_s"]}
+                         for t, v in tim["per_task"].items()])

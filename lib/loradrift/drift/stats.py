@@ -1,0 +1,136 @@
+"""Uncertainty and tests: bootstrap intervals and permutation nulls over examples (through each
+measure's registered fast path), and the across-seed comparison (Welch t, exact permutation test,
+Hedges' g, Holm's adjustment).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import special, stats
+
+from .measures import get_measure, pair
+
+
+# ------------------------------------------------------------------------------------ over examples
+def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Row indices of the bootstrap resamples, [n_boot, n]; the ones `bootstrap_replicates` uses."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_replicates(X, Y, measure, n_boot: int = 1000, seed: int = 0, duplicates: str = "distinct",
+                         chunk: int = 250) -> np.ndarray:
+    """The measure on n_boot resamples of the examples (the same rows of X and Y) -> [n_boot].
+
+    measure: a registered name, a `Measure`, or a function fn(X, Y) -> float. A measure with a
+    registered fast path uses it (the Gram measures: precomputed Grams, memory a few n x n float64
+    matrices plus chunk x n; duplicates "distinct" (default) or "rows", see the comment in
+    `drift.measures`). Any other function is recomputed on X[idx], Y[idx] ("rows" behaviour, slow).
+    ``chunk``: replicates computed together by a fast path.
+    """
+    X, Y = pair(X, Y)
+    m = get_measure(measure)
+    n = X.shape[0]
+    if n < m.min_examples:
+        raise ValueError(f"{m.name} needs at least {m.min_examples} examples, got {n}")
+    idx = bootstrap_indices(n, n_boot, seed)
+    if m.resampled is None:
+        return np.array([m.fn(X[i], Y[i]) for i in idx])
+    return m.resampled(X, Y, idx, duplicates, chunk)
+
+
+def bootstrap_ci(X, Y, measure, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                 duplicates: str = "distinct") -> tuple[float, float, float]:
+    """(point, lo, hi): the measure on all examples and a percentile bootstrap interval.
+
+    The interval is the [alpha/2, 1 - alpha/2] quantiles of `bootstrap_replicates`; it covers
+    example-sampling noise only (not seed-to-seed training noise). nan replicates are ignored.
+    duplicates="rows" reproduces published practice, which is biased for the Gram measures; the
+    derivation of "distinct" and the simulations behind it are in the comment above the fast paths
+    in `loradrift.drift.measures`.
+    """
+    point = float(get_measure(measure).fn(X, Y))
+    reps = bootstrap_replicates(X, Y, measure, n_boot=n_boot, seed=seed, duplicates=duplicates)
+    lo, hi = np.nanquantile(reps, [alpha / 2, 1 - alpha / 2])
+    return point, float(lo), float(hi)
+
+
+def permutation_null(X, Y, measure, n_perm: int = 200, seed: int = 0) -> np.ndarray:
+    """The measure with the example pairing broken (rows of Y permuted) -> [n_perm].
+
+    This is the null distribution of "X and Y are no more alike than unrelated examples". A
+    measure's registered fast path reuses precomputed Grams (only the cross term depends on the
+    permutation). A one-sided p-value for the paired value v is (1 + (null >= v).sum()) / (1 + n_perm).
+    """
+    X, Y = pair(X, Y)
+    m = get_measure(measure)
+    if X.shape[0] < m.min_examples:
+        raise ValueError(f"{m.name} needs at least {m.min_examples} examples, got {X.shape[0]}")
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(X.shape[0]) for _ in range(n_perm)]
+    if m.permuted is not None:
+        return m.permuted(X, Y, perms)
+    return np.array([m.fn(X, Y[p]) for p in perms])
+
+
+def mean_interval(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-chunk loss differences)."""
+    v = np.asarray(values, dtype=np.float64)
+    bs = v[np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))].mean(1)
+    lo, hi = np.quantile(bs, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------------ across seeds
+def hedges_g(a, b) -> float:
+    """Hedges' g = J * (mean(a) - mean(b)) / pooled sd, with the exact small-sample factor
+    J = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), df = n_a + n_b - 2 (about 1 - 3/(4 df - 1)).
+    Both groups constant: 0 if the means are equal, else +-inf."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    df = len(a) + len(b) - 2
+    pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / df)
+    j = math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
+    diff = a.mean() - b.mean()
+    if pooled == 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return j * diff / pooled
+
+
+def compare_groups(a, b, n_resamples=None) -> dict:
+    """Compare per-seed values a (method A) with b (method B); typically 3 seeds each.
+
+    Returns a dict with n_a, n_b, mean_a, sd_a, mean_b, sd_b (sd with ddof=1), diff (mean_a -
+    mean_b), welch_t and welch_p (two-sided, unequal variances), perm_p (two-sided permutation test
+    of the difference of means; exact over all relabelings when n_resamples is None),
+    min_attainable_p (2 / C(n_a + n_b, n_a): the smallest perm_p the design allows, 0.1 for 3 vs 3,
+    so a 3-vs-3 permutation test can never reach p < 0.05) and hedges_g.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("each group needs at least 2 values")
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    perm = stats.permutation_test(
+        (a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        permutation_type="independent", alternative="two-sided",
+        n_resamples=np.inf if n_resamples is None else n_resamples, vectorized=True, random_state=0)
+    return {"n_a": len(a), "n_b": len(b), "mean_a": float(a.mean()), "sd_a": float(a.std(ddof=1)),
+            "mean_b": float(b.mean()), "sd_b": float(b.std(ddof=1)), "diff": float(a.mean() - b.mean()),
+            "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue), "perm_p": float(perm.pvalue),
+            "min_attainable_p": min(1.0, 2.0 / math.comb(len(a) + len(b), len(a))), "hedges_g": hedges_g(a, b)}
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input order.
+
+    Sorted ascending, p_(i) becomes max over j <= i of (m - j + 1) p_(j), capped at 1
+    (step-down, so the adjusted values are monotone in the raw ones).
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1 or np.isnan(p).any():
+        raise ValueError("holm needs a 1-D array of p-values without nan")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
