@@ -175,3 +175,22 @@ def test_splits_use_train_for_training_and_glue_validation_for_test(tiny_profile
     assert sorted(sp["test"]["text_a"]) == sorted(glue["validation"]["text_a"])
     assert set(sp["train"]["text_a"]) | set(sp["validation"]["text_a"]) <= set(glue["train"]["text_a"])
     assert np.isclose(np.mean(sp["validation"]["label"]), 0.5, atol=1 / 16)
+
+
+def test_out_of_date_notes_follow_the_store_keys(monkeypatch):
+    """The chapters' notes ask the store: a changed drift or serving setting makes those results out of date."""
+    import copy
+
+    from loradrift.findings import outdated
+    monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
+    prof = load_profile("cpu")
+    assert outdated(prof) == {"train": [], "drift": [], "deploy": []}
+    changed = copy.deepcopy(prof)
+    changed["deploy"]["n_requests"] = 100
+    assert outdated(changed)["deploy"] == ["settings"]
+    changed = copy.deepcopy(prof)
+    changed["drift"]["n_boot"] = 100
+    assert outdated(changed)["drift"] == prof["tasks"]
+    changed = copy.deepcopy(prof)
+    changed["drift"]["measures"]["last"] = ["cka"]
+    assert outdated(changed)["drift"] == prof["tasks"]

@@ -212,8 +212,8 @@ def study_time(prof_name: str | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- currency
 def outdated(prof=None) -> dict:
-    """Later-stage results made from training units that have since been re-trained (or a stale config):
-    {"train": [stale unit ids], "drift": [tasks], "deploy": [method/task]}; empty lists when all current."""
+    """Results that are not current (the store's keys): {"train": [stale unit ids], "drift": [tasks whose
+    settings or units changed], "deploy": [method/task re-trained since, or "settings"]}; empty when current."""
     from . import drift, serving
     p = load_profile(prof)
     runs = runs_frame(p)
@@ -221,7 +221,8 @@ def outdated(prof=None) -> dict:
     return {"train": sorted(runs[runs.status != "done"]["id"]) if not runs.empty else [],
             "drift": [t for t in p["tasks"] if result_path(p["name"], "drift", task=t).exists()
                       and not drift.is_current(p, t)],
-            "deploy": serving.outdated_units(p, meta) if meta is not None else []}
+            "deploy": [] if meta is None else (serving.outdated_units(p, meta)
+                                                or ([] if serving.results_current(p, meta) else ["settings"]))}
 
 
 # ---------------------------------------------------------------------------- the preface's headline

@@ -64,8 +64,10 @@ def outdated_note(stage: str, prof_name: str | None = None) -> None:
         what = (f"{len(items)} training unit(s) ({', '.join(items)}) were made with values the profile no "
                 "longer has; they are shown until re-trained")
     elif stage == "drift":
-        what = (f"the drift results of {', '.join(map(task_name, items))} were computed from training units "
-                "that have since been re-trained")
+        what = (f"the drift results of {', '.join(map(task_name, items))} were computed with other drift "
+                "settings or from training units that have since been re-trained")
+    elif items == ["settings"]:
+        what = "the benchmark ran with settings the profile no longer has"
     else:
         what = f"the benchmark served models ({', '.join(items)}) that have since been re-trained"
     note(f"**Out of date:** {what}. Run `{command(stage)}` to bring them up to date.")

@@ -39,14 +39,15 @@ from .requests import Request, mixed_batches, multi_batches, single_batches
 from .servers import MixedServer, Server, SwitchServer, TextEncoder
 from .sources import ModelSource, check_adapter, load_multi_adapter
 from .settings import deploy_config, served_method, served_methods
-from .stage import _unit_results, deploy_settings, outdated_units, plan_deploy, run_deploy, unit_results
+from .stage import (_unit_results, deploy_settings, outdated_units, plan_deploy, results_current, run_deploy,
+                    unit_results)
 from .timing import latency_summary, ratio_ci, time_stream
 from .vllm import run_vllm, vllm_available
 
 __all__ = [
     # the stage, its settings and currency
     "run_deploy", "plan_deploy", "deploy_config", "deploy_settings", "served_method", "served_methods",
-    "unit_results", "_unit_results", "outdated_units", "FILES",
+    "unit_results", "_unit_results", "outdated_units", "results_current", "FILES",
     # architecture-only runs and vLLM
     "run_arch", "ARCHS", "random_classifier", "random_lora_model", "randomize_adapter",
     "run_vllm", "vllm_available",

@@ -104,6 +104,13 @@ def storage_rows(base_path, dirs: dict) -> list[dict]:
     return rows
 
 
+def results_current(prof: dict, meta: dict) -> bool:
+    """Were the committed results made with the profile's settings and units, for the tasks they served?"""
+    plan = plan_deploy(prof, meta.get("tasks") or None)
+    tables = [result_path(prof["name"], "deploy_table", table=t) for t in FILES]
+    return is_current(result_path(prof["name"], "deploy_meta"), plan["key"], companions=tables)
+
+
 def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = False, log=print, **overrides) -> dict:
     """The deployment benchmark of a profile's trained units (seed ``cfg['seed']``, default the first).
 
