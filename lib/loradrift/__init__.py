@@ -9,12 +9,16 @@ Chapters import it; the CLI (`python -m loradrift`) drives it. Modules:
 - `stages`   the study's stages in order (CLI, `all` and the chapters use this one list)
 - `data`     GLUE from a local TSV folder or the hub, splits
 - `models`   base model (hub id, local folder or GGUF), classification heads
-- `train`    one training unit with transformers' Trainer; the run store
+- `train`    one training unit with transformers' Trainer (best weights kept, exact resume, precision)
+- `search`   the Optuna search per task x method, applied to the profile as a YAML round trip
+- `bench`    matrix-multiply ceilings and the study's training and extraction rates against them
 - `drift`    the drift stage (a package): extraction, the measures registry (CKA, debiased CKA, the
              original study's formula), bootstrap and tests, weights, forgetting, findings
-- `figures`  the chapters' charts and display tables
-- `serving`  the deployment benchmark
-- `report`   loading results and drawing the book's charts
+- `serving`  the deployment benchmark (a package): one modes table, timing, memory, vLLM, findings
+- `findings` numbers the chapters show (runs, setup, run time, headline); `search_findings` likewise
+- `figures`  the chapters' charts and display tables (formatting happens here)
+- `report`   display in HTML and PDF (notes, tables, charts), results on demand (`ensure`)
+- `original` the original study's published numbers, typed in with their source
 """
 __version__ = "0.1.0"
 
