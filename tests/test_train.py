@@ -111,7 +111,7 @@ def test_baselines(tiny_profile):
 
 
 def test_precision_is_chosen_by_the_profile(monkeypatch):
-    from loradrift import train
+    from loradrift import trainer as train
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
     cfg = lambda p: {"training": {} if p is None else {"precision": p}}  # noqa: E731
     monkeypatch.setattr(train, "cpu_supports_bf16", lambda: True)
@@ -125,7 +125,7 @@ def test_precision_is_chosen_by_the_profile(monkeypatch):
         train.precision(cfg("fp16"))
 
 
-@pytest.mark.skipif(not __import__("loradrift.train").train.cpu_supports_bf16(), reason="no native bf16 on this CPU")
+@pytest.mark.skipif(not __import__("loradrift.trainer").trainer.cpu_supports_bf16(), reason="no native bf16 on this CPU")
 def test_bf16_autocast_unit_keeps_fp32_weights(tiny_profile):
     prof = load_profile(str(tiny_profile))
     prof["training"]["common"]["precision"] = "bf16"

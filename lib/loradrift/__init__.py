@@ -9,7 +9,8 @@ Chapters import it; the CLI (`python -m loradrift`) drives it. Modules:
 - `stages`   the study's stages in order (CLI, `all` and the chapters use this one list)
 - `data`     GLUE from a local TSV folder or the hub, splits
 - `models`   base model (hub id, local folder or GGUF), classification heads
-- `train`    one training unit with transformers' Trainer (best weights kept, exact resume, precision)
+- `train`    one training unit with transformers' Trainer; the run records, sanity check, baselines
+- `trainer`  what the study adds to the Trainer: token counts, step time, precision, best weights
 - `search`   the Optuna search per task x method, applied to the profile as a YAML round trip
 - `bench`    matrix-multiply ceilings and the study's training and extraction rates against them
 - `drift`    the drift stage (a package): extraction, the measures registry (CKA, debiased CKA, the

@@ -180,5 +180,5 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
 
 
 def _bf16_native() -> bool:
-    from .train import cpu_supports_bf16
+    from .trainer import cpu_supports_bf16
     return torch.cuda.is_available() or cpu_supports_bf16()
