@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import LoraDriftError
+from .registry import Registry
 
 
 class MethodKind:
@@ -69,12 +70,8 @@ class LoRA(MethodKind):
         return (model.merge_and_unload() if merge else model), tok
 
 
-KINDS: dict[str, MethodKind] = {}
-
-
-def register_kind(kind: MethodKind) -> MethodKind:
-    KINDS[kind.name] = kind
-    return kind
+KINDS: Registry = Registry("method kind", "loradrift/methods.py")
+register_kind = KINDS.register
 
 
 register_kind(FullFineTuning())
@@ -83,7 +80,7 @@ register_kind(LoRA())
 
 def kind_of(prof: dict, method: str) -> MethodKind:
     """The registered kind of one of the profile's methods."""
-    return KINDS[method_settings(prof, method)["kind"]]
+    return KINDS.lookup(method_settings(prof, method)["kind"])
 
 
 def method_settings(prof: dict, method: str) -> dict:

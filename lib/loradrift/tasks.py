@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import LoraDriftError
+from .registry import Registry
 
 # the trivial predictors every task is compared with (train.baselines computes them)
 BASELINES = ("majority", "random")
@@ -39,20 +39,9 @@ class Task:
         return text_a.strip() if self.b is None else f"{text_a.strip()}{self.sep}{text_b.strip()}"
 
 
-TASKS: dict[str, Task] = {}
-
-
-def register_task(task: Task) -> Task:
-    TASKS[task.name] = task
-    return task
-
-
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise LoraDriftError(f"unknown task {name!r}: choose one of {list(TASKS)} "
-                             "(or register it in loradrift/tasks.py)") from None
+TASKS: Registry = Registry("task", "loradrift/tasks.py")
+register_task = TASKS.register
+get_task = TASKS.lookup
 
 
 register_task(Task("rte", "RTE", "sentence1", "sentence2", "label", ("entailment", "not_entailment"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import LoraDriftError
+from ..registry import Registry
 from .servers import MixedServer, RoutedServer, Server, SwitchServer
 
 
@@ -43,12 +43,9 @@ class Mode:
         return self.batching != "task"
 
 
-MODES: dict[str, Mode] = {}
-
-
-def register_mode(mode: Mode) -> Mode:
-    MODES[mode.name] = mode
-    return mode
+MODES: Registry = Registry("serving mode", "loradrift/serving/modes.py")
+register_mode = MODES.register
+get_mode = MODES.lookup
 
 
 register_mode(Mode("base", "base model, untrained head (cost reference)", "task", None, "base"))
@@ -62,14 +59,6 @@ register_mode(Mode("mixed", "all adapters resident, mixed-adapter batches (adapt
                    "resident", MixedServer, over=("routed-merged", "multi"), check=("lora", "identical")))
 register_mode(Mode("routed-merged", "one merged model per task, all resident, batches routed", "interleaved",
                    "lora", "routed", RoutedServer, check=("merged", "identical")))
-
-
-def get_mode(name: str) -> Mode:
-    try:
-        return MODES[name]
-    except KeyError:
-        raise LoraDriftError(f"unknown serving mode {name!r}: choose from {list(MODES)} "
-                             "(or register one in loradrift/serving/modes.py)") from None
 
 
 def ordered(names) -> list[str]:
