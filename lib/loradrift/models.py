@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import LoraDriftError
-from .store import artifacts_dir
+from .store import artifacts_dir, replace_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,9 +78,7 @@ def _convert_gguf(folder: str, gguf: str, out: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return replace_dir(tmp, out)
 
 
 def load_tokenizer(path: str):
