@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -346,6 +347,56 @@ def test_headline_drift_is_read_at_the_final_norm(tiny_book):
         prose = findings.drift_at(res, "rte", m, "masked", "cka")[0]
         assert prose == pytest.approx(np.mean([expected[f"rte-{m}-s{s}"] for s in (1, 2)]), rel=1e-3, abs=1e-7)
     assert findings.task_numbers(res, "rte").cka_lora == prose
+
+
+# ------------------------------------------------------------------------------------ the measures' Gram cache
+def synthetic_task(n=24, d=40, n_layers=2, seeds=(1, 2), seed=0, **drift_settings):
+    """Pooled states of a base and 2 methods x ``seeds`` models ([depths, n, d] float32 per pooling),
+    the model ids and the default drift settings with small bootstrap and permutation counts."""
+    cfg = drift.drift_config({"name": "x", "drift": {"n_boot": 15, "n_perm": 6, **drift_settings}})
+    r = np.random.default_rng(seed)
+    rids = [(f"rte-{m}-s{s}", m, s) for m in ("full", "lora") for s in seeds]
+    base = {p: (r.normal(size=(n_layers + 2, n, d)) + 2.0).astype(np.float32) for p in cfg["poolings"]}
+    reps = {"base": base, **{rid: {p: (x + 0.7 * r.normal(size=x.shape)).astype(np.float32) for p, x in base.items()}
+                             for rid, _, _ in rids}}
+    return reps, rids, cfg
+
+
+def test_task_measures_build_each_gram_once():
+    """One Gram per (model, depth, pooling), the base's shared by every comparison, none outside the cache."""
+    from loradrift.drift.grams import Gram, Grams
+    from loradrift.drift.tables import task_measures
+    reps, rids, cfg = synthetic_task()
+    grams, before = Grams(), Gram.built
+    layers, pairs, null = task_measures("rte", reps, rids, cfg, grams=grams)
+    expected = (len(rids) + 1) * 4 * len(cfg["poolings"])  # (models + base) x depths x poolings
+    assert grams.builds == expected and Gram.built - before == expected
+    assert len(grams) == 0  # dropped after each (depth, pooling)
+    assert len(layers) == 4 * 4 * 8 + 4 and len(null) == 2 * 4 * 2 and len(pairs) == 6 * 4 * 2
+    uncached = Gram.built
+    task_measures("rte", reps, rids, cfg, grams=Grams(enabled=False))
+    # every measure builds its own: per depth, 4 models x (2 poolings x 8 + 4) + 2 (the base vs itself)
+    # + 6 pairs x 4 + 2 nulls x 4
+    assert Gram.built - uncached == 4 * (4 * 20 + 2 + 24 + 8)
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (70, 20)])
+def test_task_measures_with_and_without_the_gram_cache_agree(shape):
+    """Every table is the same with the cache as without: exactly where the uncached path uses the
+    Gram form (n < 1.5 d), to float64 rounding where linear CKA and the original's formula take the
+    feature form there (n >= 1.5 d)."""
+    from loradrift.drift.grams import Grams
+    from loradrift.drift.tables import task_measures
+    n, d = shape
+    reps, rids, cfg = synthetic_task(n, d, seed=1)
+    cached = task_measures("rte", reps, rids, cfg)
+    uncached = task_measures("rte", reps, rids, cfg, grams=Grams(enabled=False))
+    for a, b in zip(cached, uncached):
+        pd.testing.assert_frame_equal(a, b, check_exact=n < 1.5 * d, rtol=1e-12, atol=0)
+    if n >= 1.5 * d:
+        feature_form = cached[0]["measure"].isin(["cka", "original_study_similarity"])
+        assert ((cached[0]["value"] == uncached[0]["value"]) | feature_form).all()  # the other measures: exactly
+        assert cached[0][["lo", "hi"]].fillna(0).equals(uncached[0][["lo", "hi"]].fillna(0))
 
 
 # ------------------------------------------------------------------------------------ currency

@@ -14,6 +14,7 @@ from loradrift.drift import extract as E
 from loradrift.drift import measures as M
 from loradrift.drift import stats as S
 from loradrift.drift import weights as WS
+from loradrift.drift.grams import Gram, Grams, Resamples
 
 
 def rng(seed=0):
@@ -210,7 +211,7 @@ def test_gram_and_feature_paths_agree_on_same_data():
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     gram = ((Xc @ Xc.T) * (Yc @ Yc.T)).sum()
     feature = np.linalg.norm(Xc.T @ Yc) ** 2
-    assert M._centred_products(X, Y)[0] == pytest.approx(gram, rel=1e-12)
+    assert M._cross(*M.grams_of(X, Y)) == pytest.approx(gram, rel=1e-12)
     assert gram == pytest.approx(feature, rel=1e-12)
 
 
@@ -317,7 +318,8 @@ NAIVE_GRAM = {"cka": naive_cka_gram, "debiased_cka": naive_debiased_gram, "origi
 @pytest.mark.parametrize("duplicates", ["rows", "distinct"])
 def test_weighted_fast_path_with_unit_weights_is_the_measure(name, duplicates):
     X, Y = related(40, 25, seed=14)
-    value = M.MEASURES[name].resampled(X, Y, np.arange(40)[None], duplicates)[0]  # every example drawn once
+    draws = Resamples(np.arange(40)[None], 40)  # every example drawn once
+    value = M.MEASURES[name].resampled(X, Y, draws, duplicates)[0]
     assert value == pytest.approx(M.MEASURES[name].fn(X, Y), abs=1e-12)
 
 
@@ -413,6 +415,81 @@ def test_permutation_null_far_below_paired_value_for_near_identical(name):
     assert null.shape == (100,)
     assert null.max() < paired
     assert paired - null.mean() > 20 * null.std()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3b. Gram reuse: the drift stage's cache (grams.Grams) gives the numbers of the uncached path
+
+GRAM_MEASURES = [name for name, m in M.MEASURES.items() if m.grams]
+
+
+def measured(name, X, Y, duplicates="distinct"):
+    """(point, bootstrap replicates, permutation null) of X, Y (arrays or cached Grams): seeded,
+    resamples in several chunks."""
+    return (M.MEASURES[name].value(X, Y),
+            S.bootstrap_replicates(X, Y, name, n_boot=20, seed=3, duplicates=duplicates, chunk=7),
+            S.permutation_null(X, Y, name, n_perm=12, seed=4))
+
+
+def cached_run(name, X, others, duplicates):
+    """X compared with each of ``others`` through one cache, every Gram measure of a pair in turn
+    with ``name`` last (it reads the products the others kept): -> ({other index: results}, cache)."""
+    grams, out = Grams(), {}
+    for i, Y in enumerate(others):
+        for m in [m for m in GRAM_MEASURES if m != name] + [name]:
+            out[i] = measured(m, grams.get(("base", 0, "masked"), X), grams.get((i, 0, "masked"), Y), duplicates)
+    return out, grams
+
+
+def test_every_gram_measure_is_covered():
+    assert GRAM_MEASURES == GRAM
+
+
+@pytest.mark.parametrize("duplicates", ["distinct", "rows"])
+@pytest.mark.parametrize("name", GRAM_MEASURES)
+def test_gram_reuse_gives_identical_measures(name, duplicates):
+    """A base compared with two models through one cache: the point estimates, the bootstrap
+    replicates and the permutation null are exactly those of the uncached path (n < 1.5 d, where
+    the uncached path uses the Gram form too)."""
+    n, d = 30, 40
+    X, Y = related(n, d, seed=30)
+    Z = related(n, d, rho=0.3, seed=31)[1] + 5.0
+    assert all(len(set(i)) < n for i in S.bootstrap_indices(n, 20, seed=3))  # copies in every resample
+    out, grams = cached_run(name, X, [Y, Z], duplicates)
+    assert grams.builds == 3  # X, Y, Z: once each
+    for i, W in enumerate([Y, Z]):
+        point, reps, null = measured(name, X, W, duplicates)
+        assert out[i][0] == point
+        np.testing.assert_array_equal(out[i][1], reps)
+        np.testing.assert_array_equal(out[i][2], null)
+    assert out[0][0] != out[1][0]
+
+
+@pytest.mark.parametrize("name", GRAM_MEASURES)
+def test_gram_reuse_where_the_uncached_path_takes_the_feature_form(name):
+    """n >= 1.5 d: uncached linear CKA and the original's formula use the d x d feature form, cached
+    Grams the Gram form; the point estimates agree to float64 rounding, the rest exactly."""
+    n, d = 60, 20
+    assert not M._gram_is_cheaper(n, d, d)
+    X, Y = related(n, d, seed=32)
+    out, _ = cached_run(name, X, [Y], "distinct")
+    point, reps, null = measured(name, X, Y)
+    assert out[0][0] == pytest.approx(point, rel=1e-12, abs=0)
+    np.testing.assert_array_equal(out[0][1], reps)
+    np.testing.assert_array_equal(out[0][2], null)
+
+
+def test_gram_cache_keys_and_counts():
+    X, Y = related(20, 30, seed=33)
+    grams, before = Grams(), Gram.built
+    assert grams.get(("a", 0, "masked"), X) is grams.get(("a", 0, "masked"), X)
+    assert grams.get(("a", 0, "last"), Y) is not grams.get(("a", 0, "masked"), X)
+    for key in [("a", 0, "masked"), ("a", 0, "last")]:
+        M.linear_cka(grams.get(key, X), grams.get(key, X))
+    assert grams.builds == 2 and Gram.built - before == 2 and len(grams) == 2
+    grams.clear()
+    assert len(grams) == 0 and grams.builds == 2
+    assert Grams(enabled=False).get(("a", 0, "masked"), X) is X  # no cache: every measure builds its own
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,14 +2,15 @@
 
 A representation is a matrix X of shape [n, d]: n examples in rows, d features in columns; two
 representations compared have the same n, row i the same example. Measures take numpy arrays
-(torch tensors are converted to float64).
+(torch tensors are converted to float64); the Gram measures also take `grams.Gram`s, whose Gram
+matrices are built once and reused (`grams.Grams`, the drift stage's cache).
 
 A `Measure` holds the function, whether it is a similarity (1 = identical) or a distance (0 =
-identical), whether the stage gives it a bootstrap interval, and optional fast paths for the
-bootstrap (`resampled`) and the permutation null (`permuted`) that `drift.stats` uses instead of
-recomputing the measure per replicate. Adding a measure is one `register_measure(Measure(...))`
-(here or in a user's code) plus, to compute it in the stage, its name under a pooling in the
-profile's ``drift.measures``.
+identical), whether the stage gives it a bootstrap interval, whether it is a Gram measure, and
+optional fast paths for the bootstrap (`resampled`) and the permutation null (`permuted`) that
+`drift.stats` uses instead of recomputing the measure per replicate. Adding a measure is one
+`register_measure(Measure(...))` (here or in a user's code) plus, to compute it in the stage, its
+name under a pooling in the profile's ``drift.measures``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
+
+from .grams import Gram, Permutations, Resamples, as64, hsic_unbiased, pair
+
+__all__ = ["MEASURES", "Measure", "as64", "debiased_cka", "get_measure", "linear_cka", "mean_cosine",
+           "original_study_similarity", "pair", "per_example_cosine", "register_measure"]
 
 
 @dataclass(frozen=True)
@@ -27,13 +32,25 @@ class Measure:
     fn: Callable                       # (X, Y) -> float
     similarity: bool = True            # False: a distance (0 = identical)
     interval: bool = True              # the stage computes a bootstrap interval for it
-    resampled: Callable | None = None  # fast bootstrap: (X, Y, idx [B, n], duplicates, chunk) -> [B]
-    permuted: Callable | None = None   # fast null: (X, Y, perms [P, n]) -> [P]
+    resampled: Callable | None = None  # fast bootstrap: (X, Y, draws: Resamples, duplicates) -> [B]
+    permuted: Callable | None = None   # fast null: (X, Y, perms: Permutations) -> [P]
     min_examples: int = 1
+    grams: bool = False                # fn and the fast paths take `Gram`s (cached ones are reused)
 
     def drift(self, value):
         """How far apart: 1 - similarity, or the distance itself."""
         return 1 - value if self.similarity else value
+
+    def operands(self, X, Y):
+        """(X, Y) as this measure's functions take them: `Gram`s for a Gram measure (a given Gram
+        as it is, an array wrapped afresh), else the representations as given."""
+        if self.grams:
+            return grams_of(X, Y)
+        return tuple(Z.X if isinstance(Z, Gram) else Z for Z in (X, Y))
+
+    def value(self, X, Y):
+        """The measure of X and Y (arrays or `Gram`s)."""
+        return self.fn(*self.operands(X, Y))
 
 
 MEASURES: dict[str, Measure] = {}
@@ -60,20 +77,17 @@ def get_measure(measure) -> Measure:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def as64(X) -> np.ndarray:
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().double().numpy()
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D [n, d] array, got shape {X.shape}")
-    return X
+def grams_of(X, Y) -> tuple[Gram, Gram]:
+    """Both sides as `Gram`s (a Gram as it is, an array as a fresh uncached one), with the same n."""
+    G, H = (Z if isinstance(Z, Gram) else Gram(Z) for Z in (X, Y))
+    if G.n != H.n:
+        raise ValueError(f"X and Y need the same number of rows (examples): {G.Xc.shape} vs {H.Xc.shape}")
+    return G, H
 
 
-def pair(X, Y) -> tuple[np.ndarray, np.ndarray]:
-    X, Y = as64(X), as64(Y)
-    if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y need the same number of rows (examples): {X.shape} vs {Y.shape}")
-    return X, Y
+def as_arrays(X, Y) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as float64 arrays (a `Gram`'s representation for a Gram)."""
+    return pair(*(Z.X if isinstance(Z, Gram) else Z for Z in (X, Y)))
 
 
 def _gram_is_cheaper(n: int, d1: int, d2: int) -> bool:
@@ -82,35 +96,23 @@ def _gram_is_cheaper(n: int, d1: int, d2: int) -> bool:
     return n * (d1 + d2) < d1 * d1 + d1 * d2 + d2 * d2
 
 
-def _centred_products(X: np.ndarray, Y: np.ndarray) -> tuple[float, float, float]:
-    """(||Xc^T Yc||_F^2, ||Xc^T Xc||_F^2, ||Yc^T Yc||_F^2) for column-centred Xc, Yc.
-
-    Uses ||Xc^T Yc||_F^2 = <Kc, Lc> with Kc = Xc Xc^T when the n x n Gram form is cheaper.
-    """
-    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    if _gram_is_cheaper(X.shape[0], X.shape[1], Y.shape[1]):
-        K, L = Xc @ Xc.T, Yc @ Yc.T
-        return float((K * L).sum()), float((K * K).sum()), float((L * L).sum())
-    sq = lambda A: float((A * A).sum())  # noqa: E731
-    return sq(Xc.T @ Yc), sq(Xc.T @ Xc), sq(Yc.T @ Yc)
+def _gram_form(G: Gram, H: Gram) -> bool:
+    # cached Grams: K is built (and kept) anyway, so <K, L> costs only n^2
+    return G.cached or H.cached or _gram_is_cheaper(G.n, G.d, H.d)
 
 
-def _centred_grams(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # Centring at the full-sample mean changes none of the measures but keeps the expanded
-    # formulas of the fast paths free of cancellation when the representations have a large mean.
-    X, Y = X - X.mean(0), Y - Y.mean(0)
-    return X @ X.T, Y @ Y.T
+def _sq(A: np.ndarray) -> float:
+    return float((A * A).sum())
 
 
-def _hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
-    """Unbiased HSIC estimator (Song et al. 2012) from uncentred Gram matrices K, L [n, n]."""
-    n = K.shape[0]
-    K, L = K.copy(), L.copy()
-    np.fill_diagonal(K, 0.0)
-    np.fill_diagonal(L, 0.0)
-    trace_kl = (K * L).sum()  # tr(K~ L~), both symmetric
-    cross = K.sum(1) @ L.sum(1)  # 1^T K~ L~ 1
-    return (trace_kl + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+def _cross(G: Gram, H: Gram) -> float:
+    """||Xc^T Yc||_F^2 = <Kc, Lc>, in the Gram form or the feature form."""
+    return float((G.K * H.K).sum()) if _gram_form(G, H) else _sq(G.Xc.T @ H.Xc)
+
+
+def _self(G: Gram, gram_form: bool) -> float:
+    """||Xc^T Xc||_F^2 = ||Kc||_F^2."""
+    return G.fro2 if gram_form else _sq(G.Xc.T @ G.Xc)
 
 
 # ------------------------------------------------------------------------------------ the measures
@@ -120,10 +122,12 @@ def linear_cka(X, Y) -> float:
     Xc, Yc are column-centred. Invariant to orthogonal transforms and isotropic scaling of either
     side, not to general invertible linear maps. This is the plug-in ("biased") estimator: for
     n < d it is far above 0 even for independent random X and Y; see `debiased_cka`.
-    Computed in the n x n Gram form or the d x d feature form, whichever is cheaper.
+    Computed in the n x n Gram form (always for cached `Gram`s) or the d x d feature form,
+    whichever is cheaper.
     """
-    xy, xx, yy = _centred_products(*pair(X, Y))
-    return xy / math.sqrt(xx * yy)
+    G, H = grams_of(X, Y)
+    form = _gram_form(G, H)
+    return _cross(G, H) / math.sqrt(_self(G, form) * _self(H, form))
 
 
 def debiased_cka(X, Y) -> float:
@@ -134,17 +138,16 @@ def debiased_cka(X, Y) -> float:
         HSIC_u(K, L) = [tr(K~ L~) + (1^T K~ 1)(1^T L~ 1) / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3))
         CKA_u = HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L))
 
-    HSIC_u is translation invariant, so no centring is needed. Unlike linear CKA it is near 0 for
-    independent X, Y even when n < d, and it can be slightly negative (not clipped). Needs n >= 4;
-    nan if a self-term HSIC_u(K, K) is not positive (e.g. a constant representation).
+    HSIC_u is translation invariant, so no centring is needed (the Grams are of the centred data,
+    which keeps their magnitudes small). Unlike linear CKA it is near 0 for independent X, Y even
+    when n < d, and it can be slightly negative (not clipped). Needs n >= 4; nan if a self-term
+    HSIC_u(K, K) is not positive (e.g. a constant representation).
     """
-    X, Y = pair(X, Y)
-    if X.shape[0] < 4:
-        raise ValueError(f"debiased CKA needs at least 4 examples, got {X.shape[0]}")
-    X, Y = X - X.mean(0), Y - Y.mean(0)  # exact no-op in theory; keeps the Grams' magnitudes small
-    K, L = X @ X.T, Y @ Y.T
-    denom = _hsic_unbiased(K, K) * _hsic_unbiased(L, L)
-    return _hsic_unbiased(K, L) / math.sqrt(denom) if denom > 0 else float("nan")
+    G, H = grams_of(X, Y)
+    if G.n < 4:
+        raise ValueError(f"debiased CKA needs at least 4 examples, got {G.n}")
+    denom = G.hsic_self * H.hsic_self
+    return hsic_unbiased(G, H) / math.sqrt(denom) if denom > 0 else float("nan")
 
 
 def original_study_similarity(X, Y) -> float:
@@ -158,11 +161,8 @@ def original_study_similarity(X, Y) -> float:
     the spectra are (about 1/d + 1/n for iid Gaussian data: 0.0064 for 400 x 256) as much as how
     similar X and Y are. Kept only to reproduce the original study.
     """
-    X, Y = pair(X, Y)
-    xy, _, _ = _centred_products(X, Y)
-    nx = ((X - X.mean(0)) ** 2).sum()
-    ny = ((Y - Y.mean(0)) ** 2).sum()
-    return xy / (nx * ny)
+    G, H = grams_of(X, Y)
+    return _cross(G, H) / (G.sq * H.sq)
 
 
 def per_example_cosine(X, Y) -> np.ndarray:
@@ -187,7 +187,10 @@ def mean_cosine(X, Y) -> float:
 # K[idx_b][:, idx_b], and every quantity the Gram-based measures need is a linear or quadratic form
 # in the counts w_b (w_b[i] = how often example i was drawn), e.g.
 #     tr(K_b L_b) = w^T (K o L) w,   1^T K_b 1 = w^T K w,   1^T K_b L_b 1 = sum_i w_i (K w)_i (L w)_i.
-# So B replicates cost a few [B, n] @ [n, n] matmuls instead of B separate n x n recomputations.
+# So B replicates cost a few [B, n] @ [n, n] matmuls instead of B separate n x n recomputations,
+# and the products of one Gram with the counts (`Gram.weighted`, `.weighted_sq`) serve every
+# measure and every comparison of that Gram under the same draw; a pair's cross term
+# (`.weighted_cross`) serves each of its measures.
 #
 # Duplicates. A resample holds about 0.63 n distinct examples, some several times, and the Gram
 # entry between two copies of one example is that example's self-similarity ||x_i||^2, which in
@@ -206,101 +209,108 @@ def mean_cosine(X, Y) -> float:
 # contributing 0; for the plug-in measures it is a heuristic. Grams are built from data centred
 # at the full-sample mean (the measures themselves are translation invariant; the zeroed entries
 # are not, so this fixes the convention). Cosine is per-example and needs none of this.
-def _weighted_sums(K, L, W, duplicates: str, drop_own_diagonal: bool):
-    """For the resampled (diagonal-adjusted) Grams of each row of counts W [B, n]:
-    (tr(A_b B_b), 1^T A_b 1, 1^T B_b 1, 1^T A_b B_b 1) for (A, B) = (K, L), (K, K), (L, L)."""
-    if duplicates not in ("rows", "distinct"):
-        raise ValueError(f"duplicates must be 'rows' or 'distinct', got {duplicates!r}")
-    dK, dL = np.diag(K), np.diag(L)
-    Ko, Lo = K - np.diag(dK), L - np.diag(dL)  # off-diagonal parts: pairs of different examples
-    Kw, Lw = W @ Ko, W @ Lo
+def _sums(W, g, Aw, dA, Bw, dB, ABw):
+    """(tr(A_b B_b), 1^T A_b 1, 1^T B_b 1, 1^T A_b B_b 1) of the resampled (diagonal-adjusted)
+    matrices, from Aw = W @ A~, Bw = W @ B~, ABw = W @ (A~ o B~) and the diagonals dA, dB."""
+    rA, rB = Aw + g * dA, Bw + g * dB  # row sums of the resampled matrices, per original example
+    trace = (W * ABw).sum(1) + (W * g) @ (dA * dB)
+    return trace, (W * rA).sum(1), (W * rB).sum(1), (W * rA * rB).sum(1)
+
+
+def _adjust(W, duplicates: str, drop_own_diagonal: bool):
     # Each copy of example i meets e_i entries equal to its self-similarity: itself, plus its
     # w_i - 1 other copies under "rows". The debiased estimator drops the copy's own diagonal.
+    if duplicates not in ("rows", "distinct"):
+        raise ValueError(f"duplicates must be 'rows' or 'distinct', got {duplicates!r}")
     e = W if duplicates == "rows" else np.ones_like(W)
-    g = e - 1.0 if drop_own_diagonal else e
+    return e - 1.0 if drop_own_diagonal else e
 
-    def sums(A, Aw, dA, B, Bw, dB):
-        rA, rB = Aw + g * dA, Bw + g * dB  # row sums of the resampled matrices, per original example
-        trace = (W * (W @ (A * B))).sum(1) + (W * g) @ (dA * dB)
-        return trace, (W * rA).sum(1), (W * rB).sum(1), (W * rA * rB).sum(1)
 
-    return sums(Ko, Kw, dK, Lo, Lw, dL), sums(Ko, Kw, dK, Ko, Kw, dK), sums(Lo, Lw, dL, Lo, Lw, dL)
+def _pair_sums(G: Gram, H: Gram, draws: Resamples, c: int, duplicates: str, drop: bool):
+    """`_sums` of (K, L) for chunk c of the draws."""
+    W = draws.counts[c][1]
+    return _sums(W, _adjust(W, duplicates, drop), G.weighted(draws, c), G.diag, H.weighted(draws, c), H.diag,
+                 G.weighted_cross(H, draws, c))
+
+
+def _self_sums(G: Gram, draws: Resamples, c: int, duplicates: str, drop: bool):
+    """`_sums` of (K, K) for chunk c of the draws."""
+    W = draws.counts[c][1]
+    Kw = G.weighted(draws, c)
+    return _sums(W, _adjust(W, duplicates, drop), Kw, G.diag, Kw, G.diag, G.weighted_sq(draws, c))
 
 
 def _centred(n, trace, sA, sB, cross):  # tr(H A H B) with H = I - 11^T/n
     return trace - 2.0 * cross / n + sA * sB / n**2
 
 
-def _cka_weighted(K, L, W, duplicates):
-    n = K.shape[0]
-    kl, kk, ll = _weighted_sums(K, L, W, duplicates, False)
+def _cka_weighted(G, H, draws, c, duplicates):
+    n = G.n
+    kl = _pair_sums(G, H, draws, c, duplicates, False)
+    kk, ll = _self_sums(G, draws, c, duplicates, False), _self_sums(H, draws, c, duplicates, False)
     return _centred(n, *kl) / np.sqrt(_centred(n, *kk) * _centred(n, *ll))
 
 
-def _original_weighted(K, L, W, duplicates):
-    n = K.shape[0]
-    kl, _, _ = _weighted_sums(K, L, W, duplicates, False)
+def _original_weighted(G, H, draws, c, duplicates):
+    n, W = G.n, draws.counts[c][1]
+    kl = _pair_sums(G, H, draws, c, duplicates, False)
     _, sK, sL, _ = kl
-    return _centred(n, *kl) / ((W @ np.diag(K) - sK / n) * (W @ np.diag(L) - sL / n))  # ||Xc_b||^2 = tr(H K_b H)
+    return _centred(n, *kl) / ((W @ G.diag - sK / n) * (W @ H.diag - sL / n))  # ||Xc_b||^2 = tr(H K_b H)
 
 
-def _debiased_weighted(K, L, W, duplicates):
-    n = K.shape[0]
+def _debiased_weighted(G, H, draws, c, duplicates):
+    n = G.n
 
     def hsic_u(trace, sA, sB, cross):
         return (trace + sA * sB / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
 
-    kl, kk, ll = _weighted_sums(K, L, W, duplicates, True)
+    kl = _pair_sums(G, H, draws, c, duplicates, True)
+    kk, ll = _self_sums(G, draws, c, duplicates, True), _self_sums(H, draws, c, duplicates, True)
     num, denom = hsic_u(*kl), hsic_u(*kk) * hsic_u(*ll)
     return np.where(denom > 0, num / np.sqrt(np.where(denom > 0, denom, 1.0)), np.nan)
 
 
 def _gram_resampled(weighted):
-    """A bootstrap fast path from a Gram measure on counts: weighted(K, L, W [B, n], duplicates) -> [B]."""
-    def resampled(X, Y, idx, duplicates="distinct", chunk=250):
-        K, L = _centred_grams(X, Y)
-        n, out = K.shape[0], np.empty(len(idx))
-        for start in range(0, len(idx), chunk):
-            rows = idx[start:start + chunk]
-            flat = (rows + n * np.arange(len(rows))[:, None]).ravel()
-            W = np.bincount(flat, minlength=len(rows) * n).reshape(len(rows), n).astype(np.float64)
-            out[start:start + chunk] = weighted(K, L, W, duplicates)
+    """A bootstrap fast path from a Gram measure on counts: weighted(G, H, draws, chunk, duplicates) -> [rows]."""
+    def resampled(X, Y, draws: Resamples, duplicates="distinct"):
+        G, H = grams_of(X, Y)
+        out = np.empty(len(draws.idx))
+        for c, (start, W) in enumerate(draws.counts):
+            out[start:start + len(W)] = weighted(G, H, draws, c, duplicates)
         return out
     return resampled
 
 
-def _cka_permuted(X, Y, perms, original: bool = False):
+def _cka_permuted(X, Y, perms: Permutations, original: bool = False):
     # only tr(Kc Lc[p][:, p]) depends on the permutation p; the self-terms do not change
-    K, L = _centred_grams(X, Y)  # columns already centred, so these are Kc, Lc
-    scale = np.trace(K) * np.trace(L) if original else math.sqrt((K * K).sum() * (L * L).sum())
-    return np.array([(K * L[np.ix_(p, p)]).sum() for p in perms]) / scale
+    G, H = grams_of(X, Y)
+    full, _, _ = G.permuted_cross(H, perms)
+    return full / (G.trace * H.trace if original else math.sqrt(G.fro2 * H.fro2))
 
 
-def _debiased_permuted(X, Y, perms):
-    n = X.shape[0]
-    K, L = _centred_grams(X, Y)
-    denom = _hsic_unbiased(K, K) * _hsic_unbiased(L, L)
-    np.fill_diagonal(K, 0.0)
-    np.fill_diagonal(L, 0.0)  # a permutation maps the diagonal onto itself
-    k1, l1, const = K.sum(1), L.sum(1), K.sum() * L.sum() / ((n - 1) * (n - 2))
-    h = np.array([((K * L[np.ix_(p, p)]).sum() + const - 2.0 * (k1 @ l1[p]) / (n - 2)) for p in perms])
-    return h / (n * (n - 3)) / math.sqrt(denom) if denom > 0 else np.full(len(perms), np.nan)
+def _debiased_permuted(X, Y, perms: Permutations):
+    G, H = grams_of(X, Y)
+    n, denom = G.n, G.hsic_self * H.hsic_self
+    _, zero, rows = G.permuted_cross(H, perms)
+    h = zero + G.zero_total * H.zero_total / ((n - 1) * (n - 2)) - 2.0 * rows / (n - 2)
+    return h / (n * (n - 3)) / math.sqrt(denom) if denom > 0 else np.full(len(perms.perms), np.nan)
 
 
-def _cosine_resampled(X, Y, idx, duplicates="distinct", chunk=None):
-    return per_example_cosine(X, Y)[idx].mean(1)
+def _cosine_resampled(X, Y, draws: Resamples, duplicates="distinct"):
+    return per_example_cosine(X, Y)[draws.idx].mean(1)
 
 
-def _cosine_permuted(X, Y, perms):
+def _cosine_permuted(X, Y, perms: Permutations):
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     Yn = Y / np.linalg.norm(Y, axis=1, keepdims=True)
-    return np.array([(Xn * Yn[p]).sum(1).mean() for p in perms])
+    return np.array([(Xn * Yn[p]).sum(1).mean() for p in perms.perms])
 
 
-register_measure(Measure("cka", linear_cka, resampled=_gram_resampled(_cka_weighted), permuted=_cka_permuted))
+register_measure(Measure("cka", linear_cka, resampled=_gram_resampled(_cka_weighted), permuted=_cka_permuted,
+                         grams=True))
 register_measure(Measure("debiased_cka", debiased_cka, resampled=_gram_resampled(_debiased_weighted),
-                         permuted=_debiased_permuted, min_examples=4))
+                         permuted=_debiased_permuted, min_examples=4, grams=True))
 register_measure(Measure("original_study_similarity", original_study_similarity,
                          resampled=_gram_resampled(_original_weighted),
-                         permuted=lambda X, Y, perms: _cka_permuted(X, Y, perms, original=True)))
+                         permuted=lambda X, Y, perms: _cka_permuted(X, Y, perms, original=True), grams=True))
 register_measure(Measure("cosine", mean_cosine, resampled=_cosine_resampled, permuted=_cosine_permuted))

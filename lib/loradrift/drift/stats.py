@@ -4,12 +4,14 @@ Hedges' g, Holm's adjustment).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from scipy import special, stats
 
-from .measures import get_measure, pair
+from .grams import Gram, Permutations, Resamples
+from .measures import as_arrays, get_measure
 
 
 # ------------------------------------------------------------------------------------ over examples
@@ -18,25 +20,51 @@ def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+@functools.lru_cache(maxsize=8)
+def resamples(n: int, n_boot: int, seed: int, chunk: int) -> Resamples:
+    """The draws of `bootstrap_indices`, named: every comparison of n examples with the same
+    settings shares them, and with them each `Gram`'s products with the counts."""
+    idx = bootstrap_indices(n, n_boot, seed)
+    idx.flags.writeable = False
+    return Resamples(idx, n, chunk, key=(n, n_boot, seed, chunk))
+
+
+@functools.lru_cache(maxsize=8)
+def permutations(n: int, n_perm: int, seed: int) -> Permutations:
+    """The permutations `permutation_null` uses, named like `resamples`."""
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(n) for _ in range(n_perm)]
+    for p in perms:
+        p.flags.writeable = False
+    return Permutations(perms, key=(n, n_perm, seed))
+
+
+def _checked(X, Y, m):
+    """(X, Y) as the measure takes them, and n; an error if the measure needs more examples."""
+    X, Y = m.operands(X, Y) if m.grams else as_arrays(X, Y)
+    n = X.n if isinstance(X, Gram) else X.shape[0]
+    if n < m.min_examples:
+        raise ValueError(f"{m.name} needs at least {m.min_examples} examples, got {n}")
+    return X, Y, n
+
+
 def bootstrap_replicates(X, Y, measure, n_boot: int = 1000, seed: int = 0, duplicates: str = "distinct",
                          chunk: int = 250) -> np.ndarray:
     """The measure on n_boot resamples of the examples (the same rows of X and Y) -> [n_boot].
 
-    measure: a registered name, a `Measure`, or a function fn(X, Y) -> float. A measure with a
-    registered fast path uses it (the Gram measures: precomputed Grams, memory a few n x n float64
-    matrices plus chunk x n; duplicates "distinct" (default) or "rows", see the comment in
-    `drift.measures`). Any other function is recomputed on X[idx], Y[idx] ("rows" behaviour, slow).
-    ``chunk``: replicates computed together by a fast path.
+    X, Y: arrays, or `Gram`s (a cache's: their Grams and products are reused). measure: a
+    registered name, a `Measure`, or a function fn(X, Y) -> float. A measure with a registered fast
+    path uses it (the Gram measures: the Grams' products with the resample counts, memory a few
+    n x n float64 matrices plus chunk x n; duplicates "distinct" (default) or "rows", see the comment
+    in `drift.measures`). Any other function is recomputed on X[idx], Y[idx] ("rows" behaviour,
+    slow). ``chunk``: replicates computed together by a fast path.
     """
-    X, Y = pair(X, Y)
     m = get_measure(measure)
-    n = X.shape[0]
-    if n < m.min_examples:
-        raise ValueError(f"{m.name} needs at least {m.min_examples} examples, got {n}")
-    idx = bootstrap_indices(n, n_boot, seed)
+    X, Y, n = _checked(X, Y, m)
     if m.resampled is None:
-        return np.array([m.fn(X[i], Y[i]) for i in idx])
-    return m.resampled(X, Y, idx, duplicates, chunk)
+        X, Y = as_arrays(X, Y)
+        return np.array([m.fn(X[i], Y[i]) for i in bootstrap_indices(n, n_boot, seed)])
+    return m.resampled(X, Y, resamples(n, n_boot, seed, chunk), duplicates)
 
 
 def bootstrap_ci(X, Y, measure, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
@@ -49,7 +77,7 @@ def bootstrap_ci(X, Y, measure, n_boot: int = 1000, alpha: float = 0.05, seed: i
     derivation of "distinct" and the simulations behind it are in the comment above the fast paths
     in `loradrift.drift.measures`.
     """
-    point = float(get_measure(measure).fn(X, Y))
+    point = float(get_measure(measure).value(X, Y))
     reps = bootstrap_replicates(X, Y, measure, n_boot=n_boot, seed=seed, duplicates=duplicates)
     lo, hi = np.nanquantile(reps, [alpha / 2, 1 - alpha / 2])
     return point, float(lo), float(hi)
@@ -59,18 +87,18 @@ def permutation_null(X, Y, measure, n_perm: int = 200, seed: int = 0) -> np.ndar
     """The measure with the example pairing broken (rows of Y permuted) -> [n_perm].
 
     This is the null distribution of "X and Y are no more alike than unrelated examples". A
-    measure's registered fast path reuses precomputed Grams (only the cross term depends on the
-    permutation). A one-sided p-value for the paired value v is (1 + (null >= v).sum()) / (1 + n_perm).
+    measure's registered fast path reuses the Grams (only the cross term depends on the
+    permutation; with `Gram`s from a cache, one pass over the permutations serves every Gram
+    measure of the pair). A one-sided p-value for the paired value v is
+    (1 + (null >= v).sum()) / (1 + n_perm).
     """
-    X, Y = pair(X, Y)
     m = get_measure(measure)
-    if X.shape[0] < m.min_examples:
-        raise ValueError(f"{m.name} needs at least {m.min_examples} examples, got {X.shape[0]}")
-    rng = np.random.default_rng(seed)
-    perms = [rng.permutation(X.shape[0]) for _ in range(n_perm)]
+    X, Y, n = _checked(X, Y, m)
+    perms = permutations(n, n_perm, seed)
     if m.permuted is not None:
         return m.permuted(X, Y, perms)
-    return np.array([m.fn(X, Y[p]) for p in perms])
+    X, Y = as_arrays(X, Y)
+    return np.array([m.fn(X, Y[p]) for p in perms.perms])
 
 
 def mean_interval(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:

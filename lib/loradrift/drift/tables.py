@@ -6,34 +6,13 @@ import numpy as np
 import pandas as pd
 
 from .extract import depth_names
+from .grams import Grams
 from .measures import MEASURES, get_measure
 from .settings import base_vs_model
 from .stats import bootstrap_ci, compare_groups, holm, permutation_null
 
 SUMMARIES = ("last", "mean")  # drift at the final-norm output; averaged over the decoder layers
-
-
-def _base_vs_models(task, reps, rids, cfg) -> list[dict]:
-    """Base vs each model at every depth, each configured pooling x measure, with a bootstrap interval
-    for the measures registered with one."""
-    base, rows = reps["base"], []
-    names = depth_names(base["masked"].shape[0] - 2)
-    for rid, method, seed in rids:
-        for pooling, meas in base_vs_model(cfg):
-            m = get_measure(meas)
-            for d, depth in enumerate(names):
-                X, Y = base[pooling][d], reps[rid][pooling][d]
-                v, lo, hi = (bootstrap_ci(X, Y, m, n_boot=cfg["n_boot"], alpha=cfg["alpha"], seed=cfg["boot_seed"])
-                             if m.interval else (float(m.fn(X, Y)), None, None))
-                rows.append({"task": task, "model": rid, "method": method, "seed": seed, "pooling": pooling,
-                             "measure": meas, "depth": d, "depth_name": depth, "value": v, "lo": lo, "hi": hi})
-    if ("original", "original_study_similarity") in base_vs_model(cfg):
-        # the original formula's ceiling: the base compared with itself
-        rows += [{"task": task, "model": "base", "method": "base", "seed": None, "pooling": "original",
-                  "measure": "original_study_similarity", "depth": d, "depth_name": depth,
-                  "value": MEASURES["original_study_similarity"].fn(X, X), "lo": None, "hi": None}
-                 for d, depth in enumerate(names) for X in [base["original"][d]]]
-    return rows
+SELF = ("original", "original_study_similarity")  # the original formula's ceiling: the base vs itself
 
 
 def control_pairs(rids, compare) -> list[tuple[str, str, str]]:
@@ -47,34 +26,92 @@ def control_pairs(rids, compare) -> list[tuple[str, str, str]]:
     return pairs + [("across", x, y) for x in by_method.get(a, []) for y in by_method.get(b, [])]
 
 
-def task_measures(task: str, reps: dict, rids: list, cfg: dict):
-    """Per-depth measures of one task -> (layers, pairs, null) DataFrames.
-
-    layers: base vs each model (`_base_vs_models`), plus the base's self-similarity under the
-    original's formula. pairs: model vs model (same method different seeds, and across the compared
-    methods) on the controls' pooling. null: base vs the first seed of each method with the example
-    pairing shuffled.
-    """
-    ctl, base = cfg["controls"], reps["base"]
-    names = depth_names(base["masked"].shape[0] - 2)
-    pairs = [{"task": task, "kind": kind, "a": x, "b": y, "pooling": ctl["pooling"], "measure": meas, "depth": d,
-              "depth_name": depth, "value": get_measure(meas).fn(reps[x][ctl["pooling"]][d], reps[y][ctl["pooling"]][d])}
-             for kind, x, y in control_pairs(rids, cfg["compare"]) for d, depth in enumerate(names)
-             for meas in ctl["measures"]]
+def _first_seeds(rids) -> dict[str, str]:
+    """method -> its first model: the null compares the base with these."""
     first = {}
     for rid, m, _ in rids:
         first.setdefault(m, rid)
-    null = []
-    for m, rid in first.items():
-        for d, depth in enumerate(names):
-            X, Y = base[ctl["pooling"]][d], reps[rid][ctl["pooling"]][d]
-            for meas in ctl["measures"]:
-                nl = permutation_null(X, Y, meas, n_perm=cfg["n_perm"], seed=cfg["boot_seed"])
-                null.append({"task": task, "model": rid, "method": m, "pooling": ctl["pooling"], "measure": meas,
-                             "depth": d, "depth_name": depth, "null_mean": float(np.nanmean(nl)),
-                             "null_q95": float(np.nanquantile(nl, 0.95)), "null_max": float(np.nanmax(nl)),
-                             "n_perm": cfg["n_perm"]})
-    return pd.DataFrame(_base_vs_models(task, reps, rids, cfg)), pd.DataFrame(pairs), pd.DataFrame(null)
+    return first
+
+
+def _poolings(cfg) -> list[str]:
+    """The poolings some measure reads, in the configured order."""
+    used = {p for p, _ in base_vs_model(cfg)} | {cfg["controls"]["pooling"]}
+    return [p for p in cfg["poolings"] if p in used]
+
+
+def _depth_values(values: dict, rep, d: int, pooling: str, rids, cfg) -> None:
+    """Every measure of one (depth, pooling) into ``values``: base vs each model (with a bootstrap
+    interval for the measures registered with one), the base vs itself under the original's formula,
+    and, on the controls' pooling, the model pairs and the permutation null. ``rep(id)``: that
+    model's representation (a cached `Gram`, or the array itself)."""
+    ctl, base = cfg["controls"], rep("base")
+    for rid, _, _ in rids:
+        for meas in [m for p, m in base_vs_model(cfg) if p == pooling]:
+            m = get_measure(meas)
+            values["layers", rid, pooling, meas, d] = (
+                bootstrap_ci(base, rep(rid), m, n_boot=cfg["n_boot"], alpha=cfg["alpha"], seed=cfg["boot_seed"])
+                if m.interval else (float(m.value(base, rep(rid))), None, None))
+    if pooling == SELF[0] and SELF in base_vs_model(cfg):
+        values["self", d] = MEASURES[SELF[1]].value(base, base)
+    if pooling != ctl["pooling"]:
+        return
+    for kind, x, y in control_pairs(rids, cfg["compare"]):
+        for meas in ctl["measures"]:
+            values["pairs", x, y, meas, d] = get_measure(meas).value(rep(x), rep(y))
+    for rid in _first_seeds(rids).values():
+        for meas in ctl["measures"]:
+            values["null", rid, meas, d] = permutation_null(base, rep(rid), meas, n_perm=cfg["n_perm"],
+                                                            seed=cfg["boot_seed"])
+
+
+def _rows(task, values, rids, cfg, names) -> tuple[list, list, list]:
+    """The (layers, pairs, null) rows from `_depth_values`, in the tables' order."""
+    ctl, depths = cfg["controls"], list(enumerate(names))
+    layers = [{"task": task, "model": rid, "method": method, "seed": seed, "pooling": pooling, "measure": meas,
+               "depth": d, "depth_name": depth, **dict(zip(("value", "lo", "hi"), values["layers", rid, pooling, meas, d]))}
+              for rid, method, seed in rids for pooling, meas in base_vs_model(cfg) for d, depth in depths]
+    if SELF in base_vs_model(cfg):
+        layers += [{"task": task, "model": "base", "method": "base", "seed": None, "pooling": SELF[0],
+                    "measure": SELF[1], "depth": d, "depth_name": depth, "value": values["self", d],
+                    "lo": None, "hi": None} for d, depth in depths]
+    pairs = [{"task": task, "kind": kind, "a": x, "b": y, "pooling": ctl["pooling"], "measure": meas, "depth": d,
+              "depth_name": depth, "value": values["pairs", x, y, meas, d]}
+             for kind, x, y in control_pairs(rids, cfg["compare"]) for d, depth in depths for meas in ctl["measures"]]
+    null = [{"task": task, "model": rid, "method": m, "pooling": ctl["pooling"], "measure": meas, "depth": d,
+             "depth_name": depth, **_null_summary(values["null", rid, meas, d]), "n_perm": cfg["n_perm"]}
+            for m, rid in _first_seeds(rids).items() for d, depth in depths for meas in ctl["measures"]]
+    return layers, pairs, null
+
+
+def _null_summary(nl) -> dict:
+    return {"null_mean": float(np.nanmean(nl)), "null_q95": float(np.nanquantile(nl, 0.95)),
+            "null_max": float(np.nanmax(nl))}
+
+
+def task_measures(task: str, reps: dict, rids: list, cfg: dict, grams: Grams | None = None):
+    """Per-depth measures of one task -> (layers, pairs, null) DataFrames.
+
+    layers: base vs each model at every depth, each configured pooling x measure, with a bootstrap
+    interval for the measures registered with one; plus the base's self-similarity under the
+    original's formula. pairs: model vs model (same method different seeds, and across the compared
+    methods) on the controls' pooling. null: base vs the first seed of each method with the example
+    pairing shuffled.
+
+    The work runs one (depth, pooling) at a time through ``grams`` (a fresh `Grams` cache by
+    default): each model's Gram matrix there is built once and read by every measure, interval and
+    null, then dropped. ``Grams(enabled=False)``: every measure builds its own (the same numbers up to
+    float64 rounding, slower).
+    """
+    grams = Grams() if grams is None else grams
+    names = depth_names(reps["base"]["masked"].shape[0] - 2)
+    values = {}
+    for d in range(len(names)):
+        for pooling in _poolings(cfg):
+            _depth_values(values, lambda rid: grams.get((rid, d, pooling), reps[rid][pooling][d]),  # noqa: B023
+                          d, pooling, rids, cfg)
+            grams.clear()
+    return tuple(pd.DataFrame(rows) for rows in _rows(task, values, rids, cfg, names))
 
 
 def to_drift(measure: str, value):
