@@ -484,12 +484,28 @@ def test_gram_cache_keys_and_counts():
     grams, before = Grams(), Gram.built
     assert grams.get(("a", 0, "masked"), X) is grams.get(("a", 0, "masked"), X)
     assert grams.get(("a", 0, "last"), Y) is not grams.get(("a", 0, "masked"), X)
-    for key in [("a", 0, "masked"), ("a", 0, "last")]:
-        M.linear_cka(grams.get(key, X), grams.get(key, X))
+    for key, Z in [(("a", 0, "masked"), X), (("a", 0, "last"), Y)]:
+        M.linear_cka(grams.get(key, Z), grams.get(key, Z))
     assert grams.builds == 2 and Gram.built - before == 2 and len(grams) == 2
     grams.clear()
     assert len(grams) == 0 and grams.builds == 2
     assert Grams(enabled=False).get(("a", 0, "masked"), X) is X  # no cache: every measure builds its own
+    assert grams.get(("b", 0), X[:, :5]) is grams.get(("b", 0), X[:, :5])  # views of the same memory
+    with pytest.raises(ValueError, match="already holds another representation"):
+        grams.get(("b", 0), Y)
+
+
+@pytest.mark.parametrize("name", GRAM_MEASURES)
+def test_kept_products_follow_the_draw(name):
+    """Products kept for one draw are not read for another: other seeds, counts and chunks."""
+    X, Y = related(25, 30, seed=34)
+    G, H = Grams().get("x", X), Grams().get("y", Y)
+    for n_boot, seed, chunk in [(12, 1, 5), (12, 2, 5), (15, 1, 5), (12, 1, 4)]:
+        cached = S.bootstrap_replicates(G, H, name, n_boot=n_boot, seed=seed, chunk=chunk)
+        np.testing.assert_array_equal(cached, S.bootstrap_replicates(X, Y, name, n_boot=n_boot, seed=seed, chunk=chunk))
+    for n_perm, seed in [(6, 1), (6, 2), (8, 1)]:
+        np.testing.assert_array_equal(S.permutation_null(G, H, name, n_perm=n_perm, seed=seed),
+                                      S.permutation_null(X, Y, name, n_perm=n_perm, seed=seed))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -178,6 +178,14 @@ def hsic_unbiased(G: Gram, H: Gram):
     return (trace_kl + G.zero_total * H.zero_total / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
 
 
+def _same_array(a, b) -> bool:
+    """The same representation: the same object, or views of the same memory with the same layout."""
+    if a is b:
+        return True
+    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and a.strides == b.strides
+            and a.dtype == b.dtype and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
 class Grams:
     """A cache of `Gram`s keyed by (model id, depth, pooling) (any hashable key): each is built once
     and reused by every measure, point estimate, bootstrap replicate and permutation that reads it.
@@ -200,6 +208,9 @@ class Grams:
             return X
         if key not in self._grams:
             self._grams[key] = Gram(X, cached=True, on_build=self._count)
+        elif not _same_array(self._grams[key].X, X):
+            raise ValueError(f"Grams key {key!r} already holds another representation: the key must name "
+                             "everything the representation depends on (model, depth, pooling)")
         return self._grams[key]
 
     def clear(self) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import special, stats
 
 from .grams import Gram, Permutations, Resamples
-from .measures import as_arrays, get_measure
+from .measures import as_arrays, get_measure, grams_of
 
 
 # ------------------------------------------------------------------------------------ over examples
@@ -41,7 +41,7 @@ def permutations(n: int, n_perm: int, seed: int) -> Permutations:
 
 def _checked(X, Y, m):
     """(X, Y) as the measure takes them, and n; an error if the measure needs more examples."""
-    X, Y = m.operands(X, Y) if m.grams else as_arrays(X, Y)
+    X, Y = grams_of(X, Y) if m.grams else as_arrays(X, Y)
     n = X.n if isinstance(X, Gram) else X.shape[0]
     if n < m.min_examples:
         raise ValueError(f"{m.name} needs at least {m.min_examples} examples, got {n}")
