@@ -399,6 +399,15 @@ def test_task_measures_with_and_without_the_gram_cache_agree(shape):
         assert cached[0][["lo", "hi"]].fillna(0).equals(uncached[0][["lo", "hi"]].fillna(0))
 
 
+def test_measures_benchmark_runs_both_paths():
+    from loradrift.drift.bench import measures_speed
+    prof = {"name": "x", "methods": {"full": {}, "lora": {}}, "seeds": [1, 2]}
+    out = measures_speed(prof, n=20, d=30, depths=2, rounds=1, n_boot=10, n_perm=4)
+    assert out["gram_builds"]["after"] == (4 + 1) * 2 * 3 < out["gram_builds"]["before"]
+    assert out["max_rel_diff"] == 0.0  # n < 1.5 d: the uncached path uses the Gram form too
+    assert len(out["runs"]["before"]) == len(out["runs"]["after"]) == 2 and out["speedup"] > 0
+
+
 # ------------------------------------------------------------------------------------ currency
 def test_task_key_holds_every_setting(tiny_profile):
     """The key of a task's drift results changes with the measures, poolings, bootstrap and
