@@ -41,3 +41,16 @@ def test_bench_runs_on_the_tiny_profile_and_is_cached(tiny_profile, capsys):
     assert bench.run_bench(prof)["key"] == out["key"] and "current" in capsys.readouterr().out
     prof["bench"]["batches"] = 3
     assert bench.run_bench(prof)["throughput"][0]["batches"] == 3  # a changed setting re-measures
+
+
+def test_throughput_counts_flops_per_real_token(tiny_model, monkeypatch):
+    """FLOP/s is (real tokens x FLOPs per token) / seconds: a sequence of T tokens costs T times."""
+    import torch
+    model = load_classifier(str(tiny_model), "float32", 2)
+    monkeypatch.setattr(bench, "flops_per_token", lambda m, seq_len, mode: 1000.0)
+    ids = torch.tensor([[5, 6, 7, 8, 2, 2], [5, 6, 7, 8, 9, 10]])
+    mask = (torch.arange(6) < torch.tensor([[4], [6]])).long()
+    data = [{"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1])}] * 3
+    r = bench.throughput(model, data, "extract", "fp32")
+    assert r["tokens"] == 2 * (4 + 6)  # two timed batches of 4 + 6 real tokens (the first is a warm-up)
+    assert r["gflops"] * 1e9 * r["seconds"] == pytest.approx(1000.0 * r["tokens"])

@@ -132,7 +132,7 @@ def throughput(model, data: list[dict], mode: str, precision: str, lr: float = 1
         step(b)
         lengths = b["attention_mask"].sum(1).double()
         real += float(lengths.sum())
-        flops += float(sum(flops_per_token(model, float(x), mode) for x in lengths))
+        flops += float(sum(float(x) * flops_per_token(model, float(x), mode) for x in lengths))
     s = time.perf_counter() - t0
     return {"mode": mode, "precision": precision, "batches": len(data) - 1, "tokens": real, "seconds": s,
             "tokens_per_s": real / s, "gflops": flops / s / 1e9}
