@@ -31,13 +31,14 @@ def test_flop_counts_match_a_hand_count(tiny_model):
 
 def test_bench_runs_on_the_tiny_profile_and_is_cached(tiny_profile, capsys):
     prof = load_profile(str(tiny_profile))
-    prof["bench"] = {"batches": 2, "reps": 1, "task": "sst2"}
+    prof["bench"] = {"batches": 2, "reps": 1, "task": "sst2", "measures_depths": 0}
     out = bench.run_bench(prof)
     modes = {(r["method"], r["precision"]) for r in out["throughput"]}
     assert {("full", "fp32"), ("lora", "fp32"), ("extract", "fp32")} <= modes
     for r in out["throughput"]:
         assert r["tokens_per_s"] > 0 and 0 < r["fraction_of_ceiling"] and r["batches"] == 2
     assert {c["dtype"] for c in out["ceilings"]} >= {"fp32"} and out["ceiling"]["fp32"] > 0
+    assert out["extraction"] is None and out["drift_measures"] is None  # no trained units; measures off
     assert bench.run_bench(prof)["key"] == out["key"] and "current" in capsys.readouterr().out
     prof["bench"]["batches"] = 3
     assert bench.run_bench(prof)["throughput"][0]["batches"] == 3  # a changed setting re-measures
@@ -54,3 +55,15 @@ def test_throughput_counts_flops_per_real_token(tiny_model, monkeypatch):
     r = bench.throughput(model, data, "extract", "fp32")
     assert r["tokens"] == 2 * (4 + 6)  # two timed batches of 4 + 6 real tokens (the first is a warm-up)
     assert r["gflops"] * 1e9 * r["seconds"] == pytest.approx(1000.0 * r["tokens"])
+
+
+def test_extraction_agreement_compares_both_precisions_on_trained_units(tiny_profile):
+    from loradrift.train import train_unit
+    prof = load_profile(str(tiny_profile))
+    train_unit(prof, "sst2", "lora", prof["seeds"][0])
+    out = bench.extraction_agreement(prof, "sst2", n=8)
+    depths = 2 + 2  # embedding, two layers, final norm
+    assert len(out["rows"]) == 1 * 2 * 2 * depths  # one trained unit x poolings x measures x depths
+    r = out["rows"][0]
+    assert {"fp32", "bf16", "diff"} <= set(r) and r["diff"] == pytest.approx(abs(r["bf16"] - r["fp32"]))
+    assert 0 <= out["median_abs_diff"] <= out["max_abs_diff"] < 0.5

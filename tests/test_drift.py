@@ -473,3 +473,16 @@ def test_a_new_measure_is_one_registration_and_one_setting(tiny_book, monkeypatc
     last = rows[rows.depth_name == "final_norm"].set_index("model")["value"]
     sd = res["seeds"][res["seeds"].measure == "spread"].set_index("model")["last"]
     assert np.allclose(sd[last.index], last)  # a distance's drift is its value, not 1 - value
+
+
+def test_bf16_extraction_is_a_setting_in_the_key(tiny_profile):
+    """drift.precision (absent = fp32) runs extraction under bf16 autocast and makes the results another key."""
+    from loradrift.config import load_profile
+    from loradrift.drift.currency import task_key
+    prof = load_profile(str(tiny_profile))
+    before = task_key(prof, "rte")
+    prof["drift"] = {"precision": "bf16"}
+    assert task_key(prof, "rte") != before
+    prof["drift"] = {"precision": "fp16"}
+    with pytest.raises(LoraDriftError, match="precision: fp32 or bf16"):
+        drift.drift_config(prof)

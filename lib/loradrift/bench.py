@@ -148,7 +148,8 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
     task = (tasks or [cfg.get("task", prof["tasks"][0])])[0]
     n_batches = int(n_batches or cfg.get("batches", 6))
     settings = {"model": prof["model"], "methods": prof["methods"], "task": task, "threads": threads,
-                "batches": n_batches, "batch_size": prof["training"]["common"]["per_device_train_batch_size"]}
+                "batches": n_batches, "batch_size": prof["training"]["common"]["per_device_train_batch_size"],
+                "bench": cfg}
     out_path = result_path(prof["name"], "bench")
     if is_current(out_path, key(settings)):
         print(f"bench results are current: {out_path} (skipped)")
@@ -173,12 +174,70 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
             rows.append(r)
             print(f"bench {method:<8} {p}: {r['tokens_per_s']:8.0f} tokens/s, {r['gflops']:6.1f} GFLOP/s "
                   f"({r['fraction_of_ceiling']:.0%} of the {p} ceiling)")
-    out = {"profile": prof["name"], "key": key(settings), "threads": threads, "task": task, "ceilings": ceilings, "ceiling": best,
-           "throughput": rows, "load_avg_after": list(os.getloadavg()), "environment": environment()}
+    out = {"profile": prof["name"], "key": key(settings), "threads": threads, "task": task, "ceilings": ceilings,
+           "ceiling": best, "throughput": rows, "drift_measures": _drift_measures(prof, cfg),
+           "extraction": extraction_agreement(prof, task, int(cfg.get("extraction_examples", 128)), glue_source),
+           "load_avg_after": list(os.getloadavg()), "environment": environment()}
     write_json(out_path, out)
     return out
+
+
+def _drift_measures(prof: dict, cfg: dict) -> dict | None:
+    """The drift measures' time with and without the Gram cache (``drift.bench.measures_speed``) at
+    ``bench.measures_depths`` depths of the profile's largest task shape; None when set to 0."""
+    from .drift.bench import measures_speed
+    depths = int(cfg.get("measures_depths", 4))
+    return measures_speed(prof, depths=depths, rounds=1) if depths else None
 
 
 def _bf16_native() -> bool:
     from .trainer import cpu_supports_bf16
     return torch.cuda.is_available() or cpu_supports_bf16()
+
+
+# ------------------------------------------------------------------------------------- extraction in bf16?
+def extraction_agreement(prof: dict, task: str, n: int = 128, glue_source=None) -> dict | None:
+    """Do drift measures agree when extraction runs in bf16? For the base model and every trained
+    unit of ``task`` (seed = the profile's first), 1 − CKA and 1 − debiased CKA with the base at every
+    depth, masked and last-token pooling, from fp32 and from bf16 extraction of the same ``n`` test
+    examples; the largest difference is set against the smallest seed-to-seed spread of the same
+    quantity in the profile's committed drift results. None when the task has no trained units."""
+    import pandas as pd
+
+    from .config import run_id
+    from .data import study_splits, texts
+    from .drift.extract import backbone_of, extract
+    from .drift.measures import get_measure
+    from .models import base_model_path, load_classifier, load_finetuned, load_tokenizer
+    from .train import model_dir
+    seed = prof["seeds"][0]
+    units = [(m, model_dir(prof["name"], run_id(task, m, seed))) for m in prof["methods"]]
+    units = [(m, d) for m, d in units if d.exists()]
+    if not units:
+        return None
+    sample = texts(task, study_splits(prof, task, glue_source)["test"].select(range(n)))
+    path = base_model_path(prof)
+    tok = load_tokenizer(path)
+
+    def pooled(model):
+        bb = backbone_of(model)
+        return {p: extract(bb, tok, sample, int(prof["data"]["max_length"]), original=False, precision=p)
+                for p in ("fp32", "bf16")}
+    with torch.no_grad():
+        base = pooled(load_classifier(path, "float32", tok.pad_token_id).eval())
+        rows = []
+        for method, folder in units:
+            model = pooled(load_finetuned(prof, folder, method)[0])
+            for prec in ("fp32", "bf16"):
+                for pooling in ("masked", "last"):
+                    for measure in ("cka", "debiased_cka"):
+                        fn = get_measure(measure).fn
+                        for depth, (x, y) in enumerate(zip(base[prec][pooling], model[prec][pooling])):
+                            rows.append({"method": method, "precision": prec, "pooling": pooling,
+                                         "measure": measure, "depth": depth, "drift": 1 - float(fn(x, y))})
+    d = pd.DataFrame(rows).pivot_table(index=["method", "pooling", "measure", "depth"], columns="precision",
+                                       values="drift").reset_index()
+    d["diff"] = (d["bf16"] - d["fp32"]).abs()
+    return {"task": task, "seed": seed, "n": n, "max_abs_diff": float(d["diff"].max()),
+            "median_abs_diff": float(d["diff"].median()),
+            "rows": d.to_dict(orient="records")}

@@ -176,7 +176,8 @@ def _pool_original(h: torch.Tensor, idx, lengths, pos, t_max: int) -> torch.Tens
 
 @torch.no_grad()
 def extract(backbone, tokenizer, texts: list[str], max_length: int, batch_tokens: int = 4096,
-            original: bool = True, pad_positions: int | None = 8, t_max: int | None = None) -> dict:
+            original: bool = True, pad_positions: int | None = 8, t_max: int | None = None,
+            precision: str = "fp32") -> dict:
     """Pooled hidden states of ``texts`` at every depth of ``backbone`` (a LlamaModel).
 
     Returns {"masked": [depths, N, D], "last": [depths, N, D], and with ``original`` also
@@ -194,7 +195,9 @@ def extract(backbone, tokenizer, texts: list[str], max_length: int, batch_tokens
       example is followed by ``pad_positions`` pad tokens placed (via ``position_ids``) at the
       midpoints of equal strata of its padding range, and their mean stands for the mean over the
       padding. ``pad_positions=None`` evaluates every pad position: exactly the original quantity.
+    - ``precision="bf16"`` runs the forward passes under bf16 autocast (pooling stays in float32).
     """
+    import contextlib
     dev = next(backbone.parameters()).device
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(x) for x in enc])
@@ -208,7 +211,8 @@ def extract(backbone, tokenizer, texts: list[str], max_length: int, batch_tokens
     for idx in _batches(row_len, batch_tokens):
         ids, mask, position = _batch_tensors(idx, enc, pos, row_len, tokenizer.pad_token_id, t_max)
         tokens_run += ids.numel()
-        hs = hidden_states(backbone, ids.to(dev), mask.to(dev), position.to(dev))
+        with (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
+            hs = hidden_states(backbone, ids.to(dev), mask.to(dev), position.to(dev))
         m = mask.to(dev)
         pooled = {"masked": [masked_mean_pool(h, m) for h in hs], "last": [last_token_pool(h, m).float() for h in hs]}
         if original:

@@ -110,7 +110,7 @@ class TaskContext:
 
     def extract(self, backbone, tok, texts, **kw):
         return extract(backbone, tok, texts, max_length=self.max_length, batch_tokens=self.cfg["batch_tokens"],
-                       t_max=self.t_max, **kw)
+                       t_max=self.t_max, precision=self.cfg.get("precision", "fp32"), **kw)
 
     def extract_sample(self, backbone, tok) -> dict:
         return self.extract(backbone, tok, self.sample["texts"], original="original" in self.cfg["poolings"],

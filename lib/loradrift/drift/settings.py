@@ -17,6 +17,8 @@ from .measures import MEASURES
 
 # settings only the seed-level tests (drift_summary.json) use: not part of a task's key
 SUMMARY_ONLY = ("claims",)
+# settings a profile may add that _base.yaml leaves out (absent = the default named here)
+OPTIONAL = {"precision": "fp32"}   # bf16: extraction under bf16 autocast (see bench.extraction_agreement)
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,7 +35,7 @@ def drift_config(prof: dict) -> dict:
     """The drift settings of a profile: ``_base.yaml``'s, updated by the profile's ``drift:`` section
     (mappings merge key by key, lists replace). Unknown settings and unregistered measures are errors."""
     base, over = defaults(), prof.get("drift") or {}
-    unknown = sorted(set(over) - set(base))
+    unknown = sorted(set(over) - set(base) - set(OPTIONAL))
     if unknown:
         raise LoraDriftError(f"unknown drift setting {unknown[0]!r} in profile {prof['name']}: known {sorted(base)}")
     cfg = merge(base, over)
@@ -50,6 +52,8 @@ def _check(cfg: dict, prof: dict) -> None:
             problems.append(f"{where}.measures: pooling {pooling!r} is not in drift.poolings {cfg['poolings']}")
         problems += [f"{where}.measures.{pooling}: unknown measure {m!r} (registered: {sorted(MEASURES)}; "
                      "register one in loradrift/drift/measures.py)" for m in names or () if m not in MEASURES]
+    if cfg.get("precision", "fp32") not in ("fp32", "bf16"):
+        problems.append(f"{where}.precision: fp32 or bf16, not {cfg['precision']!r}")
     ctl = cfg["controls"]
     if ctl["pooling"] not in cfg["poolings"]:
         problems.append(f"{where}.controls.pooling {ctl['pooling']!r} is not in drift.poolings")
