@@ -239,6 +239,37 @@ def headline_serving_table(srv):
     return pd.DataFrame(rows, columns=["comparison", "batch size", "ratio [95% CI]"])
 
 
+
+# ---- speed and precision (setup chapter)
+def bench_table(bench: dict):
+    """Measured rates against the device's matrix-multiply ceiling, one row per method x precision."""
+    import pandas as pd
+    rows = [{"work": "extraction" if r["method"] == "extract" else f"training, {method_label(r['method'])}",
+             "precision": r["precision"], "tokens/s": round(r["tokens_per_s"]), "GFLOP/s": round(r["gflops"], 1),
+             "ceiling GFLOP/s": round(bench["ceiling"][r["precision"]], 1),
+             "of ceiling": f"{100 * r['fraction_of_ceiling']:.0f}%"} for r in bench["throughput"]]
+    return pd.DataFrame(rows)
+
+
+def precision_table(check):
+    """fp32 against bf16 units: mean ± sd per side, the difference with its Welch 95% interval."""
+    import pandas as pd
+    rows = [{"method": method_label(r.method), "quantity": r.quantity,
+             "fp32": pm(r.mean_a, r.sd_a, 4), "bf16": pm(r.mean_b, r.sd_b, 4),
+             "bf16 − fp32 [95% CI]": "n/a" if missing(r.ci_low) else
+             f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]",
+             "seeds": f"{r.n_a} / {r.n_b}"} for r in check.itertuples()]
+    return pd.DataFrame(rows)
+
+
+def rates_table(rates):
+    """Training tokens per second of whole-unit wall time, per profile and method."""
+    return rates.assign(method=rates.method.map(method_label),
+                        tokens_per_wall_s=rates.tokens_per_wall_s.round(1),
+                        overhead=[f"{100 * x:.0f}%" for x in rates.overhead],
+                        max_load=rates.max_load.round(1)).rename(columns={
+        "tokens_per_wall_s": "tokens / wall s", "overhead": "outside steps", "max_load": "max load (1 min)"})
+
 # ---- deployment
 def _batch_axis(df):
     import altair as alt
