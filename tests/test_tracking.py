@@ -16,8 +16,7 @@ from loradrift.config import config_hash, load_profile, unit_config
 from loradrift.store import read_json
 from loradrift.train import result_path
 
-wandb = pytest.importorskip("wandb")
-WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent))
+WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent))  # None without the wandb extra
 
 
 @pytest.fixture
@@ -130,3 +129,20 @@ def test_search_trials_are_runs_in_the_search_group(tiny_profile, wandb_on):
         assert conf["params"] == trial["params"] and conf["defaults"] == trial["defaults"]
         assert "validation/f1_best" not in history_keys(recs)  # rte's metric is accuracy
         assert "validation/accuracy_best" in history_keys(recs)
+
+
+def test_without_wandb_nothing_is_tracked(tiny_profile, wandb_on, monkeypatch):
+    """wandb is an optional extra: without it a unit trains untracked (and records wandb: None)."""
+    from loradrift import tracking
+    real = tracking.importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    prof = load_profile(str(tiny_profile))
+    assert not tracking.enabled(prof) and tracking.wandb_settings(prof) == []
+    with tracking.unit_run(prof, unit_config(prof, "rte", "lora", 1)) as run:
+        assert run is None and tracking.trainer_callbacks() == []
+    assert tracking.log_unit(None, prof, {}, Path("."), {}) is None
+    assert tracking.search_callback(prof, "rte", "lora", "accuracy") is None
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", real)
+    assert tracking.enabled(prof)
+    monkeypatch.setenv("LORADRIFT_WANDB", "0")
+    assert not tracking.enabled(prof)
