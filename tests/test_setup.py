@@ -59,7 +59,7 @@ def test_make_setup_is_incremental_and_cpu_torch_by_default(tmp_path):
                               text=True, check=True).stdout
 
     out = dry("setup")  # no stamp yet: every install, pinned, torch's CPU build from its index
-    assert "-c constraints.txt" in out and '"torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu' in out
+    assert "-c constraints.txt" in out and '"torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu' in out
     assert all("-c constraints.txt" in ln for ln in out.splitlines() if "pip install" in ln and "--upgrade pip" not in ln)
     stamp = venv / ".loradrift-setup"
     stamp.touch()
