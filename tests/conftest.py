@@ -102,6 +102,27 @@ def tiny_profile_dict(model: Path, glue: Path, **over) -> dict:
     return prof
 
 
+def killed_after_checkpoint(args: list[str], n: int = 1):
+    """Run the CLI with ``args`` in a child process that dies hard (os._exit(9), like kill -9: no
+    cleanup, no wandb.finish) right after writing its ``n``-th resume checkpoint."""
+    import subprocess
+    import sys
+    crash = (
+        "import os, sys\n"
+        "from transformers import Trainer\n"
+        "save = Trainer._save_checkpoint\n"
+        "n = [0]\n"
+        "def dying_save(self, *a, **k):\n"
+        "    save(self, *a, **k)\n"
+        "    n[0] += 1\n"
+        f"    if n[0] == {n}:\n"
+        "        os._exit(9)\n"
+        "Trainer._save_checkpoint = dying_save\n"
+        "from loradrift.cli import main\n"
+        f"sys.exit(main({args!r}))\n")
+    return subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -16,6 +16,8 @@ from loradrift.config import config_hash, load_profile, unit_config
 from loradrift.store import read_json
 from loradrift.train import result_path
 
+from conftest import killed_after_checkpoint
+
 WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent))  # None without the wandb extra
 
 
@@ -60,17 +62,7 @@ def test_killed_unit_continues_its_wandb_run(tiny_profile, book_root, wandb_on):
     prof["methods"]["lora"]["num_train_epochs"] = 6  # 4 steps an epoch; a checkpoint every 4 evaluations
     tiny_profile.write_text(yaml.safe_dump(prof))
     args = ["train", "--profile", str(tiny_profile), "--task", "rte", "--method", "lora", "--seed", "1"]
-    crash = (  # dies hard (like kill -9) right after its first resume checkpoint: no wandb.finish()
-        "import os, sys\n"
-        "from transformers import Trainer\n"
-        "save = Trainer._save_checkpoint\n"
-        "def dying_save(self, *a, **k):\n"
-        "    save(self, *a, **k)\n"
-        "    os._exit(9)\n"
-        "Trainer._save_checkpoint = dying_save\n"
-        "from loradrift.cli import main\n"
-        f"sys.exit(main({args!r}))\n")
-    first = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=600)
+    first = killed_after_checkpoint(args, 1)  # after its first resume checkpoint: no wandb.finish()
     assert first.returncode == 9, first.stderr[-2000:]
     out = subprocess.run([sys.executable, "-m", "loradrift", *args], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
