@@ -73,6 +73,7 @@ def test_resume_runs_only_missing_trials_and_pruner_is_fed(search_profile):
     assert r["sampler"]["seed"] == search.sampler_seed(prof, "sst2", "lora") and r["sampler"]["n_startup_trials"] == 1
     assert r["best_value"] == max(t["value"] for t in r["trials"] if t["state"] == "COMPLETE")
     assert r["cpu_s"] > 0 and all(t["duration_s"] > 0 for t in r["trials"])
+    assert r["environment"]["versions"]["optuna"]  # the versions a search ran with
     summ = read_json(search.result_path("tiny", "sst2", "lora").parent / "summary.json")
     assert summ["studies"][0]["task"] == "sst2"
 

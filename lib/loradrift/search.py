@@ -49,7 +49,7 @@ import warnings
 from pathlib import Path
 
 from . import LoraDriftError
-from .config import config_hash, load_profile, profile_file, training_settings, unit_config
+from .config import config_hash, environment, load_profile, profile_file, training_settings, unit_config
 from .store import artifacts_dir, data_dir, read_json, write_json, write_text
 from .data import study_splits, tokenize
 from .tasks import task_metric
@@ -329,6 +329,7 @@ def write_results(prof: dict, task: str, method: str, study, cpu_s_this_call: fl
         "cpu_s_last_call": cpu_s_this_call,
         "importances": importances(study),
         "trials": trials,
+        "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(result_path(prof["name"], task, method), res)
