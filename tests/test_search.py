@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import signal
+import time
 
 import pytest
 import yaml
@@ -32,7 +36,8 @@ SPACE = {
 def search_profile(tiny_profile):
     prof = yaml.safe_load(tiny_profile.read_text())
     prof["search"] = {"n_trials": 2, "n_startup_trials": 1, "seed": 0, "train_fraction": None,
-                      "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}, "space": SPACE}
+                      "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}, "space": SPACE,
+                      "heartbeat": {"interval": 1, "grace_period": 1}}
     tiny_profile.write_text(yaml.safe_dump(prof, sort_keys=False))
     return tiny_profile
 
@@ -42,12 +47,17 @@ def test_resume_runs_only_missing_trials_and_pruner_is_fed(search_profile):
     r = search.run_search(prof, tasks=["sst2"], methods=["lora"], n_trials=2)[0]
     assert r["n_trials"] == 2 and r["trials"][0]["defaults"]
     first = [(t["number"], t["params"], t["value"]) for t in r["trials"]]
-    # interrupted during a third trial (left RUNNING in the database): a new call with n_trials=3
-    # keeps the two finished trials, marks the interrupted one failed and runs exactly one more
-    search.make_study(prof, "sst2", "lora").ask()
+    # a process killed (kill -9) during a third trial leaves it RUNNING in the database; once its
+    # heartbeat is older than the grace period, a new call with n_trials=3 keeps the two finished
+    # trials, fails the dead one and runs it again with the same parameters (optuna's retry callback)
+    dead = _killed_during_a_trial(search_profile, prof)
+    time.sleep(2.5)  # grace_period 1 s
     r = search.run_search(load_profile(str(search_profile)), tasks=["sst2"], methods=["lora"], n_trials=3)[0]
     assert [(t["number"], t["params"], t["value"]) for t in r["trials"][:2]] == first
     assert [t["state"] for t in r["trials"]][2] == "FAIL" and r["n_failed"] == 1
+    assert r["trials"][2]["params"] == dead
+    retry = r["trials"][3]
+    assert retry["retry_of"] == 2 and retry["params"] == dead and retry["state"] in ("COMPLETE", "PRUNED")
     r["trials"] = [t for t in r["trials"] if t["state"] != "FAIL"]
     assert len(r["trials"]) == 3
     assert search.run_search(prof, tasks=["sst2"], methods=["lora"], n_trials=3)[0]["n_trials"] == 3  # nothing new
@@ -63,8 +73,29 @@ def test_resume_runs_only_missing_trials_and_pruner_is_fed(search_profile):
     assert r["sampler"]["seed"] == search.sampler_seed(prof, "sst2", "lora") and r["sampler"]["n_startup_trials"] == 1
     assert r["best_value"] == max(t["value"] for t in r["trials"] if t["state"] == "COMPLETE")
     assert r["cpu_s"] > 0 and all(t["duration_s"] > 0 for t in r["trials"])
+    assert r["environment"]["versions"]["optuna"]  # the versions a search ran with
     summ = read_json(search.result_path("tiny", "sst2", "lora").parent / "summary.json")
     assert summ["studies"][0]["task"] == "sst2"
+
+
+def _hang_in_trial(profile_path: str) -> None:
+    """A search process whose third trial never ends (run in a forked child, then killed)."""
+    search.run_trial = lambda *a, **k: time.sleep(600)
+    search.run_search(load_profile(profile_path), tasks=["sst2"], methods=["lora"], n_trials=3)
+
+
+def _killed_during_a_trial(profile_path, prof) -> dict:
+    """Start a search in a child process, kill -9 it while its trial runs; the trial's parameters."""
+    from optuna.trial import TrialState
+    child = multiprocessing.get_context("fork").Process(target=_hang_in_trial, args=(str(profile_path),))
+    child.start()
+    study, deadline = search.make_study(prof, "sst2", "lora"), time.time() + 120
+    while not (running := [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.params]):
+        assert time.time() < deadline and child.is_alive(), "the child search never started its trial"
+        time.sleep(0.2)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    return running[0].params
 
 
 def test_sampler_is_seeded_and_stable():

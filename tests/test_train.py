@@ -13,6 +13,8 @@ from loradrift.store import data_dir, read_json
 from loradrift.train import (baselines, load_runs, model_dir, result_path, sanity_check, train_unit,
                              unit_status)
 
+from conftest import killed_after_checkpoint
+
 
 def test_unit_writes_result_and_is_skipped_then_stale(tiny_profile, capsys):
     prof = load_profile(str(tiny_profile))
@@ -59,20 +61,7 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     ck = book_root / "artifacts" / "tiny" / "runs" / "rte-full-s3" / "checkpoints"
     args = ["train", "--profile", str(tiny_profile), "--task", "rte", "--method", "full", "--seed", "3"]
     # the first run dies hard (os._exit, like a kill -9) right after its second checkpoint is written
-    crash = (
-        "import os, sys\n"
-        "from transformers import Trainer\n"
-        "save = Trainer._save_checkpoint\n"
-        "n = [0]\n"
-        "def dying_save(self, *a, **k):\n"
-        "    save(self, *a, **k)\n"
-        "    n[0] += 1\n"
-        "    if n[0] == 2:\n"
-        "        os._exit(9)\n"
-        "Trainer._save_checkpoint = dying_save\n"
-        "from loradrift.cli import main\n"
-        f"sys.exit(main({args!r}))\n")
-    first = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=600)
+    first = killed_after_checkpoint(args, 2)
     assert first.returncode == 9, first.stderr[-2000:]
     kept = list(ck.glob("checkpoint-*"))  # the latest resume checkpoint, with the best weights so far
     assert len(kept) == 1 and (kept[0] / "best_weights.safetensors").exists()

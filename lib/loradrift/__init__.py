@@ -11,6 +11,7 @@ Chapters import it; the CLI (`python -m loradrift`) drives it. Modules:
 - `models`   base model (hub id, local folder or GGUF), classification heads
 - `train`    one training unit with transformers' Trainer; the run records, sanity check, baselines
 - `trainer`  what the study adds to the Trainer: token counts, step time, precision, best weights
+- `tracking` wandb (offline by default): a unit's run (group, resume, artifact), search trials as runs
 - `search`   the Optuna search per task x method, applied to the profile as a YAML round trip
 - `bench`    matrix-multiply ceilings and the study's training and extraction rates against them
 - `drift`    the drift stage (a package): extraction, the measures registry (CKA, debiased CKA, the

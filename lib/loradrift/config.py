@@ -230,7 +230,8 @@ def environment() -> dict[str, Any]:
         "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {},
     }
-    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "numpy", "scipy", "loradrift"):
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "safetensors", "numpy",
+                "scipy", "optuna", "wandb", "loradrift"):
         try:
             env["versions"][pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -28,7 +28,11 @@ The first trial of every study is the profile's untuned values (``training.commo
 validation slice under the same conditions.
 
 Studies live in SQLite under ``artifacts/<profile>/search/<task>-<method>.db``: an interrupted search
-resumes and runs only the trials still missing. Results go to ``data/<profile>/search/``, and
+resumes and runs only the trials still missing. A trial whose process died is found by optuna's
+heartbeat (``search.heartbeat: {interval: 60, grace_period: 120, max_retry: 2}``, seconds): once its
+heartbeat is older than the grace period it is failed and queued again with the same parameters
+(``RetryHeartbeatStaleTrialCallback``; the result records ``retry_of``). Each finished trial is also
+a wandb run in group ``<task>-<method>-search`` (``tracking.py``). Results go to ``data/<profile>/search/``, and
 ``apply_search`` writes the chosen values into the profile YAML under
 ``training.per_task.<task>.<method>``, where ``unit_config`` picks them up (and units trained with
 older values become stale).
@@ -41,14 +45,16 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from . import LoraDriftError
-from .config import config_hash, load_profile, profile_file, training_settings, unit_config
+from .config import config_hash, environment, load_profile, profile_file, training_settings, unit_config
 from .store import artifacts_dir, data_dir, read_json, write_json, write_text
 from .data import study_splits, tokenize
 from .tasks import task_metric
 from .models import build_for_training
+from .tracking import search_callback
 from .train import _compute_metrics, counting_trainer_class, make_collator, training_arguments
 
 # search-space keys are training keys (unit_config's `training` dict): what is tuned is what is used
@@ -149,6 +155,14 @@ def suggest(trial, space: dict) -> dict:
     return out
 
 
+def _experimental(fn, *a, **kw):
+    """Call one of optuna's features marked experimental (the heartbeat and its retry) without its warning."""
+    from optuna.exceptions import ExperimentalWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return fn(*a, **kw)
+
+
 def make_study(prof: dict, task: str, method: str):
     import optuna
     s = search_settings(prof)
@@ -159,7 +173,12 @@ def make_study(prof: dict, task: str, method: str):
     p = s.get("pruner") or {}
     pruner = optuna.pruners.MedianPruner(n_startup_trials=int(p.get("n_startup_trials", 3)),
                                          n_warmup_steps=int(p.get("n_warmup_steps", 2)))
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    hb = s.get("heartbeat") or {}
+    storage = _experimental(
+        optuna.storages.RDBStorage, f"sqlite:///{path}", heartbeat_interval=int(hb.get("interval", 60)),
+        grace_period=int(hb.get("grace_period", 120)),
+        heartbeat_stale_trial_callback=_experimental(optuna.storages.RetryHeartbeatStaleTrialCallback,
+                                                     max_retry=int(hb.get("max_retry", 2))))
     return optuna.create_study(study_name=f"{task}-{method}-{study_key(prof, task, method)}", storage=storage,
                                sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True)
 
@@ -250,9 +269,9 @@ def search_one(prof: dict, task: str, method: str, n_trials: int | None = None, 
     s = search_settings(prof)
     n_trials = int(n_trials if n_trials is not None else s.get("n_trials", 8))
     study = make_study(prof, task, method)
-    # a trial left RUNNING by an interrupted process is not resumable: mark it failed (it is rerun)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    # a trial whose process died (its heartbeat stopped more than grace_period ago) is failed and
+    # queued again with the same parameters (optuna checks again before each new trial)
+    _experimental(optuna.storages.fail_stale_trials, study)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
     todo = max(0, n_trials - done)
@@ -271,18 +290,20 @@ def search_one(prof: dict, task: str, method: str, n_trials: int | None = None, 
     if todo:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # an error in a trial stops the search (the trial is recorded as FAIL and rerun on resume)
-        study.optimize(objective, n_trials=todo, gc_after_trial=True)
+        track = search_callback(prof, task, method, task_metric(task))
+        study.optimize(objective, n_trials=todo, gc_after_trial=True, callbacks=[track] if track else None)
     return write_results(prof, task, method, study, cpu_s_this_call=time.process_time() - c0)
 
 
 def write_results(prof: dict, task: str, method: str, study, cpu_s_this_call: float = 0.0) -> dict:
-    from optuna.trial import TrialState
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     s = search_settings(prof)
     trials = []
     for t in study.get_trials(deepcopy=False):
         trials.append({
             "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "defaults": bool(t.user_attrs.get("defaults")),
+            "retry_of": _experimental(RetryHeartbeatStaleTrialCallback.retried_trial_number, t),
             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
             "duration_s": t.duration.total_seconds() if t.duration else None,
             **{k: t.user_attrs.get(k) for k in ("wall_s", "cpu_s", "steps", "tokens_real", "tokens_padded",
@@ -308,6 +329,7 @@ def write_results(prof: dict, task: str, method: str, study, cpu_s_this_call: fl
         "cpu_s_last_call": cpu_s_this_call,
         "importances": importances(study),
         "trials": trials,
+        "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(result_path(prof["name"], task, method), res)

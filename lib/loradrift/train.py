@@ -10,7 +10,6 @@ whose recorded config differs from the profile is *stale*.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from .data import study_splits, tokenize
 from .tasks import task_metric
 from .models import build_for_training, parameter_counts
 from .trainer import _stop_when_fit, best_weights, counting_trainer_class, precision
+from . import tracking
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -44,21 +44,6 @@ def _compute_metrics(eval_pred):
 def make_collator(tokenizer):
     from transformers import DataCollatorWithPadding
     return DataCollatorWithPadding(tokenizer=tokenizer)
-
-
-def wandb_settings(prof: dict) -> list[str]:
-    """wandb is offline by default (sync later with `wandb sync`); LORADRIFT_WANDB=0 turns it off."""
-    if os.environ.get("LORADRIFT_WANDB", "1") == "0":
-        return []
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        return []
-    os.environ.setdefault("WANDB_MODE", prof.get("wandb", {}).get("mode", "offline"))
-    os.environ.setdefault("WANDB_PROJECT", f"{prof.get('wandb', {}).get('project', 'lora-drift')}-{prof['name']}")
-    os.environ.setdefault("WANDB_DIR", str(artifacts_dir(prof["name"])))
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return ["wandb"]
 
 
 def training_arguments(prof, cfg, out_dir, n_train, report_to, **over):
@@ -142,14 +127,15 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
     if status == "stale":
         print(f"[{rid}] STALE: {out_json} was made with another config; re-running")
     t0 = time.perf_counter()
-    ck_dir = _checkpoint_dir(prof, rid, cfg, force)
-    trainer, enc, last = _fit(prof, cfg, ck_dir, glue_source)
-    result = _score_and_save(prof, cfg, trainer, enc, last)
-    result["wall_time_s"] = time.perf_counter() - t0
-    write_json(out_json, result)
+    with tracking.unit_run(prof, cfg, fresh=force) as wb:
+        ck_dir = _checkpoint_dir(prof, rid, cfg, force)
+        trainer, enc, last = _fit(prof, cfg, ck_dir, glue_source)
+        result = _score_and_save(prof, cfg, trainer, enc, last)
+        result["wall_time_s"] = time.perf_counter() - t0
+        result["wandb"] = tracking.log_unit(wb, prof, cfg, model_dir(prof["name"], rid), result)
+        write_json(out_json, result)
     shutil.rmtree(ck_dir, ignore_errors=True)
     print(f"[{rid}] test {task_metric(task)} = {result['test'][task_metric(task)]:.4f} -> {out_json}")
-    _finish_wandb()
     return result
 
 
@@ -176,11 +162,12 @@ def _fit(prof: dict, cfg: dict, ck_dir: Path, glue_source):
     enc = {k: tokenize(task, v, tok, int(prof["data"]["max_length"])) for k, v in splits.items()}
     for k in ("validation", "test"):  # evaluation order does not matter: sort by length, pad little
         enc[k] = enc[k].sort("length")
-    args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), wandb_settings(prof))
+    args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), [])  # wandb: the unit's run, tracking.py
     trainer = counting_trainer_class()(
         model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
         data_collator=make_collator(tok), processing_class=tok, compute_metrics=_compute_metrics,
-        callbacks=[EarlyStoppingCallback(int(cfg["training"].get("early_stopping_patience", 2)))])
+        callbacks=[EarlyStoppingCallback(int(cfg["training"].get("early_stopping_patience", 2))),
+                   *tracking.trainer_callbacks()])
     trainer.best = best = best_weights(model, args.metric_for_best_model, args.greater_is_better)
     trainer.add_callback(best)
     last = get_last_checkpoint(str(ck_dir)) if ck_dir.exists() else None
@@ -237,15 +224,6 @@ def _score_and_save(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
         "config": cfg, "config_hash": config_hash(cfg), "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _finish_wandb():
-    try:
-        import wandb
-        if wandb.run is not None:
-            wandb.finish()
-    except ImportError:
-        pass
 
 
 def train_all(prof: dict | str, tasks=None, methods=None, seeds=None, glue_source=None) -> list[dict]:

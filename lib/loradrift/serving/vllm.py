@@ -1,9 +1,13 @@
 """vLLM multi-LoRA serving of the study's adapters (CUDA only; vLLM is imported only when used).
 
-Written against vLLM's documented *offline* API (``vllm.LLM`` with ``enable_lora=True``,
-``max_loras``, ``max_lora_rank``; ``vllm.lora.request.LoRARequest(name, id, path)``; pooling models
-via ``runner="pooling", convert="embed"`` from vLLM 0.10 on, ``task="embed"`` before). It has **not
-been run** for this book: vLLM needs CUDA and the book's default build is CPU-only.
+Written against vLLM 0.33.0 (``VLLM_VERSION``, the version the ``vllm`` extra pins; it pins its own
+torch and transformers, so it lives in its own virtualenv): ``vllm.LLM`` with ``enable_lora=True``,
+``max_loras``, ``max_lora_rank``; ``vllm.lora.request.LoRARequest(name, id, path)``; a pooling model
+via ``runner="pooling", convert="embed"`` and ``pooler_config=PoolerConfig(seq_pooling_type="LAST",
+use_activation=False)`` (vLLM 0.33 names the embedding normalisation ``use_activation``; ``normalize``
+was removed). It has **not been run** for this book: vLLM needs CUDA and the book's default build is
+CPU-only. vLLM computes in bf16 (fp16 for an fp16 model), never fp32: its LoRA kernels take half
+precision only.
 
 The known weak spot is the classification head. Our adapters are PEFT SEQ_CLS adapters: LoRA A/B on
 q_proj/v_proj *plus* a fully trained ``score`` head saved as ``modules_to_save``. Released vLLM
@@ -37,8 +41,10 @@ import numpy as np
 
 from .. import LoraDriftError
 
-TARGET = "vLLM >= 0.10 (V1 engine, runner/convert API); task='embed' fallback for older versions"
-
+VLLM_VERSION = "0.33.0"  # the API this module is written against (pyproject's vllm extra pins it)
+TARGET = (f"vLLM {VLLM_VERSION}: runner='pooling', convert='embed'|'classify', "
+          "PoolerConfig(seq_pooling_type='LAST', use_activation=False)")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for max_lora_rank
 
 def vllm_available() -> tuple[bool, str]:
     """(usable, why): vLLM importable and a CUDA device present."""
@@ -155,30 +161,64 @@ def head_logits(hidden: np.ndarray, tasks: list[str], heads: dict[str, dict]) ->
     return out
 
 
+def adapter_rank(adapter_dir: Path) -> int:
+    """The largest LoRA rank of a PEFT adapter (``r`` and any per-module ``rank_pattern``)."""
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return max([int(cfg["r"]), *(int(r) for r in (cfg.get("rank_pattern") or {}).values())])
+
+
+def max_lora_rank(ranks) -> int:
+    """vLLM's ``max_lora_rank`` for adapters of these ranks: the smallest value it accepts that holds them."""
+    top = max(int(r) for r in ranks)
+    fits = [r for r in LORA_RANKS if r >= top]
+    if not fits:
+        raise LoraDriftError(f"LoRA rank {top} is above vLLM's largest max_lora_rank ({LORA_RANKS[-1]})")
+    return fits[0]
+
+
+def vllm_dtype(model_dtype: str | None) -> str:
+    """vLLM's dtype: the model's half precision, bf16 for an fp32 model (vLLM's LoRA kernels reject fp32)."""
+    return "float16" if model_dtype in ("float16", "fp16", "half") else "bfloat16"
+
+
+def check_not_normalised(hidden: np.ndarray, tol: float = 1e-3) -> np.ndarray:
+    """The pooled vectors must be raw hidden states for the host-side score head: a batch whose rows all
+    have unit L2 norm means vLLM normalised them (its embedding pooler's default)."""
+    norms = np.linalg.norm(np.asarray(hidden, dtype=np.float64), axis=1)
+    if len(norms) and np.all(np.abs(norms - 1.0) < tol):
+        raise LoraDriftError("vLLM returned L2-normalised embeddings (every row has norm 1): the host-side "
+                             "score head needs raw last-token hidden states; pooling must run with "
+                             "use_activation=False")
+    return hidden
+
+
 # ---------------------------------------------------------------------------- the engine (CUDA)
+def engine_arguments(model_path: str, n_adapters: int, rank: int, dtype: str, max_length: int, head: str,
+                     gpu_memory_utilization: float) -> dict:
+    """The keyword arguments of ``vllm.LLM`` (pooling set explicitly: LAST token, no normalisation)."""
+    from vllm.config import PoolerConfig
+    if head not in ("host", "native"):
+        raise LoraDriftError(f"deploy.vllm.head {head!r}: use host or native")
+    kw = dict(model=model_path, enable_lora=True, max_loras=n_adapters, max_lora_rank=max_lora_rank([rank]),
+              dtype=vllm_dtype(dtype), max_model_len=max_length, gpu_memory_utilization=gpu_memory_utilization,
+              seed=0, runner="pooling", convert="embed" if head == "host" else "classify")
+    if head == "host":
+        kw["pooler_config"] = PoolerConfig(seq_pooling_type="LAST", use_activation=False)
+    return kw
+
+
 def make_engine(model_path: str, n_adapters: int, rank: int, dtype: str, max_length: int, head: str,
                 gpu_memory_utilization: float):
-    """An offline ``vllm.LLM`` with multi-LoRA on; pooling as embedding (host head) or classification."""
-    from vllm import LLM
-    common = dict(model=model_path, enable_lora=True, max_loras=n_adapters, max_lora_rank=max(8, rank),
-                  dtype=dtype, max_model_len=max_length, gpu_memory_utilization=gpu_memory_utilization,
-                  seed=0)
+    """One offline ``vllm.LLM`` with multi-LoRA on; an engine that rejects the arguments is an error
+    naming the installed vLLM and the version this module is written for (no second attempt)."""
+    import vllm
+    kw = engine_arguments(model_path, n_adapters, rank, dtype, max_length, head, gpu_memory_utilization)
     try:
-        from vllm.config import PoolerConfig
-        pooler = PoolerConfig(pooling_type="LAST", normalize=False) if head == "host" else None
-    except Exception:
-        pooler = None
-    convert = "embed" if head == "host" else "classify"
-    try:  # vLLM >= 0.10
-        kw = dict(runner="pooling", convert=convert)
-        if pooler is not None:
-            kw["pooler_config"] = pooler
-        return LLM(**common, **kw)
-    except TypeError:  # older: task= and override_pooler_config=
-        kw = dict(task="embed" if head == "host" else "classify")
-        if pooler is not None:
-            kw["override_pooler_config"] = pooler
-        return LLM(**common, **kw)
+        return vllm.LLM(**kw)
+    except (TypeError, ValueError) as e:
+        raise LoraDriftError(f"vLLM {vllm.__version__} rejected the engine arguments ({type(e).__name__}: {e}); "
+                             f"this path is written for vLLM {VLLM_VERSION}: pip install 'loradrift[vllm]' "
+                             "in its own virtualenv") from e
 
 
 def _lora_requests(specs):
@@ -208,8 +248,11 @@ class VllmServer:
         specs = build_requests(batch, self.adapters, self.tok, self.max_length)
         prompts, lrs = [s["prompt"] for s in specs], _lora_requests(specs)
         if self.head == "host":
-            outs = self.llm.embed(prompts, lora_request=lrs, use_tqdm=False)
-            return torch.from_numpy(head_logits(parse_embed_outputs(outs), [s["task"] for s in specs], self.heads))
+            from vllm import PoolingParams
+            outs = self.llm.embed(prompts, pooling_params=PoolingParams(use_activation=False), lora_request=lrs,
+                                  use_tqdm=False)
+            hidden = check_not_normalised(parse_embed_outputs(outs))
+            return torch.from_numpy(head_logits(hidden, [s["task"] for s in specs], self.heads))
         return torch.from_numpy(parse_classify_outputs(self.llm.classify(prompts, lora_request=lrs, use_tqdm=False)))
 
 
@@ -293,8 +336,8 @@ def run_vllm(prof, tasks=None, glue_source=None, log=print, **overrides) -> dict
     heads = {t: split_adapter(units[t], artifacts_dir(prof["name"]) / "vllm" / units[t].name) for t in tasks} \
         if cfg["head"] == "host" else {}
     adapters = adapter_table(tasks, {t: heads[t]["path"] if heads else units[t] for t in tasks})
-    llm = make_engine(base, len(tasks), int(prof["methods"][method]["lora_r"]),
-                      "bfloat16" if prof["model"].get("dtype") == "bfloat16" else "float32", max_len, cfg["head"],
+    rank = max(adapter_rank(units[t]) for t in tasks)  # the trained adapters' own ranks (variants, searched r)
+    llm = make_engine(base, len(tasks), rank, prof["model"].get("dtype"), max_len, cfg["head"],
                       float(cfg["gpu_memory_utilization"]))
     n_stream = max(n_per_point(int(cfg["n_requests"]), int(b)) for b in cfg["batch_sizes"])
     streams = {t: real_requests(prof, t, n_stream, glue_source) for t in tasks}
@@ -306,6 +349,8 @@ def run_vllm(prof, tasks=None, glue_source=None, log=print, **overrides) -> dict
     for name, frame in (("latency", lat), ("batches", rows), ("correctness", corr)):
         write_csv(out / f"deployment_vllm_{name}.csv", pd.DataFrame(frame))
     write_json(out / "deployment_vllm_meta.json", {"vllm": vllm.__version__, "config": cfg, "tasks": tasks,
+                                                   "dtype": vllm_dtype(prof["model"].get("dtype")),
+                                                   "max_lora_rank": max_lora_rank([rank]),
                                                    "head": cfg["head"], "seed": cfg["seed"], "target": TARGET,
                                                    "environment": environment(), "finished_at":
                                                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
