@@ -80,16 +80,16 @@ def precision_check(fp32: str = "cpu", bf16: str = "cpu-bf16", task: str | None 
     task = task or load_profile(bf16)["tasks"][0]
     ra, rb = _runs(fp32, task), _runs(bf16, task)
     rows = []
+    score = lambda r: {} if r.empty else {(m, int(s)): v for m, s, v in zip(r.method, r.seed, r.test_score)}  # noqa: E731
     for method in load_profile(bf16)["methods"]:
         for what, pooling, measure in QUANTITIES:
-            if pooling is None:
-                a = ra[ra.method == method]["test_score"] if not ra.empty else []
-                b = rb[rb.method == method]["test_score"] if not rb.empty else []
-            else:
-                da, db = _final_drift(fp32, task, pooling, measure), _final_drift(bf16, task, pooling, measure)
-                a = [v for (m, _), v in da.items() if m == method]
-                b = [v for (m, _), v in db.items() if m == method]
-            rows.append({"task": task, "method": method, "quantity": what, **_compare(list(a), list(b))})
+            da, db = ((score(ra), score(rb)) if pooling is None else
+                      (_final_drift(fp32, task, pooling, measure), _final_drift(bf16, task, pooling, measure)))
+            a = {s: v for (m, s), v in da.items() if m == method}
+            b = {s: v for (m, s), v in db.items() if m == method}
+            paired = [abs(b[s] - a[s]) for s in a if s in b]
+            rows.append({"task": task, "method": method, "quantity": what, **_compare(list(a.values()), list(b.values())),
+                         "max_paired_diff": max(paired) if paired else math.nan})
     return pd.DataFrame(rows)
 
 
