@@ -45,3 +45,16 @@ def test_precision_check_reads_each_profiles_units_by_seed(monkeypatch):
         assert row.mean_a == pytest.approx(np.mean(list(f1["cpu"].values())))      # fp32 = the cpu profile
         assert row.mean_b == pytest.approx(np.mean(list(f1["cpu-bf16"].values())))  # bf16 = the check's profile
         assert row.max_paired_diff == pytest.approx(max(abs(f1["cpu-bf16"][s] - f1["cpu"][s]) for s in f1["cpu"]))
+
+
+@pytest.mark.skipif(not (DATA / "cpu-bf16" / "bench.json").exists(), reason="no committed extraction check")
+def test_extraction_check_sets_each_change_against_the_seeds_spread(monkeypatch):
+    monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
+    bench = speed.bench_result("cpu-bf16")
+    out = speed.extraction_check(bench)
+    rows = bench["extraction"]["rows"]
+    assert out["cells"] == len(rows) and out["max_abs_diff"] == pytest.approx(max(r["diff"] for r in rows))
+    w = out["worst"]
+    assert w["relative"] == pytest.approx(w["diff"] / abs(w["fp32"]))
+    assert 0 <= out["exceed"] <= out["cells"]
+    assert speed.extraction_check(None) == {}

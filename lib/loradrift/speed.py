@@ -115,3 +115,27 @@ def unit_rates(profiles=("cpu", "cpu-bf16"), task: str | None = None):
     return d.groupby(["profile", "task", "method", "precision"], as_index=False, sort=False).agg(
         units=("seed", "size"), tokens_per_wall_s=("tokens_per_wall_s", "mean"), overhead=("overhead", "mean"),
         max_load=("load", "max"))
+
+
+def extraction_check(bench: dict | None, profile: str = "cpu-bf16") -> dict:
+    """Does bf16 extraction leave the drift measures within their noise? For every (method, pooling,
+    measure, depth) the difference between bf16 and fp32 extraction of the same model
+    (``bench.extraction_agreement``) against the seeds' sd of that drift in the profile's committed
+    results. ``exceed``: cells where the difference is larger than that sd; ``worst``: the cell with
+    the largest difference relative to the drift it measures."""
+    import pandas as pd
+    ext = (bench or {}).get("extraction")
+    if not ext:
+        return {}
+    from .drift import load_results
+    d = pd.DataFrame(ext["rows"])
+    L = load_results(profile)["layers"]
+    L = L[(L.task == ext["task"]) & (L.method != "base")].assign(drift=lambda x: 1 - x.value)
+    sd = L.groupby(["method", "pooling", "measure", "depth"], as_index=False).drift.std().rename(columns={"drift": "seed_sd"})
+    d = d.merge(sd, on=["method", "pooling", "measure", "depth"], how="left")
+    d["relative"] = d["diff"] / d["fp32"].abs().clip(lower=1e-12)
+    worst = d.loc[d.relative.idxmax()]
+    return {"n": ext["n"], "cells": len(d), "exceed": int((d["diff"] > d["seed_sd"]).sum()),
+            "max_abs_diff": float(d["diff"].max()), "median_abs_diff": float(d["diff"].median()),
+            "worst": {k: (v.item() if hasattr(v, "item") else v) for k, v in worst[
+                ["method", "pooling", "measure", "depth", "fp32", "bf16", "diff", "seed_sd", "relative"]].items()}}
