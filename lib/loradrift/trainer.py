@@ -85,7 +85,8 @@ def unit_counters():
 
         def state(self) -> dict:
             if self._begun is not None:  # a checkpoint records the time spent so far
-                self.train_seconds, self._begun = self.train_seconds + time.perf_counter() - self._begun, time.perf_counter()
+                now = time.perf_counter()
+                self.train_seconds, self._begun = self.train_seconds + now - self._begun, now
             return {"args": {}, "attributes": {k: getattr(self, k) for k in self.FIELDS}}
 
         def on_train_begin(self, args, state, control, **kw):
