@@ -244,6 +244,28 @@ def test_a_corrupt_checkpoint_is_discarded_with_one_line(tiny_profile, monkeypat
     assert rec["resumed_from"] is None and rec["steps"] == 12
 
 
+def test_checkpoint_problems_are_named(tmp_path):
+    """What makes a checkpoint unusable, found without loading a model: an unfinished save, a file cut short,
+    a state that cannot be parsed or that an older loradrift wrote without the unit's counts."""
+    import torch
+
+    from loradrift.trainer import checkpoint_problem
+    ck = tmp_path / "checkpoint-4"
+    ck.mkdir()
+    assert checkpoint_problem(ck) == "trainer_state.json is missing (the checkpoint was not finished)"
+    write_json(ck / "trainer_state.json", {"stateful_callbacks": {"UnitCounters": {}}})
+    torch.save({"exp_avg": torch.zeros(1000)}, ck / "optimizer.pt")
+    assert checkpoint_problem(ck) is None
+    cut = (ck / "optimizer.pt").read_bytes()
+    (ck / "optimizer.pt").write_bytes(cut[: len(cut) // 2])
+    assert checkpoint_problem(ck).startswith("optimizer.pt: BadZipFile")
+    (ck / "optimizer.pt").unlink()
+    (ck / "trainer_state.json").write_text('{"global_step": ')
+    assert checkpoint_problem(ck).startswith("trainer_state.json: JSONDecodeError")
+    write_json(ck / "trainer_state.json", {"stateful_callbacks": {}})
+    assert "no unit counters" in checkpoint_problem(ck)
+
+
 def test_an_unwritable_destination_stops_before_training(tiny_profile, book_root):
     """The result's folder cannot be written: one line naming it, before any model loads; nothing replaced."""
     import os

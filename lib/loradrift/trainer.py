@@ -128,6 +128,8 @@ def checkpoint_problem(folder: Path) -> str | None:
                 json.loads(f.read_text(encoding="utf-8"))
         except Exception as e:  # SafetensorError, BadZipFile, JSONDecodeError, OSError ...
             return f"{f.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    if "UnitCounters" not in json.loads((folder / "trainer_state.json").read_text()).get("stateful_callbacks", {}):
+        return "its Trainer state has no unit counters (an older loradrift wrote it): a resumed unit would miscount"
     return None
 
 
