@@ -215,7 +215,7 @@ def read_csv_or(path: Path, default=None):
 
 
 # ------------------------------------------------------------------------------ locks
-_HELD: dict[str, list] = {}   # lock path -> [FileLock, depth]: a process may re-enter a lock it holds
+_HELD: set[str] = set()   # the lock files this process holds: it may enter them again (a stage in `all`)
 
 
 def lock_path(profile: str, what: str) -> Path:
@@ -229,13 +229,8 @@ def lock(profile: str, what: str, doing: str = ""):
     stale). A second process refuses at once with a ``LoraDriftError`` naming the holder (pid, host, since)."""
     from filelock import FileLock, Timeout
     path = lock_path(profile, what)
-    held = _HELD.get(str(path))
-    if held:  # re-entered in the process that holds it
-        held[1] += 1
-        try:
-            yield path
-        finally:
-            held[1] -= 1
+    if str(path) in _HELD:
+        yield path
         return
     flock = FileLock(str(path), timeout=0)
     holder = path.with_name(path.name + ".holder")
@@ -248,13 +243,13 @@ def lock(profile: str, what: str, doing: str = ""):
     except OSError as e:
         raise LoraDriftError(f"cannot take the lock {path} ({e.strerror or e}): make {path.parent} a writable "
                              "folder, then run again") from None
-    _HELD[str(path)] = [flock, 1]
+    _HELD.add(str(path))
     try:
         write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "doing": doing,
                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         yield path
     finally:
-        del _HELD[str(path)]
+        _HELD.discard(str(path))
         holder.unlink(missing_ok=True)
         flock.release()
 
