@@ -87,3 +87,64 @@ def test_chapter_cells_are_short_and_code_is_a_minority(name):
     cells = [[ln for ln in m.group(1).splitlines() if not ln.startswith("#|")] for m in CELL.finditer(text)]
     assert max(map(len, cells)) <= 25
     assert sum(map(len, cells)) <= 0.4 * len(text.splitlines())
+
+
+# ---------------------------------------------------------------------------- a damaged data/ folder
+DAMAGED = {"runs/rte-lora-s42.json": "cut", "drift_mrpc.json": "cut", "drift_summary.json": "gone",
+           "deployment_meta.json": "cut"}
+
+
+@pytest.fixture
+def damaged_root(tmp_path):
+    """A copy of the book's data/ with result files cut short or missing (DAMAGED)."""
+    import shutil
+    (tmp_path / "_quarto.yml").write_text("project: {type: book}\n")
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    for name, how in DAMAGED.items():
+        f = tmp_path / "data" / "cpu" / name
+        if how == "cut":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        else:
+            f.unlink()
+    return tmp_path
+
+
+def test_readers_name_an_unreadable_result_and_carry_on(damaged_root, monkeypatch):
+    """Every reader of data/ leaves out what it cannot read, names it in a warning, and returns the rest."""
+    import warnings
+
+    from loradrift import drift, findings, search_findings, serving
+    from loradrift.store import UnreadableResult, data_dir
+    monkeypatch.setenv("LORADRIFT_ROOT", str(damaged_root))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = findings.runs_frame("cpu")
+        res = drift.load_results("cpu")
+        rep = drift.results.replication_table(res)
+        dep = serving.load_results(data_dir("cpu"))
+        t = findings.study_time("cpu")
+        findings.outdated("cpu"), findings.headline_study("cpu"), findings.limitations("cpu")
+        search_findings.projection("cpu")
+    said = " ".join(str(w.message) for w in caught if issubclass(w.category, UnreadableResult))
+    for name in DAMAGED:
+        assert name in said, name
+    assert len(runs) == 17 and "rte-lora-s42" not in set(runs.id)
+    assert res["tasks"] == ["rte", "sst2"] and res["missing"] == ["mrpc"] and rep.empty and res["seeds"].empty
+    assert dep is None and [s["stage"] for s in t["stages"]][:1] == ["setup"]
+
+
+@pytest.mark.parametrize("chapter", ["index", "training", "drift"])
+def test_a_chapter_shows_what_it_can_of_a_damaged_data_folder(damaged_root, chapter):
+    """A chapter executed on a data/ with a cut run, a cut drift result, a missing drift summary and a cut
+    serving record: no error, and a note names each file it left out."""
+    path = ROOT / ("index.qmd" if chapter == "index" else f"chapters/{chapter}.qmd")
+    nb = run_chapter(path, {"LORADRIFT_COMPUTE": "never", "LORADRIFT_ROOT": str(damaged_root),
+                            "QUARTO_PROFILE": "cpu", "LORADRIFT_ARTIFACTS": str(damaged_root / "artifacts")})
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors[0]["evalue"] if errors else ""
+    notes = " ".join(o["data"]["text/markdown"] for o in outputs(nb, "text/markdown")
+                     if "Unreadable result" in o["data"]["text/markdown"])
+    expected = {"index": ["rte-lora-s42.json", "drift_mrpc.json", "deployment_meta.json"],
+                "training": ["rte-lora-s42.json"], "drift": ["drift_mrpc.json", "drift_summary.json"]}[chapter]
+    for name in expected:
+        assert name in notes, (name, notes)

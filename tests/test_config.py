@@ -81,3 +81,32 @@ def test_environment_records_the_versions_results_depend_on():
             assert v[pkg] == md.version(pkg), pkg
         except md.PackageNotFoundError:
             assert v[pkg] is None, pkg
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.pop("data"), "missing data.max_length; missing data.split_seed; missing data.tasks"),
+    (lambda p: p["training"]["common"].pop("per_device_train_batch_size"),
+     "missing training.common.per_device_train_batch_size"),
+    (lambda p: p["data"]["tasks"].update(rte=256), r"data.tasks.rte should be a mapping"),
+    (lambda p: p["data"]["tasks"]["rte"].update(train_size="many"), r"data.tasks.rte.train_size should be int or null"),
+    (lambda p: p["data"]["tasks"]["rte"].pop("validation_size"), r"missing data.tasks.rte.validation_size"),
+    (lambda p: p["training"]["common"].update(evals_per_epoch=0.5), r"training.common.evals_per_epoch should be int"),
+    (lambda p: p.setdefault("run", {}).update(checkpoint_every_evals="4"), r"run.checkpoint_every_evals should be int"),
+])
+def test_a_broken_profile_is_one_line_from_status(tiny_profile, capsys, change, message):
+    """Every missing or mistyped key is named with the file, by `status` too (exit 2, no traceback)."""
+    import yaml
+    prof = yaml.safe_load(tiny_profile.read_text())
+    change(prof)
+    tiny_profile.write_text(yaml.safe_dump(prof))
+    assert main(["status", "--profile", str(tiny_profile)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(tiny_profile) in err
+    assert __import__("re").search(message, err), err
+
+
+def test_a_yaml_syntax_error_is_one_line_from_status(tiny_profile, capsys):
+    tiny_profile.write_text(tiny_profile.read_text().replace("tasks:", "tasks: [rte,", 1))
+    assert main(["status", "--profile", str(tiny_profile)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"{tiny_profile} line" in err and "not valid YAML" in err

@@ -82,3 +82,24 @@ def test_official_glue_files_read_completely():
         assert (len(ds["train"]), len(ds["validation"])) == (n_train, n_val)
     mrpc = load_glue("mrpc", str(SHARED_GLUE))["validation"]
     assert sum(mrpc["label"]) == 279  # SOURCES.md: dev has 279 positives
+
+
+def test_header_without_rows_is_named_before_anything_is_written(tiny_profile, tiny_glue, book_root):
+    """A TSV with its header and no rows: one line naming it, and no unit folder left behind."""
+    import shutil
+
+    from loradrift.train import train_unit
+    bad = book_root / "glue"
+    shutil.copytree(tiny_glue, bad)
+    f = bad / "SST-2" / "train.tsv"
+    f.write_text(f.read_text().splitlines()[0] + "\n")
+    with pytest.raises(LoraDriftError, match=r"SST-2/train.tsv has a header but no rows"):
+        train_unit(load_profile(str(tiny_profile)), "sst2", "lora", 1, glue_source=str(bad))
+    assert not (book_root / "artifacts" / "tiny" / "runs").exists()  # no empty checkpoints/ folder
+
+
+def test_a_validation_slice_larger_than_train_is_named(tiny_profile):
+    prof = load_profile(str(tiny_profile))
+    prof["data"]["tasks"]["rte"]["validation_size"] = 64  # tiny RTE train has 64 rows
+    with pytest.raises(LoraDriftError, match=r"data.tasks.rte.validation_size is 64.*between 2 and 62"):
+        study_splits(prof, "rte")

@@ -57,3 +57,69 @@ def test_corrupt_adapter_is_a_clear_error(tiny_profile, tmp_path):
         load_finetuned(prof, bad, "lora")
     with pytest.raises(LoraDriftError, match="train the unit first"):
         load_finetuned(prof, tmp_path / "missing", "lora")
+
+
+def _tiny_gguf(path):
+    """A small GGUF file (two float tensors) written with the gguf package."""
+    import numpy as np
+    import gguf
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.ones((64, 32), dtype=np.float32))
+    w.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("keep", ["most", "1kB", "0B"])
+def test_truncated_gguf_is_one_line_and_leaves_nothing(book_root, tiny_profile, keep):
+    """A GGUF cut short (like a 20 MB, 1 kB or empty copy of the real one) is named with the fix before any
+    conversion starts; no `.partial` folder is left in artifacts/models."""
+    from loradrift.models import base_model_path
+    whole = _tiny_gguf(book_root / "whole.gguf").read_bytes()
+    cut = book_root / "model.gguf"
+    cut.write_bytes(whole[:{"most": len(whole) - 100, "1kB": 1000, "0B": 0}[keep]])
+    prof = load_profile(str(tiny_profile))
+    prof["model"]["name_or_path"] = str(cut)
+    with pytest.raises(LoraDriftError, match=rf"{cut} is not a readable GGUF file .*truncated or corrupt: "
+                                             "download it again"):
+        base_model_path(prof)
+    assert not list((book_root / "artifacts").glob("**/*.partial"))
+
+
+def test_a_failed_conversion_leaves_no_partial_folder(book_root, tiny_profile):
+    """A GGUF that reads but does not convert (here: no tokenizer in it) fails without a `.partial` left."""
+    from loradrift.models import base_model_path
+    prof = load_profile(str(tiny_profile))
+    prof["model"]["name_or_path"] = str(_tiny_gguf(book_root / "model.gguf"))
+    with pytest.raises(LoraDriftError, match=r"could not convert .*model.gguf with transformers"):
+        base_model_path(prof)
+    assert not list((book_root / "artifacts").glob("**/*.partial"))
+
+
+def test_an_unreachable_hub_fails_at_once(monkeypatch):
+    """With the hub evidently offline, a hub id that is not cached fails in seconds with the clear message."""
+    import time
+
+    from huggingface_hub import constants
+
+    from loradrift.models import hub_unreachable, load_tokenizer
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(LoraDriftError, match=r"'nobody/no-such-model'.*hub is unreachable \(HF_HUB_OFFLINE is set\)"):
+        load_tokenizer("nobody/no-such-model")
+    assert time.perf_counter() - t0 < 10
+    # not declared offline: a probe of the hub's address (2 s at most) says so: a closed port, a name unknown
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for endpoint, why in (("http://127.0.0.1:9", "127.0.0.1:9"), ("https://hub.invalid", "hub.invalid:443")):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        t0 = time.perf_counter()
+        assert hub_unreachable().startswith(f"no connection to {why} within 2 s"), endpoint
+        assert time.perf_counter() - t0 < 3
+    with pytest.raises(LoraDriftError, match=r"hub is unreachable \(no connection to hub.invalid:443"):
+        load_tokenizer("nobody/no-such-model")

@@ -1,17 +1,27 @@
 """Training units on a tiny random Llama: results, the run store, staleness, resume, checks."""
 from __future__ import annotations
 
-import json
+import contextlib
+import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from loradrift import LoraDriftError
 from loradrift.config import load_profile
-from loradrift.store import data_dir, read_json
-from loradrift.train import (baselines, load_runs, model_dir, result_path, sanity_check, train_unit,
-                             unit_status)
+from loradrift.store import data_dir, read_json, write_json
+from loradrift.train import (MARKER, baselines, load_runs, model_dir, result_path, sanity_check, train_unit,
+                             unit_status, work_dir)
+
+# fields of a unit's result that measure time (or the machine's load) and so differ between two runs
+TIMES = ("wall_time_s", "train_runtime_s", "train_step_s", "tokens_per_s", "finished_at", "environment")
+
+
+def same_but_times(a: dict, b: dict, also=()) -> list[str]:
+    """The fields in which two results of one unit differ, times (and ``also``) aside."""
+    return sorted(k for k in set(a) | set(b) if k not in TIMES + tuple(also) and a.get(k) != b.get(k))
 
 from conftest import killed_after_checkpoint
 
@@ -73,11 +83,89 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     rec = read_json(result_path("tiny", "rte-full-s3"))
     assert rec["resumed_from"] and "checkpoint-" in rec["resumed_from"]
     assert rec["steps"] == 12 * 4  # 32 examples / batch 8 = 4 steps per epoch, all of them done
-    # resuming is exact: the same unit trained without interruption gives the same model and record
+    # resuming is exact: the same unit trained without interruption gives the same model and record, counts
+    # (tokens, training loss) and the model's fingerprint included
     whole = train_unit(str(tiny_profile), "rte", "full", 3, force=True)
     assert whole["resumed_from"] is None
-    for key in ("test", "validation", "curves", "steps"):
-        assert rec[key] == pytest.approx(whole[key]) if key != "curves" else rec[key] == whole[key], key
+    assert same_but_times(rec, whole, also=["resumed_from"]) == []
+    assert rec["train_tokens_real"] > 0 and rec["train_loss"] > 0
+
+
+class Killed(BaseException):
+    """A process killed at this point (nothing catches it, as nothing outlives a kill -9)."""
+
+
+@contextlib.contextmanager
+def killed_at(monkeypatch, target: str, call: int, when: str = "before"):
+    """Kill the unit at the ``call``-th call of ``target`` (module.attr or module.Class.attr), before or after it."""
+    import importlib
+    mod, _, attr = target.rpartition(".")
+    try:
+        owner = importlib.import_module(mod)
+    except ImportError:
+        m, _, cls = mod.rpartition(".")
+        owner = getattr(importlib.import_module(m), cls)
+    real, n = getattr(owner, attr), [0]
+
+    def dying(*a, **k):
+        n[0] += 1
+        if n[0] == call and when == "before":
+            raise Killed(target)
+        out = real(*a, **k)
+        if n[0] == call:
+            raise Killed(target)
+        return out
+    with monkeypatch.context() as m:
+        m.setattr(owner, attr, dying)
+        yield
+
+
+# (phase, what dies, at which call, before or after it, status left: the old pair, or the new pair staged)
+PHASES = [
+    ("training, before any checkpoint", "transformers.Trainer.training_step", 3, "before", "stale"),
+    ("right after a checkpoint", "transformers.Trainer._save_checkpoint", 2, "after", "stale"),
+    ("writing a checkpoint", "transformers.Trainer._save_rng_state", 2, "before", "stale"),
+    ("finishing training", "transformers.Trainer._finalize_training", 1, "before", "stale"),
+    ("testing the trained model", "loradrift.train._score", 1, "before", "stale"),
+    ("saving the model", "loradrift.train.folder_fingerprint", 1, "before", "stale"),
+    ("putting the model in place", "loradrift.train.replace_dir", 1, "before", "staged"),
+    ("between the model and its result", "loradrift.train.replace_dir", 1, "after", "staged"),
+]
+
+
+def test_a_kill_at_any_phase_leaves_a_pair_and_resumes_exactly(tiny_profile, monkeypatch, capsys):
+    """Killed at any phase, a unit leaves its old model and result (or the new pair, staged), and the next run
+    gives the result of an uninterrupted run in every field but times."""
+    prof = load_profile(str(tiny_profile))
+    prof["training"]["common"].update(evals_per_epoch=1, early_stopping_patience=4)
+    prof["methods"]["full"]["num_train_epochs"] = 8   # up to 32 steps, an evaluation every 4
+    prof["run"] = {"checkpoint_every_evals": 1}        # a checkpoint at every evaluation but the last
+    rid, dest = "rte-full-s1", model_dir("tiny", "rte-full-s1")
+    whole = train_unit(prof, "rte", "full", 1)
+    # it stops early, after its best evaluation at step 4: the kill after the second checkpoint (step 8) leaves
+    # one evaluation without improvement on the patience counter, which the resumed unit must carry on from
+    assert whole["early_stopped"] and whole["validation"]["best_step"] == 4 and whole["steps"] == 20
+    old = {**whole, "config_hash": "old", "model_fingerprint": "old-model", "test": {"accuracy": -1}}
+    for phase, target, call, when, left in PHASES:
+        shutil.rmtree(dest)
+        write_json(dest / MARKER, {"fingerprint": "old-model"})     # the old pair
+        write_json(result_path("tiny", rid), old)
+        with pytest.raises(Killed), killed_at(monkeypatch, target, call, when):
+            train_unit(prof, "rte", "full", 1)
+        assert unit_status(prof, "rte", "full", 1) == left, phase
+        if left == "stale":   # the old pair, untouched
+            assert read_json(result_path("tiny", rid)) == old and read_json(dest / MARKER)["fingerprint"] == "old-model"
+        capsys.readouterr()
+        rec = train_unit(prof, "rte", "full", 1)
+        out = capsys.readouterr().out
+        assert same_but_times(rec, whole, also=["resumed_from"]) == [], phase
+        assert read_json(dest / MARKER)["fingerprint"] == rec["model_fingerprint"] == whole["model_fingerprint"]
+        assert unit_status(prof, "rte", "full", 1) == "done" and not work_dir("tiny", rid).exists(), phase
+        if left == "staged":
+            assert "finished an interrupted commit" in out and "resuming" not in out, phase
+        if target.endswith("_save_rng_state"):
+            assert "discarded checkpoint" in out and "checkpoint-8 " in out and "trainer_state.json" in out
+            assert rec["resumed_from"].endswith("checkpoint-4")
 
 
 def test_sanity_check_drives_loss_down(tiny_profile):
@@ -123,3 +211,127 @@ def test_bf16_autocast_unit_keeps_fp32_weights(tiny_profile):
     from safetensors import safe_open
     with safe_open(str(model_dir("tiny", "sst2-full-s1") / "model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}  # master weights stay fp32
+
+
+def test_a_corrupt_checkpoint_is_discarded_with_one_line(tiny_profile, monkeypatch, capsys):
+    """A resume checkpoint with a file cut short is discarded (one line says so), and the unit starts again."""
+    prof = load_profile(str(tiny_profile))
+    prof["training"]["common"].update(evals_per_epoch=1, early_stopping_patience=1000)
+    prof["methods"]["full"]["num_train_epochs"] = 3
+    prof["run"] = {"checkpoint_every_evals": 1}
+    with pytest.raises(Killed), killed_at(monkeypatch, "transformers.Trainer._save_checkpoint", 1, "after"):
+        train_unit(prof, "rte", "full", 2)
+    ck = work_dir("tiny", "rte-full-s2") / "checkpoints" / "checkpoint-4"
+    assert unit_status(prof, "rte", "full", 2) == "partial"
+    f = ck / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    capsys.readouterr()
+    rec = train_unit(prof, "rte", "full", 2)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "discarded" in ln]
+    assert len(lines) == 1 and str(ck) in lines[0] and "model.safetensors: SafetensorError" in lines[0]
+    assert lines[0].endswith("no earlier checkpoint: the unit starts again")
+    assert rec["resumed_from"] is None and rec["steps"] == 12
+
+
+def test_checkpoint_problems_are_named(tmp_path):
+    """What makes a checkpoint unusable, found without loading a model: an unfinished save, a file cut short,
+    a state that cannot be parsed or that an older loradrift wrote without the unit's counts."""
+    import torch
+
+    from loradrift.trainer import checkpoint_problem
+    ck = tmp_path / "checkpoint-4"
+    ck.mkdir()
+    assert checkpoint_problem(ck) == "trainer_state.json is missing (the checkpoint was not finished)"
+    write_json(ck / "trainer_state.json", {"stateful_callbacks": {"UnitCounters": {}}})
+    torch.save({"exp_avg": torch.zeros(1000)}, ck / "optimizer.pt")
+    assert checkpoint_problem(ck) is None
+    cut = (ck / "optimizer.pt").read_bytes()
+    (ck / "optimizer.pt").write_bytes(cut[: len(cut) // 2])
+    assert checkpoint_problem(ck).startswith("optimizer.pt: BadZipFile")
+    (ck / "optimizer.pt").unlink()
+    (ck / "trainer_state.json").write_text('{"global_step": ')
+    assert checkpoint_problem(ck).startswith("trainer_state.json: JSONDecodeError")
+    write_json(ck / "trainer_state.json", {"stateful_callbacks": {}})
+    assert "no unit counters" in checkpoint_problem(ck)
+
+
+def test_an_unwritable_destination_stops_before_training(tiny_profile, book_root):
+    """The result's folder cannot be written: one line naming it, before any model loads; nothing replaced."""
+    import os
+    prof = load_profile(str(tiny_profile))
+    runs = data_dir("tiny") / "runs"
+    runs.parent.mkdir(parents=True)
+    runs.write_text("a file where the results folder should be")
+    with pytest.raises(LoraDriftError, match=rf"cannot write to {runs} \(a file, not a folder\).*nothing was trained"):
+        train_unit(prof, "sst2", "lora", 1)
+    assert not model_dir("tiny", "sst2-lora-s1").exists() and not work_dir("tiny", "sst2-lora-s1").exists()
+    if os.geteuid() != 0:   # root writes anywhere: the permission case runs for other users
+        runs.unlink()
+        runs.mkdir()
+        runs.chmod(0o555)
+        with pytest.raises(LoraDriftError, match=rf"cannot write to {runs} \(Permission denied\)"):
+            train_unit(prof, "sst2", "lora", 1)
+
+
+def _holding(what: str):
+    """Another process holding the lock of ``what`` (of profile tiny) until it is killed."""
+    code = ("import time\nfrom loradrift.store import lock\n"
+            f"with lock('tiny', {what!r}, 'a test holding it'):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_train_of_a_unit_refuses_naming_the_holder(tiny_profile, book_root):
+    """Two `train` commands for one unit: the second refuses at once (exit 2, one line naming the first's pid,
+    host and start); the lock of a killed holder is free at once (the OS drops it: no stale lock)."""
+    import re
+    import socket
+    import time
+
+    from loradrift.store import lock, lock_path
+    args = ["train", "--profile", str(tiny_profile), "--task", "rte", "--method", "full", "--seed", "1"]
+    slow = ("import sys, time\nfrom transformers import Trainer\n"
+            "Trainer.train = lambda self, *a, **k: time.sleep(600)   # a unit that trains for long\n"
+            f"from loradrift.cli import main\nsys.exit(main({args!r}))\n")
+    first = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = lock_path("tiny", "unit-rte-full-s1").with_suffix(".lock.holder")
+    t0 = time.time()
+    while not holder.exists() and time.time() - t0 < 300 and first.poll() is None:
+        time.sleep(0.5)
+    try:
+        second = subprocess.run([sys.executable, "-m", "loradrift", *args], capture_output=True, text=True, timeout=300)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2, second.stderr[-2000:]
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(
+        rf"error: unit-rte-full-s1 is busy: held by pid {first.pid} on {re.escape(socket.gethostname())} since \S+ "
+        rf"\(training rte-full-s1\) \(lock {re.escape(str(holder.with_suffix('')))}\); wait for it .*", err[0]), err
+    assert "Traceback" not in second.stderr
+    assert holder.exists()   # the killed holder's record is left, and blocks nothing
+    with lock("tiny", "unit-rte-full-s1"):
+        assert holder.exists()
+
+
+def test_a_stage_and_a_unit_refuse_while_another_process_holds_them(tiny_profile, capsys):
+    from loradrift.cli import main
+    from loradrift.store import lock
+    p = _holding("stage-timing")
+    try:
+        assert main(["timing", "--profile", str(tiny_profile)]) == 2
+        assert f"stage-timing is busy: held by pid {p.pid}" in capsys.readouterr().err
+    finally:
+        p.kill()
+        p.wait()
+    assert main(["timing", "--profile", str(tiny_profile)]) == 0   # free once its holder is gone
+    with lock("tiny", "stage-timing"):   # the process holding a lock may enter it again (a stage inside `all`)
+        assert main(["timing", "--profile", str(tiny_profile)]) == 0
+    p = _holding("unit-sst2-lora-s1")
+    try:
+        with pytest.raises(LoraDriftError, match=rf"unit-sst2-lora-s1 is busy: held by pid {p.pid} .*a test holding"):
+            train_unit(load_profile(str(tiny_profile)), "sst2", "lora", 1)
+    finally:
+        p.kill()
+        p.wait()

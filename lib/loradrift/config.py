@@ -28,6 +28,13 @@ REQUIRED = {
     "data.tasks": dict, "tasks": list, "methods": dict, "seeds": list,
     "training.common.per_device_train_batch_size": int, "training.common.per_device_eval_batch_size": int,
 }
+# keys a profile may leave out, and their types where it has them (None: the key may be null)
+OPTIONAL = {
+    "data.test_size": (int, None), "run.checkpoint_every_evals": (int,),
+    "training.common.gradient_accumulation_steps": (int,), "training.common.evals_per_epoch": (int,),
+    "training.common.early_stopping_patience": (int,), "training.common.max_grad_norm": (int, float),
+}
+TASK_SIZES = {"validation_size": (int,), "train_size": (int, None)}   # data.tasks.<task>
 METHOD_REQUIRED = {"kind": str, "learning_rate": (int, float), "num_train_epochs": (int, float),
                    "warmup_ratio": (int, float), "weight_decay": (int, float)}
 
@@ -116,14 +123,29 @@ def validate(prof: dict, where: str) -> dict:
         except KeyError:
             problems.append(f"missing {dotted}")
             continue
-        if not isinstance(v, typ) or isinstance(v, bool):
+        if not _is(v, (typ,)):
             problems.append(f"{dotted} should be {typ.__name__}, not {type(v).__name__}")
+    for dotted, types in OPTIONAL.items():
+        try:
+            v = _get(prof, dotted)
+        except KeyError:
+            continue
+        if not _is(v, types):
+            problems.append(f"{dotted} should be {_names(types)}, not {v!r}")
     if problems:
         raise LoraDriftError(f"profile {where}: " + "; ".join(problems))
     for t in prof["tasks"]:
         get_task(t)
+        sizes = prof["data"]["tasks"].get(t)
         if t not in prof["data"]["tasks"]:
             problems.append(f"missing data.tasks.{t} (its train_size and validation_size)")
+        elif not isinstance(sizes, dict):
+            problems.append(f"data.tasks.{t} should be a mapping {{train_size: ..., validation_size: ...}}, "
+                            f"not {sizes!r}")
+        else:
+            problems += [f"missing data.tasks.{t}.validation_size"] if "validation_size" not in sizes else []
+            problems += [f"data.tasks.{t}.{k} should be {_names(types)}, not {sizes[k]!r}"
+                         for k, types in TASK_SIZES.items() if k in sizes and not _is(sizes[k], types)]
     for m, s in prof["methods"].items():
         for k, typ in METHOD_REQUIRED.items():
             if k not in s:
@@ -137,6 +159,17 @@ def validate(prof: dict, where: str) -> dict:
     if problems:
         raise LoraDriftError(f"profile {where}: " + "; ".join(problems))
     return prof
+
+
+def _is(v, types) -> bool:
+    """Is ``v`` of one of ``types`` (None in ``types``: may be null; a bool is not a number)?"""
+    if v is None:
+        return None in types
+    return not isinstance(v, bool) and isinstance(v, tuple(t for t in types if t is not None))
+
+
+def _names(types) -> str:
+    return " or ".join("null" if t is None else t.__name__ for t in types)
 
 
 def load_profile(name: str | dict | None = None) -> dict[str, Any]:

@@ -105,6 +105,9 @@ def _read_tsv(task: str, path: Path) -> datasets.Dataset:
             rows["text_b"].append(row[col[info.b]] if info.b else None)
             rows["label"].append(label_id)
             rows["idx"].append(len(rows["idx"]))
+    if not rows["idx"]:
+        raise LoraDriftError(f"{path} has a header but no rows: restore it from the GLUE distribution "
+                             "(or point LORADRIFT_GLUE_DIR / --glue-dir at a complete GLUE folder)")
     feats = datasets.Features({"text_a": datasets.Value("string"), "text_b": datasets.Value("string"),
                                "label": ClassLabel(names=list(info.names)), "idx": datasets.Value("int32")})
     return datasets.Dataset.from_dict(rows, features=feats)
@@ -118,6 +121,12 @@ def _label_id(task: str, label: str) -> int | None:
 
 
 def _load_hub(task: str) -> DatasetDict:
+    from .models import hub_unreachable
+    offline = hub_unreachable()
+    if offline and offline != "HF_HUB_OFFLINE is set":  # offline mode reads the local cache of datasets
+        raise LoraDriftError(f"could not load {HUB_ID}/{task}: the Hugging Face hub is unreachable ({offline}). "
+                             "Point LORADRIFT_GLUE_DIR (or --glue-dir) at a local GLUE folder, or set "
+                             "HF_HUB_OFFLINE=1 to use a copy downloaded before")
     try:
         raw = datasets.load_dataset(HUB_ID, task)
     except Exception as e:  # offline, no such dataset, ...
@@ -143,7 +152,11 @@ def study_splits(prof: dict, task: str, source: str | None = None) -> DatasetDic
     sizes = d["tasks"][task]
     seed = int(d.get("split_seed", 0))
     glue = load_glue(task, source if source is not None else d.get("source", "auto"))
-    carve = glue["train"].train_test_split(test_size=int(sizes["validation_size"]),
+    n, n_val = len(glue["train"]), int(sizes["validation_size"])
+    if not 2 <= n_val <= n - 2:
+        raise LoraDriftError(f"data.tasks.{task}.validation_size is {n_val}, but GLUE {task} train has {n} examples: "
+                             f"set it between 2 and {n - 2} in profile {prof['name']!r}")
+    carve = glue["train"].train_test_split(test_size=n_val,
                                            stratify_by_column="label", seed=seed)
     train, validation = carve["train"], carve["test"]
     if sizes.get("train_size") and sizes["train_size"] < len(train):

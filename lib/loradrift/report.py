@@ -5,18 +5,20 @@ Nothing here computes a finding: ``findings`` and ``search_findings`` return the
 draws them. A chapter's cells only *load and plot* when results exist, so rendering takes seconds. When
 a result is missing, ``ensure`` computes it through its stage (``quarto render --execute`` on a GPU
 reruns the study) unless ``LORADRIFT_COMPUTE=never`` (the chapter test, CI), in which case the chapter
-says what is missing and which command computes it.
+says what is missing and which command computes it. A result file a reader cannot read is left out and
+named in a note (``store.UnreadableResult`` warnings are shown as notes in a notebook).
 """
 from __future__ import annotations
 
 import base64
 import math
 import os
+import warnings
 
 from .config import active_profile, load_profile
 from .findings import outdated, study_time  # noqa: F401  (callers not yet moved: cli timing, tests/test_drift.py)
 from .stages import get_stage
-from .store import data_dir
+from .store import UnreadableResult, data_dir
 
 
 def profile() -> str:
@@ -77,6 +79,27 @@ def outdated_note(stage: str, prof_name: str | None = None) -> None:
 def _display(bundle: dict):
     from IPython.display import display
     display(bundle, raw=True)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A result a reader could not read, as a note in the chapter (in a notebook); anything else as Python shows it."""
+    if issubclass(category, UnreadableResult) and _in_notebook():
+        note(f"**Unreadable result:** {message}.")
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+# Python's own display of warnings (taken from an earlier hook when this module is reloaded)
+_python_show_warning = _show_warning.original = getattr(warnings.showwarning, "original", warnings.showwarning)
+warnings.showwarning = _show_warning
 
 
 def note(text: str):

@@ -2,15 +2,18 @@
 
 A stage has a name, a one-line description, the results it writes (a glob under ``data/<profile>/``)
 and a ``run(prof, tasks=None, glue_source=None, **options)`` function. Each stage skips what is
-current, so running the list again resumes an interrupted study.
+current, so running the list again resumes an interrupted study. A stage holds its lock while it runs
+(``store.lock``: a second process refuses, naming the holder); ``train`` locks each unit instead, so
+several processes may train different units.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import LoraDriftError
-from .store import data_dir, read_json, result_path, write_json
+from .store import data_dir, lock, read_json, result_path, write_json
 
 
 def run_setup(prof: dict, tasks=None, glue_source=None, **_) -> dict:
@@ -86,6 +89,15 @@ def run_timing(prof: dict, **_) -> dict:
     return t
 
 
+def locked(name: str, run: Callable) -> Callable:
+    """``run`` holding the lock of the stage's results for the profile it runs on."""
+    @functools.wraps(run)
+    def holding(prof: dict, *a, **kw):
+        with lock(prof["name"], f"stage-{name}", f"the {name} stage"):
+            return run(prof, *a, **kw)
+    return holding
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -102,16 +114,16 @@ class Stage:
 
 
 STAGES: list[Stage] = [
-    Stage("setup", "data statistics, baselines and the sanity check", run_setup, "data_stats.json"),
-    Stage("bench", "the device's matrix-multiply ceilings and the study's rates against them", run_bench,
-          "bench.json"),
-    Stage("search", "hyperparameter search (Optuna), optionally applied to the profile", run_search, "search/*.json",
-          ("method", "n_trials", "apply")),
+    Stage("setup", "data statistics, baselines and the sanity check", locked("setup", run_setup), "data_stats.json"),
+    Stage("bench", "the device's matrix-multiply ceilings and the study's rates against them",
+          locked("bench", run_bench), "bench.json"),
+    Stage("search", "hyperparameter search (Optuna), optionally applied to the profile",
+          locked("search", run_search), "search/*.json", ("method", "n_trials", "apply")),
     Stage("train", "the training units (each skipped when its result is current)", run_train, "runs/*.json",
           ("method", "seed", "force")),
-    Stage("drift", "RQ1: representational drift, weight space and forgetting", run_drift, "drift_*"),
-    Stage("deploy", "RQ2: the serving benchmark", run_deploy, "deployment_*", ("arch", "vllm")),
-    Stage("timing", "the study's run time, stage by stage", run_timing, "study_time.json"),
+    Stage("drift", "RQ1: representational drift, weight space and forgetting", locked("drift", run_drift), "drift_*"),
+    Stage("deploy", "RQ2: the serving benchmark", locked("deploy", run_deploy), "deployment_*", ("arch", "vllm")),
+    Stage("timing", "the study's run time, stage by stage", locked("timing", run_timing), "study_time.json"),
 ]
 
 

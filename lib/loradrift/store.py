@@ -1,19 +1,28 @@
-"""The result store: where every result of a profile lives, one atomic writer, and one answer to
-"is this result current?".
+"""The result store: where every result of a profile lives, one atomic writer, one answer to
+"is this result current?", tolerant readers for display, and locks on what a process writes.
 
 Results a chapter shows live under ``data/<profile>/`` (committed); heavy, regenerable artifacts
 (models, checkpoints, hidden states) under ``artifacts/<profile>/`` (ignored by git). ``RESULTS``
 names every committed result once. A result records the *key* of the settings that made it
 (``key(...)``: a hash of everything that changes the result); ``is_current`` compares that record
 with the key the profile gives now, so a stage re-computes exactly what a changed setting touches.
+
+Readers of results for display (``read_or``, ``read_csv_or``) carry on without a file they cannot
+read and name it in an ``UnreadableResult`` warning (the book shows it as a note). Writers hold a
+``lock`` on what they write (a training unit, a stage's results): a second process refuses with
+one line naming the holder.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +81,17 @@ def result_path(profile: str, result: str, **fields) -> Path:
 def key(settings: Any) -> str:
     """A short, stable hash of everything that determines a result (canonical JSON, sorted keys)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A hash of every file in a folder, names, sizes and bytes: which saved model a result belongs to."""
+    folder, h = Path(folder), hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(folder)}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def recorded_key(path: Path, field: str = "key") -> str | None:
@@ -135,6 +155,7 @@ def replace_dir(tmp: Path, dest: Path) -> Path:
     """Put a fully written folder ``tmp`` in place of ``dest`` (the old one goes only once the new one is whole)."""
     dest = Path(dest)
     old = dest.with_name(dest.name + ".old")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         os.replace(dest, old)
@@ -147,11 +168,99 @@ def read_json(path: Path) -> Any:
     """Read a JSON result; a corrupt file is named in a one-line error that says how to recover."""
     path = Path(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # invalid JSON, or bytes that are not UTF-8 (a file cut inside a character)
         raise LoraDriftError(f"{path} is not valid JSON ({e}): restore it with git "
                              f"(`git checkout -- {path.name}`) or delete it and re-run its stage") from e
+
+
+# ------------------------------------------------------------------------------ readers for display
+class UnreadableResult(UserWarning):
+    """A result file a reader could not read; it carried on without it (``report`` shows it as a note)."""
+
+
+def unreadable(message: str, stacklevel: int = 3) -> None:
+    """Report a result a reader skips (once per message and place, as warnings are)."""
+    warnings.warn(message, UnreadableResult, stacklevel=stacklevel)
+
+
+def read_or(path: Path, default: Any = None) -> Any:
+    """A JSON result, or ``default`` when it is absent or unreadable (then named in a warning)."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return read_json(path)
+    except LoraDriftError as e:
+        unreadable(f"{e}; shown without it")
+        return default
+
+
+def read_csv_or(path: Path, default=None):
+    """A CSV result as a DataFrame, or ``default`` (an empty frame) when absent or unreadable (named in a warning)."""
+    import pandas as pd
+    path = Path(path)
+    empty = pd.DataFrame() if default is None else default
+    if not path.exists():
+        return empty
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return empty
+    except (pd.errors.ParserError, ValueError) as e:
+        unreadable(f"{path} is not a valid CSV table ({type(e).__name__}: {str(e).splitlines()[0]}): restore it "
+                   f"with git (`git checkout -- {path.name}`) or delete it and re-run its stage; shown without it")
+        return empty
+
+
+# ------------------------------------------------------------------------------ locks
+_HELD: set[str] = set()   # the lock files this process holds: it may enter them again (a stage in `all`)
+
+
+def lock_path(profile: str, what: str) -> Path:
+    """The lock file of one thing a process writes (``unit-<id>``, ``stage-<name>``): artifacts/<profile>/locks/."""
+    return artifacts_dir(profile) / "locks" / f"{what}.lock"
+
+
+@contextlib.contextmanager
+def lock(profile: str, what: str, doing: str = ""):
+    """Hold the lock of ``what`` (an OS file lock, released when this process ends, even killed: a lock is never
+    stale). A second process refuses at once with a ``LoraDriftError`` naming the holder (pid, host, since)."""
+    from filelock import FileLock, Timeout
+    path = lock_path(profile, what)
+    if str(path) in _HELD:
+        yield path
+        return
+    flock = FileLock(str(path), timeout=0)
+    holder = path.with_name(path.name + ".holder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flock.acquire()
+    except Timeout:
+        raise LoraDriftError(f"{what} is busy: {_describe_holder(holder)} (lock {path}); wait for it to finish "
+                             "or stop that process, then run this again") from None
+    except OSError as e:
+        raise LoraDriftError(f"cannot take the lock {path} ({e.strerror or e}): make {path.parent} a writable "
+                             "folder, then run again") from None
+    _HELD.add(str(path))
+    try:
+        write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "doing": doing,
+                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        yield path
+    finally:
+        _HELD.discard(str(path))
+        holder.unlink(missing_ok=True)
+        flock.release()
+
+
+def _describe_holder(holder: Path) -> str:
+    try:
+        h = read_json(holder)
+        return (f"held by pid {h['pid']} on {h['host']} since {h['since']}"
+                + (f" ({h['doing']})" if h.get("doing") else ""))
+    except (OSError, LoraDriftError, KeyError, TypeError):
+        return "held by another process (it has not recorded itself yet)"
 
 
 def _json_default(o):

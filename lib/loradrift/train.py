@@ -3,14 +3,19 @@
 A unit trains on the profile's train split, evaluates on the validation slice during training
 (early stopping, best checkpoint restored), then is scored once on the test split. It saves its
 model (full) or adapter (LoRA) to ``artifacts/<profile>/models/<id>/`` and its result to
-``data/<profile>/runs/<id>.json``. Checkpoints under ``artifacts/<profile>/runs/<id>/`` make an
-interrupted unit resume; a unit whose result exists with the same config is skipped, and one
-whose recorded config differs from the profile is *stale*.
+``data/<profile>/runs/<id>.json``, as a pair: both are staged, then put in place in an order that a
+crash cannot break (the result records the model's fingerprint). Checkpoints under
+``artifacts/<profile>/runs/<id>/`` make an interrupted unit resume, with every count it records
+covering the whole unit; an unreadable checkpoint is discarded. A unit whose result exists with the
+same config is skipped, and one whose recorded config differs from the profile is *stale*. One
+process at a time trains a unit (``store.lock``).
 """
 from __future__ import annotations
 
+import errno
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,12 +24,13 @@ import torch
 
 from . import LoraDriftError
 from .config import config_hash, environment, load_profile, run_id, unit_config, units
-from .store import artifacts_dir, data_dir, read_json, replace_dir, write_json
+from .store import (artifacts_dir, data_dir, folder_fingerprint, lock, read_json, read_or, replace_dir,
+                    unreadable, write_json)
 from .store import result_path as _result_path
 from .data import study_splits, tokenize
 from .tasks import task_metric
 from .models import build_for_training, parameter_counts
-from .trainer import _stop_when_fit, best_weights, counting_trainer_class, precision
+from .trainer import _stop_when_fit, best_weights, checkpoint_problem, counting_trainer_class, precision
 from . import tracking
 
 
@@ -66,6 +72,9 @@ def training_arguments(prof, cfg, out_dir, n_train, report_to, **over):
         lr_scheduler_type=t.get("lr_scheduler_type", "linear"), max_grad_norm=float(t.get("max_grad_norm", 1.0)),
         eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=save_every,
         save_total_limit=1, load_best_model_at_end=False,
+        # counts a resumed unit carries on from its checkpoint: real tokens in the state, the rest and the
+        # early-stopping patience in stateful callbacks
+        include_num_input_tokens_seen="non_padding", restore_callback_states_from_checkpoint=True,
         metric_for_best_model=task_metric(cfg["task"]), greater_is_better=True,
         logging_steps=max(1, min(10, every // 2)), report_to=report_to, run_name=run_id(cfg["task"], cfg["method"], cfg["seed"]),
         train_sampling_strategy="group_by_length", label_names=["labels"],
@@ -85,28 +94,61 @@ def model_dir(profile: str, rid: str) -> Path:
     return artifacts_dir(profile) / "models" / rid
 
 
+def work_dir(profile: str, rid: str) -> Path:
+    """A unit's working folder while it trains: ``checkpoints/``, ``config.json`` (whose checkpoints they are)
+    and ``commit/`` (the new model and result, staged before they replace the old pair)."""
+    return artifacts_dir(profile) / "runs" / rid
+
+
+MARKER = "loradrift_unit.json"   # in a saved model's folder: the fingerprint its result records
+
+
+def _model_marker(folder: Path) -> dict | None:
+    """The marker of a model folder ({} when unreadable, None when the folder or its marker is absent)."""
+    try:
+        return read_json(folder / MARKER) if (folder / MARKER).exists() else None
+    except LoraDriftError:
+        return {}
+
+
 def unit_status(prof: dict, task: str, method: str, seed: int) -> str:
-    """``done``, ``stale`` (result made with another config), ``partial`` (checkpoints) or ``missing``."""
+    """``done``; ``stale`` (result made with another config); ``corrupt`` (result unreadable); ``staged`` (a
+    new model and result are written and wait to replace the old pair: the next ``train`` commits them
+    without training); ``mismatched`` (the model in artifacts/ is not the one the result records: it is
+    re-trained); ``partial`` (resume checkpoints); ``missing``. A result without its model (a fresh
+    clone: models are not committed) is done."""
     rid = run_id(task, method, seed)
     p = result_path(prof["name"], rid)
+    work = work_dir(prof["name"], rid)
+    if (work / "commit" / "result.json").exists():
+        return "staged"
     if p.exists():
         try:
             rec = read_json(p)
         except LoraDriftError:
             return "corrupt"
+        marker = _model_marker(model_dir(prof["name"], rid))
+        if marker is not None and marker.get("fingerprint") != rec.get("model_fingerprint"):
+            return "mismatched"
         return "done" if rec.get("config_hash") == config_hash(unit_config(prof, task, method, seed)) else "stale"
-    ck = artifacts_dir(prof["name"]) / "runs" / rid / "checkpoints"
-    return "partial" if ck.exists() and any(ck.glob("checkpoint-*")) else "missing"
+    return "partial" if any((work / "checkpoints").glob("checkpoint-*")) else "missing"
 
 
 def load_runs(profile: str, subdir: str = "runs") -> list[dict]:
     """Every run result of a profile (in ``data/<profile>/<subdir>``), with its status against the
-    current profile config."""
+    current profile config; a result that cannot be read is named in a warning and left out."""
     prof = load_profile(profile)
     out = []
     for p in sorted((data_dir(prof["name"]) / subdir).glob("*.json")):
-        rec = read_json(p)
-        cfg = unit_config(prof, rec["task"], rec["method"], rec["seed"])
+        rec = read_or(p)
+        if rec is None:
+            continue
+        try:
+            cfg = unit_config(prof, rec["task"], rec["method"], rec["seed"])
+        except (KeyError, TypeError, LoraDriftError) as e:
+            unreadable(f"{p} is not a run result of profile {prof['name']!r} ({type(e).__name__}: {e}); "
+                       "shown without it")
+            continue
         rec["status"] = "done" if rec.get("config_hash") == config_hash(cfg) else "stale"
         out.append(rec)
     return out
@@ -115,53 +157,96 @@ def load_runs(profile: str, subdir: str = "runs") -> list[dict]:
 # ---------------------------------------------------------------------------------- a unit
 def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool = False,
                glue_source: str | None = None) -> dict:
-    """Train and test one unit; skip it if its result is current; resume it if interrupted."""
+    """Train and test one unit; skip it if its result is current; resume it if interrupted.
+
+    One process at a time trains a unit (a lock names the holder). The new model and result are staged,
+    then put in place model first, result last; a commit interrupted between the two is finished by the
+    next run, so the model in artifacts/ and the result in data/ are always a pair (``unit_status``)."""
     prof = load_profile(prof) if isinstance(prof, str) else prof
     cfg = unit_config(prof, task, method, seed)
     rid = run_id(task, method, seed)
     out_json = result_path(prof["name"], rid)
-    status = unit_status(prof, task, method, seed)
-    if status == "done" and not force:
-        print(f"[{rid}] result exists and is current: {out_json} (skipped)")
-        return read_json(out_json)
-    if status == "stale":
-        print(f"[{rid}] STALE: {out_json} was made with another config; re-running")
-    t0 = time.perf_counter()
-    with tracking.unit_run(prof, cfg, fresh=force) as wb:
-        ck_dir = _checkpoint_dir(prof, rid, cfg, force)
-        trainer, enc, last = _fit(prof, cfg, ck_dir, glue_source)
-        result = _score_and_save(prof, cfg, trainer, enc, last)
-        result["wall_time_s"] = time.perf_counter() - t0
-        result["wandb"] = tracking.log_unit(wb, prof, cfg, model_dir(prof["name"], rid), result)
-        write_json(out_json, result)
-    shutil.rmtree(ck_dir, ignore_errors=True)
+    with lock(prof["name"], f"unit-{rid}", f"training {rid}"):
+        _finish_commit(prof, rid)
+        status = unit_status(prof, task, method, seed)
+        if status == "done" and not force:
+            print(f"[{rid}] result exists and is current: {out_json} (skipped)")
+            return read_json(out_json)
+        if status in ("stale", "corrupt", "mismatched"):
+            why = {"stale": "was made with another config", "corrupt": "cannot be read",
+                   "mismatched": f"does not record the model in {model_dir(prof['name'], rid)}"}[status]
+            print(f"[{rid}] {status.upper()}: {out_json} {why}; re-training")
+        _check_writable(prof, rid)
+        t0 = time.perf_counter()
+        with tracking.unit_run(prof, cfg, fresh=force) as wb:
+            trainer, enc, last = _fit(prof, cfg, force, glue_source)
+            result = _score(prof, cfg, trainer, enc, last)
+            result["wandb"] = None
+            _commit(prof, rid, trainer, result, t0)
+            if wb is not None:  # the artifact is the model folder in place, so it is logged after the commit
+                result["wandb"] = tracking.log_unit(wb, prof, cfg, model_dir(prof["name"], rid), result)
+                write_json(out_json, result)
     print(f"[{rid}] test {task_metric(task)} = {result['test'][task_metric(task)]:.4f} -> {out_json}")
     return result
 
 
+def _check_writable(prof: dict, rid: str) -> None:
+    """Before any training, and creating nothing: can this unit write its result, model and checkpoints?
+    (A folder not there yet is made in the nearest one that is.)"""
+    for folder in (result_path(prof["name"], rid).parent, model_dir(prof["name"], rid).parent,
+                   work_dir(prof["name"], rid)):
+        there = next(p for p in (folder, *folder.parents) if p.exists())
+        try:
+            if not there.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+            with tempfile.TemporaryFile(dir=there):
+                pass
+        except OSError as e:
+            raise LoraDriftError(f"cannot write to {there} ({e.strerror or e}): make it a writable folder "
+                                 f"(e.g. `chmod u+w {there}`), then run again; nothing was trained") from None
+
+
 def _checkpoint_dir(prof: dict, rid: str, cfg: dict, force: bool) -> Path:
     """The unit's checkpoint folder, emptied when its checkpoints belong to another config."""
-    work = artifacts_dir(prof["name"]) / "runs" / rid
+    work = work_dir(prof["name"], rid)
     ck_dir = work / "checkpoints"
     marker = work / "config.json"
     h = config_hash(cfg)
-    if marker.exists() and (force or read_json(marker).get("config_hash") != h):
+    if marker.exists() and (force or read_or(marker, {}).get("config_hash") != h):
         shutil.rmtree(ck_dir, ignore_errors=True)  # checkpoints of another config cannot be resumed
     write_json(marker, {"config_hash": h, "config": cfg})
     return ck_dir
 
 
-def _fit(prof: dict, cfg: dict, ck_dir: Path, glue_source):
-    """Train with early stopping on the validation slice (resuming from the last checkpoint):
+def _resume_point(ck_dir: Path, rid: str) -> str | None:
+    """The newest checkpoint that reads whole; each unusable one is deleted with one line saying so
+    (a crash while a checkpoint is written leaves the previous one: the Trainer rotates only after it
+    has written the new one)."""
+    step = lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1  # noqa: E731
+    found = sorted((p for p in ck_dir.glob("checkpoint-*") if p.is_dir()), key=step, reverse=True) \
+        if ck_dir.exists() else []
+    for i, ck in enumerate(found):
+        problem = checkpoint_problem(ck)
+        if problem is None:
+            return str(ck)
+        shutil.rmtree(ck, ignore_errors=True)
+        left = [c.name for c in found[i + 1:]]
+        print(f"[{rid}] discarded checkpoint {ck} ({problem}); "
+              + (f"trying {left[0]}" if left else "no earlier checkpoint: the unit starts again"))
+    return None
+
+
+def _fit(prof: dict, cfg: dict, force: bool, glue_source):
+    """Train with early stopping on the validation slice (resuming from the last usable checkpoint):
     (trainer holding the best checkpoint's weights, encoded splits, the checkpoint resumed from)."""
     from transformers import EarlyStoppingCallback
-    from transformers.trainer_utils import get_last_checkpoint
     task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
-    splits = study_splits(prof, task, glue_source)
+    splits = study_splits(prof, task, glue_source)  # data and model first: a bad input leaves no folder behind
     model, tok = build_for_training(prof, cfg["method"], cfg["training"], cfg["seed"])
     enc = {k: tokenize(task, v, tok, int(prof["data"]["max_length"])) for k, v in splits.items()}
     for k in ("validation", "test"):  # evaluation order does not matter: sort by length, pad little
         enc[k] = enc[k].sort("length")
+    ck_dir = _checkpoint_dir(prof, rid, cfg, force)
     args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), [])  # wandb: the unit's run, tracking.py
     trainer = counting_trainer_class()(
         model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
@@ -170,7 +255,7 @@ def _fit(prof: dict, cfg: dict, ck_dir: Path, glue_source):
                    *tracking.trainer_callbacks()])
     trainer.best = best = best_weights(model, args.metric_for_best_model, args.greater_is_better)
     trainer.add_callback(best)
-    last = get_last_checkpoint(str(ck_dir)) if ck_dir.exists() else None
+    last = _resume_point(ck_dir, rid)
     if last:
         print(f"[{rid}] resuming from {last}")
         best.resume(last)
@@ -181,20 +266,14 @@ def _fit(prof: dict, cfg: dict, ck_dir: Path, glue_source):
     return trainer, enc, last
 
 
-def _score_and_save(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
-    """Score the kept (best) weights on the validation slice and the test split, save the model
-    (full) or adapter (LoRA) atomically, and return the unit's result record."""
+def _score(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
+    """Score the kept (best) weights on the validation slice and the test split: the unit's result record
+    (every count covers the whole unit, resumed or not)."""
     task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
     val = trainer.evaluate(enc["validation"], metric_key_prefix="validation")
     test = trainer.evaluate(enc["test"], metric_key_prefix="test")
-    dest = model_dir(prof["name"], rid)
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    trainer.processing_class.save_pretrained(tmp)
-    replace_dir(tmp, dest)
     hist, state = trainer.state.log_history, trainer.state
-    real, padded = trainer.tokens_real, trainer.tokens_padded
+    real, padded, step_s = trainer.tokens_real, trainer.tokens_padded, trainer.step_seconds
     return {
         "id": rid, "task": task, "method": cfg["method"], "seed": int(cfg["seed"]), "profile": prof["name"],
         "test": {"accuracy": test["test_accuracy"], "f1": test["test_f1"], "loss": test["test_loss"],
@@ -208,22 +287,67 @@ def _score_and_save(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
             "validation": [{"step": r["step"], "epoch": r.get("epoch"), "loss": r["eval_loss"],
                             "accuracy": r.get("eval_accuracy"), "f1": r.get("eval_f1")}
                            for r in hist if "eval_loss" in r]},
-        "train_loss": float(trainer.train_output.training_loss),
+        "train_loss": trainer.train_loss,
         "steps": int(state.global_step), "epochs": float(state.epoch or 0),
         "early_stopped": state.global_step < state.max_steps,
         "resumed_from": last,
-        "train_runtime_s": float(trainer.train_output.metrics["train_runtime"]),
+        "train_runtime_s": float(trainer.counters.train_seconds),
         "wall_time_s": None,
         "train_tokens_real": int(real), "train_tokens_padded": int(padded),
         "pad_fraction": 1 - real / padded if padded else None,
-        "train_step_s": trainer.step_seconds,
-        "tokens_per_s": real / trainer.step_seconds if trainer.step_seconds else None,
+        "train_step_s": step_s,
+        "tokens_per_s": real / step_s if step_s else None,
         "params": parameter_counts(trainer.model),
         "precision": precision(cfg),
         "n_train": len(enc["train"]),
+        "model_fingerprint": None,
         "config": cfg, "config_hash": config_hash(cfg), "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _commit(prof: dict, rid: str, trainer, result: dict, t0: float) -> None:
+    """Stage the new pair (the model, marked with its fingerprint, and the result recording it) in the unit's
+    work folder, then put it in place (``_finish_commit``). A crash before the staged result is written
+    leaves the old pair (and the checkpoints: the unit resumes); after it, the next run finishes the commit."""
+    stage = work_dir(prof["name"], rid) / "commit"
+    shutil.rmtree(stage, ignore_errors=True)
+    trainer.model.save_pretrained(stage / "model")
+    trainer.processing_class.save_pretrained(stage / "model")
+    result["model_fingerprint"] = fingerprint = folder_fingerprint(stage / "model")
+    write_json(stage / "model" / MARKER, {"id": rid, "fingerprint": fingerprint,
+                                          "result": str(result_path(prof["name"], rid))})
+    result["wall_time_s"] = time.perf_counter() - t0
+    write_json(stage / "result.json", result)
+    _finish_commit(prof, rid, recovering=False)
+
+
+def _finish_commit(prof: dict, rid: str, recovering: bool = True) -> bool:
+    """Put a staged pair in place: the model first, then the result; then drop the work folder. Run again after
+    a crash at any point, it finishes the same commit (True when it committed one). A staging without its
+    result (a crash while staging) is dropped: the old pair was never touched."""
+    work = work_dir(prof["name"], rid)
+    stage, dest, out_json = work / "commit", model_dir(prof["name"], rid), result_path(prof["name"], rid)
+    staged = read_or(stage / "result.json") if stage.exists() else None
+    if staged is None:
+        shutil.rmtree(stage, ignore_errors=True)
+        return False
+    if (stage / "model").exists():
+        replace_dir(stage / "model", dest)
+    elif (_model_marker(dest) or {}).get("fingerprint") != staged.get("model_fingerprint"):
+        print(f"[{rid}] dropped a staged result whose model is gone ({stage})")
+        shutil.rmtree(stage, ignore_errors=True)
+        return False
+    try:
+        write_json(out_json, staged)
+    except OSError as e:
+        raise LoraDriftError(f"could not write {out_json} ({e.strerror or e}): the new model is in {dest} and its "
+                             f"result waits in {stage / 'result.json'}; make {out_json.parent} writable and run "
+                             "`train` again to finish") from None
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints, config marker, staging
+    if recovering:
+        print(f"[{rid}] finished an interrupted commit: {dest} and {out_json}")
+    return True
 
 
 def train_all(prof: dict | str, tasks=None, methods=None, seeds=None, glue_source=None) -> list[dict]:

@@ -1,7 +1,8 @@
-"""What the study adds to transformers' Trainer: real/padded token counts and step time, the choice of
-precision (bf16 autocast with fp32 master weights), the best evaluation's weights kept in memory and
-written into resume checkpoints, and the sanity check's early stop. transformers is imported only
-when a unit trains."""
+"""What the study adds to transformers' Trainer: real/padded token counts, step time and the training loss
+kept in the Trainer's state (so a resumed unit's numbers cover the whole unit), the choice of precision
+(bf16 autocast with fp32 master weights), the best evaluation's weights kept in memory and written into
+resume checkpoints, the check of a checkpoint before resuming from it, and the sanity check's early
+stop. transformers is imported only when a unit trains."""
 from __future__ import annotations
 
 import time
@@ -13,43 +14,123 @@ from . import LoraDriftError
 
 
 def counting_trainer_class():
-    """transformers' Trainer that also counts the real and padded tokens it trains on."""
+    """transformers' Trainer that also counts what a unit records (tokens, step time, loss, time in training),
+    in the Trainer's state so that the counts of a resumed unit cover the whole unit: real tokens are the
+    Trainer's own ``num_input_tokens_seen`` (``include_num_input_tokens_seen="non_padding"``), the rest a
+    stateful callback (``UnitCounters``) saved in every checkpoint and restored on resume
+    (``restore_callback_states_from_checkpoint``)."""
     from transformers import Trainer
 
     class CountingTrainer(Trainer):
-        tokens_real = 0
-        tokens_padded = 0
-        step_seconds = 0.0  # forward, backward and optimizer step only: no evaluation, no checkpointing
-
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            self.add_callback(_StepTimer(self))
+            self.add_callback(unit_counters())
+
+        @property
+        def counters(self):
+            """The counters callback (on resume the Trainer replaces it with the one restored from the checkpoint)."""
+            return next(cb for cb in self.callback_handler.callbacks if type(cb).__name__ == "UnitCounters")
+
+        @property
+        def tokens_real(self) -> int:
+            return int(self.state.num_input_tokens_seen)
+
+        @property
+        def tokens_padded(self) -> int:
+            return self.counters.tokens_padded
+
+        @property
+        def step_seconds(self) -> float:  # forward, backward and optimizer step only: no evaluation, no checkpointing
+            return self.counters.step_seconds
+
+        @property
+        def train_loss(self) -> float:
+            """The mean training loss over every optimisation step of the unit (the Trainer's ``training_loss``
+            covers only the steps of the last ``train()`` call)."""
+            return self.counters.loss_sum / max(self.state.global_step, 1)
 
         def _save_checkpoint(self, model, trial):
+            if self.control.should_training_stop:
+                # training ends at this step: a checkpoint would resume nothing (and a resumed Trainer forgets the
+                # stop and trains on); an interrupted unit replays from its previous checkpoint instead
+                return None
             best = getattr(self, "best", None)  # the BestWeights callback, when the unit keeps best weights
             if best is not None:
                 best.save_into(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")
             return super()._save_checkpoint(model, trial)
 
         def training_step(self, model, inputs, *args, **kw):
+            loss = super().training_step(model, inputs, *args, **kw)
+            c = self.counters
             m = inputs.get("attention_mask")
             if m is not None:
-                self.tokens_real += int(m.sum())
-                self.tokens_padded += int(m.numel())
-            return super().training_step(model, inputs, *args, **kw)
+                c.tokens_padded += int(m.numel())
+            c.loss_sum += float(loss)
+            return loss
     return CountingTrainer
 
 
-def _StepTimer(trainer):
+def unit_counters():
+    """A Trainer callback whose counts are part of the Trainer's state (``ExportableState``): padded tokens, the
+    sum of the training losses, seconds in optimisation steps and seconds in ``train()``."""
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
 
-    class StepTimer(TrainerCallback):
+    class UnitCounters(TrainerCallback, ExportableState):
+        FIELDS = ("tokens_padded", "loss_sum", "step_seconds", "train_seconds")
+
+        def __init__(self):
+            self.tokens_padded, self.loss_sum, self.step_seconds, self.train_seconds = 0, 0.0, 0.0, 0.0
+            self._begun = self._step = None
+
+        def state(self) -> dict:
+            if self._begun is not None:  # a checkpoint records the time spent so far
+                now = time.perf_counter()
+                self.train_seconds, self._begun = self.train_seconds + now - self._begun, now
+            return {"args": {}, "attributes": {k: getattr(self, k) for k in self.FIELDS}}
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._begun = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            self.state()
+
         def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
+            self._step = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            trainer.step_seconds += time.perf_counter() - self.t
-    return StepTimer()
+            self.step_seconds += time.perf_counter() - self._step
+    return UnitCounters()
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes a resume checkpoint unusable (a file cut short or corrupt, the Trainer's state missing), or None.
+    Reads every file's structure without loading the model: safetensors headers (which must cover the file),
+    the CRCs of torch's zip archives, the state's JSON."""
+    import json
+    import zipfile
+
+    from safetensors import safe_open
+    folder = Path(folder)
+    if not (folder / "trainer_state.json").exists():
+        return "trainer_state.json is missing (the checkpoint was not finished)"
+    for f in sorted(folder.iterdir()):
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), "pt"):
+                    pass
+            elif f.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(f) as z:
+                    bad = z.testzip()
+                if bad:
+                    return f"{f.name}: {bad} fails its CRC check"
+            elif f.suffix == ".json":
+                json.loads(f.read_text(encoding="utf-8"))
+        except Exception as e:  # SafetensorError, BadZipFile, JSONDecodeError, OSError ...
+            return f"{f.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    if "UnitCounters" not in json.loads((folder / "trainer_state.json").read_text()).get("stateful_callbacks", {}):
+        return "its Trainer state has no unit counters (an older loradrift wrote it): a resumed unit would miscount"
+    return None
 
 
 def cpu_supports_bf16() -> bool:

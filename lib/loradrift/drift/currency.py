@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..config import run_id
 from ..store import is_current as _store_is_current
-from ..store import key, read_json, recorded_key, result_path
+from ..store import key, read_or, recorded_key, result_path
 from .settings import SUMMARY_ONLY, drift_config
 
 TABLES = ("layers", "pairs", "null", "intruders")
@@ -24,11 +24,10 @@ def task_rids(prof: dict, task: str) -> list[tuple[str, str, int]]:
 
 def unit_fingerprint(prof: dict, rid: str) -> dict:
     """What a trained unit contributes to a key: its config hash and when it finished (a re-trained
-    unit changes it); ``missing`` when its result does not exist."""
-    path = result_path(prof["name"], "run", unit=rid)
-    if not path.exists():
+    unit changes it); ``missing`` when its result does not exist or cannot be read (named in a warning)."""
+    rec = read_or(result_path(prof["name"], "run", unit=rid))
+    if rec is None:
         return {"id": rid, "missing": True}
-    rec = read_json(path)
     return {"id": rid, "config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at")}
 
 

@@ -7,34 +7,45 @@ import pandas as pd
 
 from .. import original
 from ..config import load_profile
-from ..store import read_json, result_path
-from .currency import computed_tasks
+from ..store import read_csv_or, read_or, result_path, unreadable
+from .currency import TABLES, computed_tasks
 from .settings import drift_config
 
 
 def load_results(profile: dict | str) -> dict:
     """Everything the chapter shows, as DataFrames / dicts; empty frames for what is missing.
-    ``profile``: a profile name, a YAML path or a loaded profile."""
+    ``profile``: a profile name, a YAML path or a loaded profile. A task whose files cannot be read is
+    left out (named in a warning, like a missing summary), and the rest is shown."""
     prof = load_profile(profile) if isinstance(profile, str) else profile
     name = prof["name"]
     path = lambda r, **f: result_path(name, r, **f)  # noqa: E731
-    tasks = computed_tasks(prof)
-    cat = lambda table: (pd.concat([pd.read_csv(path("drift_table", task=t, table=table)) for t in tasks],  # noqa: E731
-                                   ignore_index=True) if tasks else pd.DataFrame())
-    summary = read_json(path("drift_summary")) if path("drift_summary").exists() and tasks else {}
-    task_json = {t: read_json(path("drift", task=t)) for t in tasks}
+    task_json, frames = {}, {}
+    for t in computed_tasks(prof):
+        js = read_or(path("drift", task=t))
+        tables = {table: read_csv_or(path("drift_table", task=t, table=table), None) for table in TABLES}
+        if js is not None and not tables["layers"].empty:
+            task_json[t], frames[t] = js, tables
+    tasks = list(task_json)
+    cat = lambda table: (pd.concat([frames[t][table] for t in tasks], ignore_index=True)  # noqa: E731
+                         if tasks else pd.DataFrame())
+    summary = read_or(path("drift_summary"), {}) if tasks else {}
+    if tasks and not path("drift_summary").exists():
+        unreadable(f"{path('drift_summary')} is missing: run `python -m loradrift drift --profile {name}` to write "
+                   "the seed-level tests; shown without them")
     return {"tasks": tasks, "missing": [t for t in prof["tasks"] if t not in tasks],
             "compare": drift_config(prof)["compare"], "seeds_configured": len(prof["seeds"]),
             "config": task_json[tasks[0]]["config"] if tasks else drift_config(prof),
             "layers": cat("layers"), "pairs": cat("pairs"), "null": cat("null"), "intruders": cat("intruders"),
             "task_json": task_json, "summary": summary, "seeds": pd.DataFrame(summary.get("seed_drifts", [])),
             "tests": pd.DataFrame(summary.get("tests", [])),
-            "timing": read_json(path("drift_timing")) if path("drift_timing").exists() and tasks else {}}
+            "timing": read_or(path("drift_timing"), {}) if tasks else {}}
 
 
 def replication_table(res: dict) -> pd.DataFrame:
     """Per task x method: the original's figure, our reproduction of its quantity, and correct measures."""
     sd, rows = res["seeds"], []
+    if sd.empty:  # no seed-level results (drift_summary.json missing or unreadable)
+        return pd.DataFrame()
     for task in res["tasks"]:
         for method in res["compare"]:
             g = sd[(sd["task"] == task) & (sd["method"] == method)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..store import RESULTS, read_json, repo_root
+from ..store import RESULTS, read_csv_or, read_or, repo_root
 from .engine import FILES
 
 # The original study's deployment headline, typed in (nothing copied): benc61116/NLP @ eef92c5,
@@ -31,23 +31,16 @@ ORIGINAL_OVERHEAD = 0.375  # as reported (+37.5 %, separate LoRA over full FT; 3
 # ---------------------------------------------------------------------------- results
 def load_results(out_dir) -> dict | None:
     """The benchmark's tables of one run folder as DataFrames (plus ``meta``; the vLLM path's tables
-    and meta where present), or None if absent."""
-    import pandas as pd
+    and meta where present), or None if absent or unreadable (then named in a warning)."""
     out_dir = Path(out_dir)
-    meta = out_dir / RESULTS["deploy_meta"]
-    if not meta.exists():
+    meta = read_or(out_dir / RESULTS["deploy_meta"])
+    if meta is None:
         return None
-
-    def table(name):
-        p = out_dir / RESULTS["deploy_table"].format(table=name)
-        try:
-            return pd.read_csv(p) if p.exists() else pd.DataFrame()
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()
-
-    res = {"meta": read_json(meta), **{name: table(name) for name in FILES}}
-    if (out_dir / "deployment_vllm_meta.json").exists():
-        res["vllm_meta"] = read_json(out_dir / "deployment_vllm_meta.json")
+    table = lambda name: read_csv_or(out_dir / RESULTS["deploy_table"].format(table=name))  # noqa: E731
+    res = {"meta": meta, **{name: table(name) for name in FILES}}
+    vllm_meta = read_or(out_dir / "deployment_vllm_meta.json")
+    if vllm_meta is not None:
+        res["vllm_meta"] = vllm_meta
         res.update({f"vllm_{name}": table(f"vllm_{name}") for name in ("latency", "correctness")})
     return res
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .. import LoraDriftError
-from ..store import RESULTS, is_current, key, read_json, result_path
+from ..store import RESULTS, is_current, key, read_json, read_or, result_path
 from .engine import (FILES, Bench, loadavg, plan_groups, run_record, stream_length, tolerance,
                      write_results)
 from .memory import weight_file_bytes
@@ -28,9 +28,8 @@ def unit_results(prof: dict, tasks, seed: int, methods: dict | None = None) -> d
     out = {}
     for t in tasks:
         for m in methods.values():
-            p = result_path(prof["name"], "run", unit=run_id(t, m, seed))
-            if p.exists():
-                rec = read_json(p)
+            rec = read_or(result_path(prof["name"], "run", unit=run_id(t, m, seed)))
+            if rec is not None:
                 out[(m, t)] = {"accuracy": rec["test"]["accuracy"], "f1": rec["test"]["f1"], "n": rec["test"]["n"],
                                "config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at")}
     return out
