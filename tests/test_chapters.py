@@ -91,7 +91,7 @@ def test_chapter_cells_are_short_and_code_is_a_minority(name):
 
 # ---------------------------------------------------------------------------- a damaged data/ folder
 DAMAGED = {"runs/rte-lora-s42.json": "cut", "drift_mrpc.json": "cut", "drift_summary.json": "gone",
-           "deployment_meta.json": "cut"}
+           "deployment_meta.json": "cut", "search/mrpc-full.json": "cut"}
 
 
 @pytest.fixture
@@ -114,6 +114,7 @@ def test_readers_name_an_unreadable_result_and_carry_on(damaged_root, monkeypatc
     import warnings
 
     from loradrift import drift, findings, search_findings, serving
+    from loradrift import search as lsearch
     from loradrift.store import UnreadableResult, data_dir
     monkeypatch.setenv("LORADRIFT_ROOT", str(damaged_root))
     with warnings.catch_warnings(record=True) as caught:
@@ -124,7 +125,7 @@ def test_readers_name_an_unreadable_result_and_carry_on(damaged_root, monkeypatc
         dep = serving.load_results(data_dir("cpu"))
         t = findings.study_time("cpu")
         findings.outdated("cpu"), findings.headline_study("cpu"), findings.limitations("cpu")
-        search_findings.projection("cpu")
+        search_findings.projection("cpu"), search_findings.summary("cpu", lsearch.load_results("cpu"))
     said = " ".join(str(w.message) for w in caught if issubclass(w.category, UnreadableResult))
     for name in DAMAGED:
         assert name in said, name

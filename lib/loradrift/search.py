@@ -50,7 +50,7 @@ from pathlib import Path
 
 from . import LoraDriftError
 from .config import config_hash, environment, load_profile, profile_file, training_settings, unit_config
-from .store import artifacts_dir, data_dir, read_json, write_json, write_text
+from .store import artifacts_dir, data_dir, read_or, write_json, write_text
 from .data import study_splits, tokenize
 from .tasks import task_metric
 from .models import build_for_training
@@ -369,8 +369,9 @@ def run_search(prof: dict | str, tasks=None, glue_source=None, methods=None, n_t
 
 
 def load_results(profile: str) -> list[dict]:
+    """The profile's search results; an unreadable one is named in a warning and left out."""
     d = data_dir(profile) / "search"
-    return [read_json(p) for p in sorted(d.glob("*-*.json"))] if d.exists() else []
+    return [r for r in (read_or(p) for p in sorted(d.glob("*-*.json"))) if r is not None] if d.exists() else []
 
 
 def write_summary(prof: dict) -> dict:
