@@ -58,3 +58,14 @@ def test_extraction_check_sets_each_change_against_the_seeds_spread(monkeypatch)
     assert w["relative"] == pytest.approx(w["diff"] / abs(w["fp32"]))
     assert 0 <= out["exceed"] <= out["cells"]
     assert speed.extraction_check(None) == {}
+
+
+def test_rate_gain_counts_only_units_on_an_idle_machine():
+    import pandas as pd
+    rates = pd.DataFrame([
+        {"method": "full", "precision": "fp32", "tokens_per_wall_s": 100.0, "load": 2.0},
+        {"method": "full", "precision": "bf16-autocast", "tokens_per_wall_s": 300.0, "load": 1.8},
+        {"method": "full", "precision": "bf16-autocast", "tokens_per_wall_s": 50.0, "load": 6.0},  # shared: left out
+        {"method": "lora", "precision": "fp32", "tokens_per_wall_s": 100.0, "load": 2.0}])
+    g = speed.rate_gain(rates)
+    assert g["full"] == pytest.approx(3.0) and math.isnan(g["lora"])

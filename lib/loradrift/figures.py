@@ -264,12 +264,11 @@ def precision_table(check):
 
 
 def rates_table(rates):
-    """Training tokens per second of whole-unit wall time, per profile and method."""
-    return rates.assign(method=rates.method.map(method_label),
-                        tokens_per_wall_s=rates.tokens_per_wall_s.round(1),
-                        overhead=[f"{100 * x:.0f}%" for x in rates.overhead],
-                        max_load=rates.max_load.round(1)).rename(columns={
-        "tokens_per_wall_s": "tokens / wall s", "overhead": "outside steps", "max_load": "max load (1 min)"})
+    """Training tokens per second of whole-unit wall time, one row per unit."""
+    return rates.assign(method=rates.method.map(method_label), tokens_per_wall_s=rates.tokens_per_wall_s.round(1),
+                        overhead=[f"{100 * x:.0f}%" for x in rates.overhead], load=rates.load.round(2)).rename(
+        columns={"tokens_per_wall_s": "tokens / wall s", "overhead": "outside steps", "load": "load (1 min)"})
+
 
 # ---- deployment
 def _batch_axis(df):

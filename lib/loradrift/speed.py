@@ -94,8 +94,9 @@ def precision_check(fp32: str = "cpu", bf16: str = "cpu-bf16", task: str | None 
 
 
 def unit_rates(profiles=("cpu", "cpu-bf16"), task: str | None = None):
-    """Per profile x method: mean real training tokens per second of unit wall time, the share of the
-    wall time outside optimizer steps, and the highest 1-minute load average recorded by its units."""
+    """One row per unit: real training tokens per second of its whole wall time, the share of that
+    time outside optimizer steps, and the 1-minute load average it recorded (a CPU timing is only
+    comparable with others made at a similar load)."""
     import pandas as pd
 
     from .train import load_runs
@@ -109,12 +110,18 @@ def unit_rates(profiles=("cpu", "cpu-bf16"), task: str | None = None):
                          "tokens_per_wall_s": r["train_tokens_real"] / r["wall_time_s"],
                          "overhead": 1 - r["train_step_s"] / r["wall_time_s"],
                          "load": (r["environment"].get("load_avg") or [math.nan])[0]})
-    d = pd.DataFrame(rows)
-    if d.empty:
-        return d
-    return d.groupby(["profile", "task", "method", "precision"], as_index=False, sort=False).agg(
-        units=("seed", "size"), tokens_per_wall_s=("tokens_per_wall_s", "mean"), overhead=("overhead", "mean"),
-        max_load=("load", "max"))
+    return pd.DataFrame(rows)
+
+
+def rate_gain(rates, cores: int = 2) -> dict[str, float]:
+    """Per method: the mean rate of bf16 units over that of fp32 units, counting only units that ran
+    with a load average of at most ``cores`` + 0.25 (the machine otherwise idle); NaN without both."""
+    if rates.empty:
+        return {}
+    quiet = rates[rates.load <= cores + 0.25]
+    mean = quiet.groupby(["method", "precision"]).tokens_per_wall_s.mean()
+    return {m: mean.get((m, "bf16-autocast"), math.nan) / mean.get((m, "fp32"), math.nan)
+            for m in rates.method.unique()}
 
 
 def extraction_check(bench: dict | None, profile: str = "cpu-bf16") -> dict:
