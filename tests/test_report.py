@@ -370,3 +370,14 @@ def test_search_findings_count_trials_gains_and_applied_values(tiny_profile):
     res[0]["best_params"]["max_grad_norm"] = 0.5                                # no untuned value, no original
     chosen = figures.chosen_table(search_findings.chosen(res)).set_index(["method", "parameter"])
     assert tuple(chosen.loc[("lora", "max_grad_norm")]) == ("rte", "–", "0.5", "–")
+
+
+def test_a_pipe_in_a_table_does_not_split_its_column(monkeypatch):
+    import pandas as pd
+    shown = []
+    monkeypatch.setattr(report, "_display", shown.append)
+    report.table(pd.DataFrame({"max |Δ|": ["a|b"], "kind": ["x"]}))
+    md = shown[0]["text/markdown"]
+    header, sep, row = md.splitlines()[:3]
+    assert header.count(" | ") == row.count(" | ") == 1  # two columns, the pipes inside them escaped
+    assert "max \\|Δ\\|" in header and "a\\|b" in row

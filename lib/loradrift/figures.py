@@ -258,7 +258,7 @@ def precision_table(check):
              "fp32": pm(r.mean_a, r.sd_a, 4), "bf16": pm(r.mean_b, r.sd_b, 4),
              "bf16 − fp32 [95% CI]": "n/a" if missing(r.ci_low) else
              f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]",
-             "same seed: max |Δ|": sig(r.max_paired_diff, 2), "seeds": f"{r.n_a} / {r.n_b}"}
+             "same seed: largest difference": sig(r.max_paired_diff, 2), "seeds": f"{r.n_a} / {r.n_b}"}
             for r in check.itertuples()]
     return pd.DataFrame(rows)
 
