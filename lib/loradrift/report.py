@@ -111,10 +111,10 @@ def table(df, digits: int = 3, index: bool = False, as_written: bool = False):
     """A pandas DataFrame as a markdown table: the same readable table in HTML and PDF.
 
     ``as_written`` shows every value as its text (no number formatting: '2e-05' stays '2e-05')."""
-    shown = df.astype(object).where(df.notna(), None)   # a missing value reads as '–', not 'nan'
     # a '|' in a header or a cell would end the pipe table's column: write it as the escaped '\|'
     pipe = lambda v: v.replace("|", "\\|") if isinstance(v, str) else v  # noqa: E731
-    shown = shown.rename(columns=pipe).map(pipe)
+    shown = df.rename(columns=pipe).map(pipe).astype(object)
+    shown = shown.where(df.notna().to_numpy(), None)   # a missing value reads as '–', not 'nan'
     md = _min_col_widths(shown.to_markdown(index=index, floatfmt=f".{digits}f", missingval="–",
                                            disable_numparse=as_written))
     _display({"text/markdown": md, "text/plain": shown.fillna("–").to_string(index=index)})
