@@ -30,8 +30,16 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	@touch $@
 
+# the Quarto that wrote _freeze/: a quarto on PATH is used (another version gets a warning), else the
+# quarto-cli package of that version (it downloads Quarto while installing; where that fails, one line says what to do)
+QUARTO_VERSION := 1.7.34
+
 book: setup
-	@command -v quarto > /dev/null || $(PIP) quarto-cli
+	@PATH="$(CURDIR)/$(BIN):$$PATH"; command -v quarto > /dev/null || $(PIP) "quarto-cli==$(QUARTO_VERSION)" \
+	  > $(VENV)/quarto-install.log 2>&1 || { echo "make book: Quarto $(QUARTO_VERSION) is needed and could not be installed \
+	(see $(VENV)/quarto-install.log): install Quarto $(QUARTO_VERSION) from quarto.org, put it on PATH and run make book again" >&2; exit 1; }
+	@v=$$(PATH="$(CURDIR)/$(BIN):$$PATH" quarto --version); [ "$$v" = "$(QUARTO_VERSION)" ] || \
+	  echo "make book: warning: Quarto $$v, not $(QUARTO_VERSION) (the version that wrote _freeze/)" >&2
 	PATH="$(CURDIR)/$(BIN):$$PATH" QUARTO_PYTHON="$(CURDIR)/$(BIN)/python" quarto render
 
 # the slow tests (chapters, integration, trained units) print a line each as they finish; the
