@@ -206,8 +206,10 @@ def test_precision_is_chosen_by_the_profile(monkeypatch):
 def test_bf16_autocast_unit_keeps_fp32_weights(tiny_profile):
     prof = load_profile(str(tiny_profile))
     prof["training"]["common"]["precision"] = "bf16"
+    prof["model"]["dtype"] = "bfloat16"  # the l4 profile's: the inference dtype; training keeps fp32 masters
     rec = train_unit(prof, "sst2", "full", 1)
     assert rec["precision"] == "bf16-autocast" and rec["config"]["training"]["precision"] == "bf16"
+    assert rec["weights_dtype"] == "float32"
     from safetensors import safe_open
     with safe_open(str(model_dir("tiny", "sst2-full-s1") / "model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}  # master weights stay fp32

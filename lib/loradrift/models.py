@@ -171,6 +171,16 @@ def load_classifier(path: str, dtype: str | torch.dtype = "float32", pad_token_i
     return model
 
 
+def training_dtype(prof: dict) -> torch.dtype:
+    """The dtype a unit's weights are loaded in for training: always float32 (fp32 master weights).
+
+    ``model.dtype`` is the inference dtype (drift extraction, serving). Training a bfloat16 profile keeps
+    the weights and AdamW's states in fp32 and computes in bf16 autocast (``training.precision: bf16``):
+    with bf16-stored weights an update smaller than half a bf16 step (2^-9 of the weight, relative) is
+    rounded away, which at full fine-tuning's lr 1e-5 is nearly every update (tests/test_l4.py)."""
+    return torch.float32
+
+
 def build_for_training(prof: dict, method: str, train_cfg: dict, seed: int):
     """(model, tokenizer) ready for the Trainer, prepared by the method's kind (see ``methods``)."""
     from transformers import set_seed
@@ -179,7 +189,7 @@ def build_for_training(prof: dict, method: str, train_cfg: dict, seed: int):
     path = base_model_path(prof)
     tok = load_tokenizer(path)
     set_seed(seed)  # the new score head's initialisation depends on the seed
-    model = load_classifier(path, prof["model"].get("dtype", "float32"), tok.pad_token_id)
+    model = load_classifier(path, training_dtype(prof), tok.pad_token_id)
     if train_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     return kind_of(prof, method).prepare(model, train_cfg), tok

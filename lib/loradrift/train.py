@@ -299,6 +299,7 @@ def _score(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
         "tokens_per_s": real / step_s if step_s else None,
         "params": parameter_counts(trainer.model),
         "precision": precision(cfg),
+        "weights_dtype": str(next(trainer.model.parameters()).dtype).removeprefix("torch."),
         "n_train": len(enc["train"]),
         "model_fingerprint": None,
         "config": cfg, "config_hash": config_hash(cfg), "environment": environment(),
