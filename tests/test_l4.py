@@ -45,3 +45,44 @@ def test_training_a_bf16_profile_keeps_fp32_master_weights(tiny_model, tiny_glue
         model, _ = build_for_training(prof, method, dict(prof["methods"][method], gradient_checkpointing=True), 0)
         assert {p.dtype for p in model.parameters()} == {torch.float32}, method
         assert any(p.requires_grad for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------- the plans
+def test_meta_tinyllama_has_the_published_parameter_counts():
+    from loradrift import plan
+    from loradrift.config import load_profile
+    from loradrift.methods import method_settings
+    c = plan.counts(plan.meta_classifier())
+    lm_head, score = 32000 * 2048, 2048 * 2
+    assert c["total"] == 1_100_048_384 - lm_head + score  # TinyLlama-1.1B's causal LM, its head swapped
+    lora = plan.counts(plan.prepared(load_profile("l4"), "lora"))
+    r = method_settings(load_profile("l4"), "lora")["lora_r"]
+    per_layer = r * (2048 + 2048) + r * (2048 + 256)  # q_proj 2048->2048, v_proj 2048->256 (4 kv heads of 64)
+    assert lora["trainable"] == 22 * per_layer + score == 1_130_496
+
+
+def test_activation_formula_matches_what_autograd_keeps():
+    from loradrift import plan
+    m = plan.measure_activations(batch=1, seq=48)
+    for k in ("with_checkpointing", "without_checkpointing"):
+        assert abs(m[k]["ratio"] - 1) < 0.02, m
+
+
+def test_l4_memory_plan_fits_20_gb_per_method_and_needs_checkpointing():
+    from loradrift import plan
+    from loradrift.config import load_profile
+    p = plan.memory_plan(load_profile("l4"))
+    for method, row in p["methods"].items():
+        assert row["gradient_checkpointing"] and row["peak_gb"] <= 20, (method, row["peak_gb"])
+    full = p["methods"]["full"]
+    assert full["without_checkpointing"]["peak_gb"] > 24  # why the profile checkpoints
+    assert abs(full["with_checkpointing"]["gb"]["optimizer"] - 8 * 1.0345) < 0.01  # 2 fp32 states per weight
+
+
+def test_l4_time_plan_counts_the_profile_units(tmp_path):
+    from loradrift import plan
+    from loradrift.config import load_profile
+    t = plan.time_plan(load_profile("l4"))
+    assert set(t["units"]) == {f"{task}-{m}" for task in ("rte", "mrpc", "sst2") for m in ("full", "lora")}
+    assert t["units"]["sst2-full"]["train_examples"] == 67349 - 2000
+    assert 0.5 < t["training_hours"] < 24 and t["stages"]["search"]["hours"] > t["training_hours"]

@@ -14,6 +14,7 @@ Chapters import it; the CLI (`python -m loradrift`) drives it. Modules:
 - `tracking` wandb (offline by default): a unit's run (group, resume, artifact), search trials as runs
 - `search`   the Optuna search per task x method, applied to the profile as a YAML round trip
 - `bench`    matrix-multiply ceilings and the study's training and extraction rates against them
+- `plan`     the l4 profile's memory and time plans for TinyLlama-1.1B on one L4 (meta-device shapes)
 - `drift`    the drift stage (a package): extraction, the measures registry (CKA, debiased CKA, the
              original study's formula), bootstrap and tests, weights, forgetting, findings
 - `serving`  the deployment benchmark (a package): one modes table, timing, memory, vLLM, findings

@@ -45,6 +45,8 @@ RESULTS = {
     "deploy_table": "deployment_{table}.csv",
     "deploy_meta": "deployment_meta.json",
     "study_time": "study_time.json",
+    "memory_plan": "memory_plan.json",   # loradrift/plan.py: the l4 profile's plans
+    "time_plan": "time_plan.json",
 }
 
 
