@@ -204,3 +204,18 @@ def test_apply_reaches_training_unchanged_and_makes_runs_stale(search_profile, m
 def test_missing_search_section_is_explained(tiny_profile):
     with pytest.raises(Exception, match="search"):
         search.run_search(load_profile(str(tiny_profile)), tasks=["rte"], methods=["full"])
+
+
+def test_apply_writes_floats_that_the_profile_loader_reads_as_floats():
+    """ruamel writes 1e-05, which PyYAML (YAML 1.1) reads as a string: the writer must not."""
+    import io
+
+    import yaml
+    from ruamel.yaml import YAML
+    rt = YAML()
+    rt.representer.add_representer(float, search._yaml11_float)
+    values = {"lr": 1e-05, "wd": 0.01, "big": 3e20, "tiny": 2.5e-07, "plain": 2.0}
+    buf = io.StringIO()
+    rt.dump(values, buf)
+    back = yaml.safe_load(buf.getvalue())
+    assert back == values and all(isinstance(v, float) for v in back.values()), buf.getvalue()
