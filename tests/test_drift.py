@@ -266,13 +266,13 @@ def test_load_results_without_results(book_root):
 
 def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkeypatch):
     """Drift results say when a unit they read has since been re-trained (the study re-run in pieces)."""
-    from loradrift import report, serving
+    from loradrift import findings, report, serving
     from loradrift.config import load_profile
     from loradrift.store import read_json, write_json
     root, prof = tiny_book
     drift.run_drift(prof, tasks=["rte"])
     p = load_profile(prof)
-    assert drift.is_current(p, "rte") and report.outdated(prof)["drift"] == []
+    assert drift.is_current(p, "rte") and findings.outdated(prof)["drift"] == []
     unit = root / "data" / "tiny" / "runs" / "rte-lora-s2.json"
     rec = read_json(unit)
     meta = {"seed": 2, "tasks": ["rte"],  # as run_deploy records them
@@ -281,7 +281,7 @@ def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkey
     try:
         write_json(unit, {**rec, "finished_at": "2099-01-01T00:00:00Z"})  # as if re-trained later
         assert not drift.is_current(p, "rte")
-        assert report.outdated(prof)["drift"] == ["rte"]
+        assert findings.outdated(prof)["drift"] == ["rte"]
         assert serving.outdated_units(p, meta) == ["lora/rte"]
         monkey_out = []
         monkeypatch.setattr(report, "note", monkey_out.append)  # capture instead of displaying

@@ -17,8 +17,6 @@ import yaml
 
 from . import LoraDriftError
 from .store import key
-# the store's paths and readers, still imported from here by chapters frozen before the store existed
-from .store import artifacts_dir, data_dir, read_json, repo_root, write_csv, write_json  # noqa: F401,E402
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 

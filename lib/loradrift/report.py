@@ -16,7 +16,7 @@ import os
 import warnings
 
 from .config import active_profile, load_profile
-from .findings import outdated, study_time  # noqa: F401  (callers not yet moved: cli timing, tests/test_drift.py)
+from .findings import outdated
 from .stages import get_stage
 from .store import UnreadableResult, data_dir
 
