@@ -390,6 +390,15 @@ def profile_path(profile: str | dict) -> Path:
     return Path(profile["_file"]) if isinstance(profile, dict) else profile_file(str(profile))
 
 
+def _yaml11_float(representer, value: float):
+    """A float as YAML 1.1 (PyYAML, the profile loader) reads it back: ``1e-05`` would be a string there."""
+    text = repr(float(value))
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exp = text.split("e")
+        text = f"{mantissa}.0e{exp if exp[0] in '+-' else '+' + exp}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
 def apply_search(profile: str, tasks=None, methods=None) -> dict:
     """Write the best values of finished searches into the profile YAML (training.per_task.<task>.<method>).
 
@@ -415,6 +424,7 @@ def apply_search(profile: str, tasks=None, methods=None) -> dict:
     rt = YAML()
     rt.width, rt.preserve_quotes = 1000, True
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    rt.representer.add_representer(float, _yaml11_float)
     doc = rt.load(text)
     fresh = "per_task" not in doc["training"]
     if fresh:
