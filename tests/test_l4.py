@@ -187,3 +187,12 @@ def test_search_apply_writes_floats_the_profile_loader_reads_as_floats():
     buf = io.StringIO()
     rt.dump(values, buf)
     assert yaml.safe_load(buf.getvalue()) == values
+
+
+def test_plan_tables_read_the_committed_l4_plans(monkeypatch):
+    from loradrift import plan
+    monkeypatch.setenv("LORADRIFT_ROOT", str(ROOT))
+    mem, tim = plan.plan_tables("l4")
+    assert list(mem["method"]) == ["full", "lora"] and (mem["peak GB"] <= 20).all()
+    assert set(tim["stage"]) == {"search", "train", "drift", "deploy"}
+    assert plan.plan_tables("no-such-profile") == (None, None)
