@@ -340,3 +340,28 @@ def write_time_plan(prof: dict) -> dict:
     plan = time_plan(prof)
     write_json(result_path(prof["name"], "time_plan"), plan)
     return plan
+
+
+def plan_tables(profile: str = "l4"):
+    """(memory, time) display tables from ``data/<profile>/``'s plans, or None where a plan is missing: one row
+    per method (peak with and without checkpointing, its parts) and one per stage (L4 hours)."""
+    import pandas as pd
+
+    from .store import read_json, result_path
+    mem_path, time_path = result_path(profile, "memory_plan"), result_path(profile, "time_plan")
+    mem = tim = None
+    if mem_path.exists():
+        rows = []
+        for method, m in read_json(mem_path)["methods"].items():
+            parts = m["with_checkpointing"]["gb"]
+            rows.append({"method": method, "batch x tokens": f"{m['batch']} x {m['max_length']}",
+                         "trainable (M)": round(m["params"]["trainable"] / 1e6, 2),
+                         **{f"{k} GB": v for k, v in parts.items()},
+                         "peak GB": m["with_checkpointing"]["peak_gb"],
+                         "peak GB, no checkpointing": m["without_checkpointing"]["peak_gb"]})
+        mem = pd.DataFrame(rows)
+    if time_path.exists():
+        t = read_json(time_path)
+        tim = pd.DataFrame([{"stage": k, "PFLOP": None if v["flops"] is None else round(v["flops"] / 1e15, 1),
+                             "L4 hours": v["hours"]} for k, v in t["stages"].items()])
+    return mem, tim
