@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, DatasetDict
 
 from . import LoraDriftError
@@ -146,10 +147,16 @@ def _load_hub(task: str) -> DatasetDict:
     return DatasetDict(out)
 
 
-def study_splits(prof: dict, task: str, source: str | None = None) -> DatasetDict:
-    """``train`` / ``validation`` (carved from GLUE train) / ``test`` (GLUE validation) for a profile."""
+def study_splits(prof: dict, task: str, source: str | None = None, unit: dict | None = None) -> DatasetDict:
+    """``train`` / ``validation`` (carved from GLUE train) / ``test`` (GLUE validation) for a profile.
+
+    The validation carve and the test split are the same for every unit. The training subset of
+    ``train_size`` examples is drawn with ``data.split_seed`` (stratified; the same for every unit), or,
+    with ``data.train_subset: seed``, with the unit's seed (``unit``: its config): then a seed varies the
+    subset as well as the initialisation and data order, and one seed's subsets are nested (its first
+    500 examples are its 250 and 250 more), so a learning curve adds data without swapping it."""
     d = prof["data"]
-    sizes = d["tasks"][task]
+    sizes = (unit or {}).get("data", {}).get("sizes") or d["tasks"][task]
     seed = int(d.get("split_seed", 0))
     glue = load_glue(task, source if source is not None else d.get("source", "auto"))
     n, n_val = len(glue["train"]), int(sizes["validation_size"])
@@ -159,7 +166,14 @@ def study_splits(prof: dict, task: str, source: str | None = None) -> DatasetDic
     carve = glue["train"].train_test_split(test_size=n_val,
                                            stratify_by_column="label", seed=seed)
     train, validation = carve["train"], carve["test"]
-    if sizes.get("train_size") and sizes["train_size"] < len(train):
+    per_seed = d.get("train_subset", "split_seed") == "seed"
+    if per_seed and unit is None:
+        pass   # no unit: the whole training pool (setup statistics, baselines)
+    elif per_seed:
+        n_sub = min(int(sizes.get("train_size") or len(train)), len(train))
+        order = np.random.default_rng([int(seed), int(unit["seed"])]).permutation(len(train))
+        train = train.select(np.sort(order[:n_sub]).tolist())
+    elif sizes.get("train_size") and sizes["train_size"] < len(train):
         train = train.train_test_split(train_size=int(sizes["train_size"]),
                                        stratify_by_column="label", seed=seed)["train"]
     test = glue["validation"]

@@ -241,7 +241,7 @@ def _fit(prof: dict, cfg: dict, force: bool, glue_source):
     (trainer holding the best checkpoint's weights, encoded splits, the checkpoint resumed from)."""
     from transformers import EarlyStoppingCallback
     task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
-    splits = study_splits(prof, task, glue_source)  # data and model first: a bad input leaves no folder behind
+    splits = study_splits(prof, task, glue_source, unit=cfg)  # data and model first: a bad input leaves no folder behind
     model, tok = build_for_training(prof, cfg["method"], cfg["training"], cfg["seed"])
     enc = {k: tokenize(task, v, tok, int(prof["data"]["max_length"])) for k, v in splits.items()}
     for k in ("validation", "test"):  # evaluation order does not matter: sort by length, pad little
