@@ -196,6 +196,20 @@ def tokenize(task: str, ds: datasets.Dataset, tokenizer, max_length: int) -> dat
     return ds.map(enc, batched=True, remove_columns=ds.column_names, desc=f"tokenize {task}")
 
 
+def tokenize_original_eval(task: str, ds: datasets.Dataset, tokenizer, max_length: int = 128) -> datasets.Dataset:
+    """The original study's offline re-evaluation format for its full fine-tuned models: a pair as the
+    tokenizer's own pair encoding (``tokenizer(a, b)``: no "[SEP]" text between the sentences, unlike
+    training), truncated at 128 tokens. Padding does not change a Llama classifier's prediction (it reads
+    the last real token), so batches are padded dynamically. A single sentence is as in `tokenize`."""
+    def enc(batch):
+        pair = get_task(task).b is not None
+        out = tokenizer(batch["text_a"], batch["text_b"] if pair else None, truncation=True, max_length=max_length)
+        out["labels"] = batch["label"]
+        out["length"] = [len(x) for x in out["input_ids"]]
+        return out
+    return ds.map(enc, batched=True, remove_columns=ds.column_names, desc=f"tokenize {task} (original eval)")
+
+
 def split_stats(task: str, splits: DatasetDict, tokenizer, max_length: int) -> list[dict]:
     """Size, label balance and token lengths of each split (the setup chapter's table)."""
     import numpy as np
