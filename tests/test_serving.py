@@ -463,10 +463,10 @@ def test_served_units_are_chosen_by_method_kind():
 def test_committed_deployment_results_are_current():
     """The committed benchmark's key is the one the cpu profile and its committed units give now."""
     from loradrift.store import is_current, result_path
-    path = result_path("cpu", "deploy_meta")
+    path = result_path("cpu-v1", "deploy_meta")
     if not path.exists():
         pytest.skip("no committed deployment results")
-    prof = load_profile("cpu")
+    prof = load_profile("cpu-v1")
     meta = json.loads(path.read_text())
     assert is_current(path, serving.plan_deploy(prof, device=meta["device"])["key"])
     assert serving.outdated_units(prof, meta) == []

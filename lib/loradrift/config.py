@@ -29,7 +29,7 @@ REQUIRED = {
 # keys a profile may leave out, and their types where it has them (None: the key may be null)
 OPTIONAL = {
     "data.test_size": (int, None), "data.train_subset": (str,), "run.checkpoint_every_evals": (int,),
-    "study": (dict,), "recorded_as": (str,),
+    "study": (dict,), "recorded_as": (str,), "interim": (str,),
     "training.common.gradient_accumulation_steps": (int,), "training.common.evals_per_epoch": (int,),
     "training.common.early_stopping_patience": (int,), "training.common.max_grad_norm": (int, float),
 }

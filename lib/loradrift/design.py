@@ -199,3 +199,38 @@ def matched_drift(points, n_boot: int = 2000, seed: int = 0) -> dict:
     out["low"], out["high"] = (float(q) for q in np.percentile(reps, [2.5, 97.5]))
     out["decided"] = True
     return out
+
+
+def groups_frame(prof):
+    """The study's groups as a frame: group, tasks, methods, seeds, units (new to the group), drift."""
+    import pandas as pd
+
+    from .config import group_units
+    p = load_profile(prof)
+    seen, rows = set(), []
+    for name, g in study_groups(p).items():
+        u = group_units(p, g)
+        rows.append({"group": name, "tasks": g["tasks"], "methods": g["methods"], "seeds": g["seeds"],
+                     "train_sizes": g["train_sizes"], "units": len(u), "new_units": len(set(u) - seen),
+                     "drift": g["drift"]})
+        seen |= set(u)
+    return pd.DataFrame(rows)
+
+
+def sweep_methods(prof, task: str, group: str) -> list[str]:
+    """The methods a group trains on ``task`` (the learning-rate or rank sweep), in the group's order."""
+    g = study_groups(load_profile(prof)).get(group)
+    return list(g["methods"]) if g and task in g["tasks"] else []
+
+
+def original_gaps() -> dict:
+    """The original's claim 5 as it reported it: per task, LoRA - FT of the mean test metric over its seeds
+    (its metric: F1 for MRPC, else accuracy), and its worst full-FT seed (claim 6)."""
+    from . import original
+    from .tasks import task_metric
+    out = {}
+    for task, by in original.PERFORMANCE.items():
+        m = task_metric(task)
+        out[task] = {"lora_minus_full": float(np.mean(by["lora"][m]) - np.mean(by["full"][m])),
+                     "worst_full": float(min(by["full"][m])), "metric": m}
+    return out

@@ -98,19 +98,20 @@ def learning_curves(prof=None):
 
 
 def unit_settings(prof=None):
-    """Per task x method, the training values a unit gets (the method's, or the search's where the
-    profile has them): numbers, with NaN for LoRA settings of a method that has none."""
+    """Per task x method the study trains (learning-curve size variants left out), the training values a
+    unit gets (the method's, or the search's where the profile has them): numbers, with NaN for LoRA
+    settings of a method that has none."""
     import pandas as pd
     p = load_profile(prof)
     rows = []
-    for task in p["tasks"]:
-        for m in p["methods"]:
-            t = unit_config(p, task, m, p["seeds"][0])["training"]
-            rows.append({"task": task, "method": m, "searched": bool(searched_values(p, task, m)),
-                         "learning_rate": t["learning_rate"], "epochs": t["num_train_epochs"],
-                         "batch": t["per_device_train_batch_size"] * t.get("gradient_accumulation_steps", 1),
-                         "warmup_ratio": t["warmup_ratio"], "weight_decay": t["weight_decay"],
-                         **{k: t.get(k, math.nan) for k in ("lora_r", "lora_alpha", "lora_dropout")}})
+    pairs = dict.fromkeys((t, m) for t, m, _ in units(p) if "train_size" not in p["methods"][m])
+    for task, m in sorted(pairs, key=lambda tm: p["tasks"].index(tm[0])):
+        t = unit_config(p, task, m, p["seeds"][0])["training"]
+        rows.append({"task": task, "method": m, "searched": bool(searched_values(p, task, m)),
+                     "learning_rate": t["learning_rate"], "epochs": t["num_train_epochs"],
+                     "batch": t["per_device_train_batch_size"] * t.get("gradient_accumulation_steps", 1),
+                     "warmup_ratio": t["warmup_ratio"], "weight_decay": t["weight_decay"],
+                     **{k: t.get(k, math.nan) for k in ("lora_r", "lora_alpha", "lora_dropout")}})
     return pd.DataFrame(rows)
 
 
