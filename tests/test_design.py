@@ -136,3 +136,18 @@ def test_matched_drift_recovers_a_known_offset_and_declines_without_overlap():
     assert design.matched_drift(flipped, n_boot=300)["diff"] == pytest.approx(-m["diff"], abs=1e-9)
     apart = pts.assign(accuracy=np.r_[acc_f - 0.5, acc_l])
     assert not design.matched_drift(apart)["decided"] and math.isnan(design.matched_drift(apart)["diff"])
+
+
+def test_unit_points_take_the_endpoint_depth_and_join_accuracy(tiny_model, tiny_glue, tmp_path):
+    prof = _grouped(tiny_model, tiny_glue, tmp_path)
+    lay = pd.DataFrame([{"task": "sst2", "model": f"sst2-{m}-s1", "pooling": "last", "measure": "cka",
+                         "depth_name": d, "value": v}
+                        for m, by in (("full", {"final_norm": 0.6, "layer_2": 0.9}), ("lora", {"final_norm": 0.8, "layer_2": 0.95}))
+                        for d, v in by.items()])
+    runs = pd.DataFrame([{"id": f"sst2-{m}-s1", "task": "sst2", "method": m, "kind": m, "seed": 1, "learning_rate": lr,
+                          "lora_r": r, "test_accuracy": a, "test_score": a} for m, lr, r, a in
+                         (("full", 1e-3, math.nan, 0.8), ("lora", 5e-3, 4, 0.7))])
+    res = {"layers": lay, "task_json": {"sst2": {"forgetting": {"models": [{"model": "sst2-full-s1", "delta_nll": 0.3}]}}}}
+    pts = design.unit_points(prof, res, runs, "sst2", {"pooling": "last", "measure": "cka", "depth": "final_norm"}).set_index("method")
+    assert pts.loc["full", "drift"] == pytest.approx(0.4) and pts.loc["lora", "drift"] == pytest.approx(0.2)
+    assert pts.loc["full", "accuracy"] == 0.8 and pts.loc["full", "forgetting"] == 0.3 and math.isnan(pts.loc["lora", "forgetting"])

@@ -234,3 +234,48 @@ def original_gaps() -> dict:
         out[task] = {"lora_minus_full": float(np.mean(by["lora"][m]) - np.mean(by["full"][m])),
                      "worst_full": float(min(by["full"][m])), "metric": m}
     return out
+
+
+def unit_points(prof, res: dict, runs, task: str, endpoint: dict):
+    """One row per drift-measured unit of ``task``: method, kind, learning rate, LoRA rank, seed, test
+    accuracy and metric, drift (1 - the ``endpoint``'s similarity: {pooling, measure, depth}) and
+    forgetting (the rise in mean token NLL on generic text). The frontier and the rank sweep read it."""
+    import pandas as pd
+    p = load_profile(prof)
+    lay = res.get("layers")
+    if lay is None or not len(lay) or not len(runs):
+        return pd.DataFrame()
+    sel = lay[(lay.task == task) & (lay.pooling == endpoint["pooling"]) & (lay.measure == endpoint["measure"])
+              & (lay.depth_name == endpoint["depth"])]
+    drift = dict(zip(sel.model, 1 - sel.value))
+    forget = {}
+    if task in res.get("task_json", {}):
+        forget = {m["model"]: m["delta_nll"] for m in res["task_json"][task]["forgetting"]["models"]}
+    r = runs[(runs.task == task) & runs.id.isin(drift.keys())]
+    return pd.DataFrame([{"id": x.id, "method": x.method, "kind": p["methods"][x.method]["kind"] if x.method in p["methods"] else x.kind,
+                          "learning_rate": x.learning_rate, "lora_r": x.lora_r, "seed": x.seed,
+                          "accuracy": x.test_accuracy, "score": x.test_score, "drift": drift[x.id],
+                          "forgetting": forget.get(x.id, math.nan)} for x in r.itertuples()])
+
+
+def frontier(prof, points, group: str = "learning_rate", n_boot: int = 2000) -> dict:
+    """Drift at equal accuracy (`matched_drift`) over the units of the learning-rate group (every rate
+    of both kinds, the primary rates included), and the same for forgetting."""
+    p = load_profile(prof)
+    g = study_groups(p).get(group)
+    if g is None or points is None or not len(points):
+        return {"drift": matched_drift(None), "forgetting": matched_drift(None)}
+    pts = points[points.method.isin(g["methods"])]
+    return {"drift": matched_drift(pts, n_boot=n_boot),
+            "forgetting": matched_drift(pts.assign(drift=pts.forgetting).dropna(subset=["drift"]), n_boot=n_boot)}
+
+
+def rank_summary(points, methods: list[str]):
+    """Per LoRA rank of the rank sweep: seeds, test metric, drift and forgetting, mean and sd over seeds."""
+    if points is None or not len(points):
+        return points
+    r = points[points.method.isin(methods)]
+    return r.groupby(["method", "lora_r"]).agg(seeds=("seed", "nunique"), score=("score", "mean"),
+                                               score_sd=("score", "std"), drift=("drift", "mean"),
+                                               drift_sd=("drift", "std"), forgetting=("forgetting", "mean"),
+                                               forgetting_sd=("forgetting", "std")).reset_index().sort_values("lora_r")
