@@ -151,3 +151,15 @@ def test_unit_points_take_the_endpoint_depth_and_join_accuracy(tiny_model, tiny_
     pts = design.unit_points(prof, res, runs, "sst2", {"pooling": "last", "measure": "cka", "depth": "final_norm"}).set_index("method")
     assert pts.loc["full", "drift"] == pytest.approx(0.4) and pts.loc["lora", "drift"] == pytest.approx(0.2)
     assert pts.loc["full", "accuracy"] == 0.8 and pts.loc["full", "forgetting"] == 0.3 and math.isnan(pts.loc["lora", "forgetting"])
+
+
+def test_frontier_chart_draws_the_fits_only_when_decided():
+    from loradrift import study_figures as sfig
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(0.7, 0.9, 16)
+    pts = pd.DataFrame({"id": [f"u{i}" for i in range(16)], "method": ["full"] * 8 + ["lora"] * 8,
+                        "kind": ["full"] * 8 + ["lora"] * 8, "learning_rate": [1e-4] * 16, "accuracy": acc,
+                        "drift": acc * 0.5})
+    fr = design.matched_drift(pts, n_boot=50)
+    assert len(sfig.frontier_chart(pts, ["full", "lora"], fr).to_dict()["layer"]) == 3
+    assert len(sfig.frontier_chart(pts, ["full", "lora"], design.matched_drift(None)).to_dict()["layer"]) == 1

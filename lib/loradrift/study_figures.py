@@ -105,3 +105,31 @@ def groups_table(groups):
                           "training examples": ", ".join(map(str, r.train_sizes)) or "the task's",
                           "seeds": seeds(r.seeds), "units (new)": f"{r.units} ({r.new_units})",
                           "drift measured": _yes(r.drift)} for r in groups.itertuples()])
+
+
+def frontier_chart(points, methods: list[str], fr: dict, y: str = "drift", title: str = "drift from the base"):
+    """Drift (or forgetting) against test accuracy over the learning-rate sweep: one point per unit,
+    coloured by kind and sized by learning rate; the lines are each kind's fit inside the accuracy range
+    both reach, and the rule marks the accuracy where they are compared (`design.matched_drift`)."""
+    import altair as alt
+    import numpy as np
+    import pandas as pd
+    pts = points[points.method.isin(methods)].dropna(subset=[y]).assign(
+        method_kind=lambda d: d.kind.map(method_label), lr=lambda d: d.learning_rate.map(lambda v: f"{v:.0e}"))
+    enc = dict(x=alt.X("accuracy:Q", scale=alt.Scale(zero=False), title="test accuracy"),
+               y=alt.Y(f"{y}:Q", title=title), color=alt.Color("method_kind:N", title="method"))
+    dots = alt.Chart(pts).mark_point(filled=True, opacity=0.8).encode(
+        **enc, shape=alt.Shape("lr:N", title="learning rate"),
+        tooltip=["id", "lr", alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip(f"{y}:Q", format=".4f")])
+    layers = [dots]
+    lo, hi = fr.get("overlap", (np.nan, np.nan))
+    if fr.get("decided"):
+        rows = []
+        for kind in ("full", "lora"):
+            d = pts[(pts.kind == kind) & (pts.accuracy >= lo) & (pts.accuracy <= hi)]
+            slope, icept = np.polyfit(d.accuracy, d[y], 1)
+            rows += [{"method_kind": method_label(kind), "accuracy": a, y: slope * a + icept} for a in (lo, hi)]
+        layers.append(alt.Chart(pd.DataFrame(rows)).mark_line().encode(**enc))
+        layers.append(alt.Chart(pd.DataFrame({"accuracy": [fr["at"]]})).mark_rule(strokeDash=[4, 4], color="grey")
+                      .encode(x="accuracy:Q"))
+    return alt.layer(*layers).properties(width=380, height=260)
