@@ -29,10 +29,10 @@ def ratio_rows(batches: pd.DataFrame, cost: pd.DataFrame, dispatch_s: float, n_b
     predicted ratio."""
     if batches.empty:
         return []
-    out = []
+    out, by_point = [], cost.set_index(POINT + ["mode"]).sort_index() if not cost.empty else None
     for key, g in batches.groupby(POINT, sort=False):
         times = window_times(g)
-        c = cost.set_index(POINT + ["mode"]).loc[key] if not cost.empty else None
+        c = by_point.loc[key] if by_point is not None else None
         for num, den in ratio_pairs(list(g["mode"].unique())):
             r = paired_ratio(times[num], times[den], n_boot)
             reps = repeat_ratios(times, num, den)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .findings import (CLAIMS, against_original, claim, controls, correctness_summary, cost_table, has_latency,
+from .findings import (CLAIMS, GOAL_MIXED, against_original, claim, controls, correctness_summary, cost_table, has_latency,
                        mixed_serving, storage_mb, timing_error)
 from .modes import MODES
 
@@ -173,7 +173,7 @@ def mixed_text(D) -> dict[str, str]:
     m = mixed_serving(D)
     keys = ("bs", "ratio", "goal", "met", "p50", "p99", "p50_routed", "p99_routed", "pad", "pad_routed", "predicted")
     if m is None:
-        return dict.fromkeys(keys, NA)
+        return {**dict.fromkeys(keys, NA), "goal": f"{GOAL_MIXED:.1f}×"}
     return {"bs": str(m["batch_size"]), "ratio": interval(m["throughput_ratio"], *m["ci"], digits=2),
             "goal": f"{m['goal']:.1f}×", "met": "met" if m["goal_met"] else "not met",
             "p50": num(m["p50_mixed"], ".0f"), "p99": num(m["p99_mixed"], ".0f"),
