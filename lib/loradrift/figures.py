@@ -208,10 +208,14 @@ def headline_table(study):
 SERVING_COMPARISONS = {   # (kind, numerator, denominator) -> what the preface calls it
     ("latency", "lora", "merged"): "unmerged adapter / merged model",
     ("latency", "merged", "full"): "merged / fully fine-tuned model (the same computation: the timing's resolution)",
+    ("latency", "merged-aa", "merged"): "A/A control: two copies of one merged model (the timing's resolution)",
+    ("latency", "multi", "routed-lora"): "one base, adapter switched per batch / an unmerged adapter model per task",
     ("latency", "multi", "routed-merged"): "one base, adapter switched per batch / a merged model per task",
     ("latency", "mixed", "routed-merged"): "one base, mixed-adapter batches / a merged model per task",
     ("throughput", "mixed", "merged"): "throughput: mixed-adapter batches / a merged model per task "
                                        "(harmonic mean over tasks)",
+    ("throughput", "mixed", "routed-merged"): "throughput: length-bucketed mixed-adapter batches / a merged "
+                                              "model per task, on the same stream (paired)",
     ("storage", "adapter", "full"): "on disk: adapter / fully fine-tuned model",
 }
 
