@@ -164,7 +164,7 @@ def test_streams_and_windows():
     assert len(s) == 30 and {t: sum(r.task == t for r in s) for t in TASKS} == dict.fromkeys(TASKS, 10)
     for t in TASKS:   # each task's requests in their order, cycling when too few
         assert [r.uid for r in s if r.task == t] == [f"{t}:{i % 5}" for i in range(10)]
-    assert [r.task for r in s] != sorted(r.task for r in s)                 # really interleaved
+    assert sum(a.task != b.task for a, b in zip(s, s[1:])) > 10             # really interleaved
     assert [r.uid for r in serving.interleaved_stream(pools, 30, seed=3)] == [r.uid for r in s]
     w = serving.windows(s, 4, 2)
     assert len(w) == 3 and all(len(x) == 8 for x in w) and w[1][0] is s[8]  # whole windows only
