@@ -516,51 +516,6 @@ def test_served_units_are_chosen_by_method_kind():
         serving.served_method(prof, "lora")
     with pytest.raises(LoraDriftError, match="has none"):
         serving.served_method({"name": "p", "methods": {"ft": {"kind": "full"}}}, "lora")
-# ------------------------------------------------------------------------------ vLLM pure parts
-def test_vllm_split_adapter_and_host_head_reproduce_peft(tiny_model, adapters, tmp_path):
-    from safetensors import safe_open
-    heads = {t: vllm_serving.split_adapter(adapters[t], tmp_path / t) for t in TASKS}
-    with safe_open(str(tmp_path / "rte" / "adapter_model.safetensors"), "pt") as f:
-        keys = list(f.keys())
-    assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
-    cfg = json.loads((tmp_path / "rte" / "adapter_config.json").read_text())
-    assert cfg["modules_to_save"] is None and cfg["r"] == LORA["lora_r"]
-    assert heads["rte"]["score_weight"].shape == (2, 32)
-
-    # the host-side head on LAST-token hidden states == the PEFT classifier's logits
-    tok = _tok(tiny_model)
-    reqs = _requests(tiny_model, 4)
-    flat = [r for t in TASKS for r in reqs[t]]
-    table = vllm_serving.adapter_table(TASKS, {t: heads[t]["path"] for t in TASKS})
-    assert [table[t][1] for t in TASKS] == [1, 2, 3]
-    specs = vllm_serving.build_requests(flat, table, tok, 32)
-    hidden, want = [], []
-    for t in TASKS:
-        pm = _single_peft(tiny_model, adapters[t])
-        for s in (s for s in specs if s["task"] == t):
-            ids = torch.tensor([s["prompt"]["prompt_token_ids"]])
-            out = pm(input_ids=ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-1][0, -1].detach().numpy())
-            want.append(out.logits[0].detach().numpy())
-    # a fake vLLM result list (EmbeddingRequestOutput-like objects)
-    fake = [types.SimpleNamespace(outputs=types.SimpleNamespace(embedding=h.tolist())) for h in hidden]
-    got = vllm_serving.head_logits(vllm_serving.parse_embed_outputs(fake), [s["task"] for s in specs], heads)
-    np.testing.assert_allclose(got, np.stack(want), atol=1e-5)
-    # token ids equal what the benchmark's encoder feeds the PEFT model (no padding)
-    enc = serving.TextEncoder(tok, 32)(flat[:1])
-    assert specs[0]["prompt"]["prompt_token_ids"] == enc["input_ids"][0].tolist()
-    probs = [types.SimpleNamespace(outputs=types.SimpleNamespace(probs=[0.2, 0.8]))]
-    assert vllm_serving.parse_classify_outputs(probs).argmax(1).tolist() == [1]
-    with pytest.raises(LoraDriftError, match="no adapter"):
-        vllm_serving.build_requests([serving.Request(uid="x:0", task="qnli", text="a")], table)
-
-
-def test_vllm_is_reported_unavailable_without_cuda():
-    ok, why = vllm_serving.vllm_available()
-    if not torch.cuda.is_available():
-        assert not ok and why
-        with pytest.raises(LoraDriftError, match="vLLM"):
-            vllm_serving.run_vllm({"tasks": ["rte"]})
 
 
 # ------------------------------------------------------------------------------ corrupt adapters
