@@ -73,7 +73,7 @@ def test_a_lora_rank_variant_is_a_few_lines_of_yaml(book_root, tiny_model, tiny_
 
 def test_profiles_are_layered_and_checked(tmp_path):
     (tmp_path / "_layer.yaml").write_text(yaml.safe_dump({"seeds": [1, 2], "training": {"common": {"a": 1}}}))
-    cpu = load_profile("cpu")
+    cpu = load_profile("cpu-v1")
     raw = {k: v for k, v in cpu.items() if not k.startswith("_") and k not in ("seeds",)}
     raw["extends"] = "_layer"
     raw["training"] = {"common": {k: v for k, v in cpu["training"]["common"].items()}}
@@ -92,10 +92,10 @@ def test_profiles_are_layered_and_checked(tmp_path):
 
 
 def test_shipped_profiles_keep_their_unit_hashes():
-    """The layered cpu profile gives the committed units exactly the config they were trained with."""
+    """The layered cpu-v1 profile (the first run, once called cpu) gives the committed units exactly the config they were trained with."""
     from pathlib import Path
-    prof = load_profile("cpu")
-    runs = Path(__file__).resolve().parents[1] / "data" / "cpu" / "runs"
+    prof = load_profile("cpu-v1")
+    runs = Path(__file__).resolve().parents[1] / "data" / "cpu-v1" / "runs"
     recs = [read_json(p) for p in sorted(runs.glob("*.json"))]
     assert len(recs) == 18
     for rec in recs:
@@ -183,7 +183,7 @@ def test_out_of_date_notes_follow_the_store_keys(monkeypatch):
 
     from loradrift.findings import outdated
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
-    prof = load_profile("cpu")
+    prof = load_profile("cpu-v1")
     assert outdated(prof) == {"train": [], "drift": [], "deploy": []}
     changed = copy.deepcopy(prof)
     changed["deploy"]["n_requests"] = 100

@@ -101,7 +101,7 @@ def damaged_root(tmp_path):
     (tmp_path / "_quarto.yml").write_text("project: {type: book}\n")
     shutil.copytree(ROOT / "data", tmp_path / "data")
     for name, how in DAMAGED.items():
-        f = tmp_path / "data" / "cpu" / name
+        f = tmp_path / "data" / "cpu-v1" / name
         if how == "cut":
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
         else:
@@ -119,13 +119,13 @@ def test_readers_name_an_unreadable_result_and_carry_on(damaged_root, monkeypatc
     monkeypatch.setenv("LORADRIFT_ROOT", str(damaged_root))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runs = findings.runs_frame("cpu")
-        res = drift.load_results("cpu")
+        runs = findings.runs_frame("cpu-v1")
+        res = drift.load_results("cpu-v1")
         rep = drift.results.replication_table(res)
-        dep = serving.load_results(data_dir("cpu"))
-        t = findings.study_time("cpu")
-        findings.outdated("cpu"), findings.headline_study("cpu"), findings.limitations("cpu")
-        search_findings.projection("cpu"), search_findings.summary("cpu", lsearch.load_results("cpu"))
+        dep = serving.load_results(data_dir("cpu-v1"))
+        t = findings.study_time("cpu-v1")
+        findings.outdated("cpu-v1"), findings.headline_study("cpu-v1"), findings.limitations("cpu-v1")
+        search_findings.projection("cpu-v1"), search_findings.summary("cpu-v1", lsearch.load_results("cpu-v1"))
     said = " ".join(str(w.message) for w in caught if issubclass(w.category, UnreadableResult))
     for name in DAMAGED:
         assert name in said, name
@@ -140,7 +140,7 @@ def test_a_chapter_shows_what_it_can_of_a_damaged_data_folder(damaged_root, chap
     serving record: no error, and a note names each file it left out."""
     path = ROOT / ("index.qmd" if chapter == "index" else f"chapters/{chapter}.qmd")
     nb = run_chapter(path, {"LORADRIFT_COMPUTE": "never", "LORADRIFT_ROOT": str(damaged_root),
-                            "QUARTO_PROFILE": "cpu", "LORADRIFT_ARTIFACTS": str(damaged_root / "artifacts")})
+                            "QUARTO_PROFILE": "cpu-v1", "LORADRIFT_ARTIFACTS": str(damaged_root / "artifacts")})
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors[0]["evalue"] if errors else ""
     notes = " ".join(o["data"]["text/markdown"] for o in outputs(nb, "text/markdown")

@@ -259,7 +259,7 @@ def test_corrupt_cache_names_the_fix(tiny_book):
 
 
 def test_load_results_without_results(book_root):
-    res = drift.load_results("cpu")
+    res = drift.load_results("cpu-v1")
     assert res["tasks"] == [] and res["layers"].empty and res["seeds"].empty
     assert drift.replication_table(res).empty
 

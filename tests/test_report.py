@@ -12,7 +12,7 @@ from loradrift import cli, figures, findings, report, search_findings
 from loradrift.config import load_profile
 from loradrift.store import repo_root
 
-COMMITTED = Path(__file__).resolve().parents[1] / "data" / "cpu"
+COMMITTED = Path(__file__).resolve().parents[1] / "data" / "cpu-v1"
 
 
 def _write(path: Path, obj) -> None:
@@ -63,8 +63,8 @@ def test_timing_command_writes_study_time(tiny_profile, book_root, capsys):
 def test_headline_matches_the_run_records(monkeypatch):
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
     assert repo_root() == COMMITTED.parents[1]
-    numbers = findings.headline_study("cpu")
-    study, serving = figures.headline_table(numbers), figures.headline_serving_table(findings.headline_serving("cpu"))
+    numbers = findings.headline_study("cpu-v1")
+    study, serving = figures.headline_table(numbers), figures.headline_serving_table(findings.headline_serving("cpu-v1"))
     runs = [json.loads(p.read_text()) for p in sorted((COMMITTED / "runs").glob("*.json"))]
     tasks = {r["task"] for r in runs}
     assert len(study) == len(tasks)
@@ -83,7 +83,7 @@ def test_headline_matches_the_run_records(monkeypatch):
             row = study[study.task.str.lower().str.replace("-", "") == t["task"]].iloc[0]
             assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
             assert row["full FT 1−CKA"] == report.sig(t["mean_a"], 2) and row["LoRA 1−CKA"] == report.sig(t["mean_b"], 2)
-    stale = {r["task"] for r in findings.runs_frame("cpu").query("status != 'done'").to_dict("records")}
+    stale = {r["task"] for r in findings.runs_frame("cpu-v1").query("status != 'done'").to_dict("records")}
     assert ("units" in study) == bool(stale)  # the column appears only while some units are stale
     if stale:
         assert set(study[study["units"] != "current"]["task"]) == {names[t] for t in stale}
@@ -96,7 +96,7 @@ def test_headline_serving_ratios_are_the_benchmarks_own(monkeypatch):
     import pandas as pd
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
     rat = pd.read_csv(COMMITTED / "deployment_ratios.csv")
-    srv = findings.headline_serving("cpu")
+    srv = findings.headline_serving("cpu-v1")
     lat = srv[(srv.kind == "latency") & srv.ratio.notna()]
     assert len(lat) > 3
     for r in lat.itertuples():
@@ -134,11 +134,11 @@ def test_every_chart_gets_its_own_div_with_a_static_fallback():
 
 def test_untuned_units_are_kept_beside_the_study():
     """The study's first run (untuned values) stays readable for the search's test-split comparison."""
-    old = findings.runs_frame("cpu", "runs_untuned")
+    old = findings.runs_frame("cpu-v1", "runs_untuned")
     assert len(old) == 18 and set(old["task"]) == {"rte", "mrpc", "sst2"}
     assert old.groupby(["task", "method"])["seed"].nunique().eq(3).all()
     cfg = json.loads((COMMITTED / "runs_untuned" / "rte-lora-s42.json").read_text())["config"]["training"]
-    prof = load_profile("cpu")
+    prof = load_profile("cpu-v1")
     assert cfg["learning_rate"] == prof["methods"]["lora"]["learning_rate"]  # the profile's own values
 
 

@@ -35,16 +35,16 @@ def test_bf16_speedup_divides_matching_rows():
 @pytest.mark.skipif(not (DATA / "cpu-bf16" / "runs").exists(), reason="no committed precision check")
 def test_precision_check_reads_each_profiles_units_by_seed(monkeypatch):
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
-    check = speed.precision_check("cpu", "cpu-bf16")
+    check = speed.precision_check("cpu-v1", "cpu-bf16")
     assert len(check) == 2 * len(speed.QUANTITIES) and set(check.task) == {"mrpc"}
     recs = {p: {json.loads(f.read_text())["id"]: json.loads(f.read_text()) for f in (DATA / p / "runs").glob("mrpc-*.json")}
-            for p in ("cpu", "cpu-bf16")}
+            for p in ("cpu-v1", "cpu-bf16")}
     for method in ("full", "lora"):
         row = check[(check.method == method) & (check.quantity == "test metric")].iloc[0]
         f1 = {p: {r["seed"]: r["test"]["f1"] for r in recs[p].values() if r["method"] == method} for p in recs}
-        assert row.mean_a == pytest.approx(np.mean(list(f1["cpu"].values())))      # fp32 = the cpu profile
+        assert row.mean_a == pytest.approx(np.mean(list(f1["cpu-v1"].values())))      # fp32 = the cpu profile
         assert row.mean_b == pytest.approx(np.mean(list(f1["cpu-bf16"].values())))  # bf16 = the check's profile
-        assert row.max_paired_diff == pytest.approx(max(abs(f1["cpu-bf16"][s] - f1["cpu"][s]) for s in f1["cpu"]))
+        assert row.max_paired_diff == pytest.approx(max(abs(f1["cpu-bf16"][s] - f1["cpu-v1"][s]) for s in f1["cpu-v1"]))
 
 
 @pytest.mark.skipif(not (DATA / "cpu-bf16" / "bench.json").exists(), reason="no committed extraction check")

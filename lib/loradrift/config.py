@@ -28,11 +28,13 @@ REQUIRED = {
 }
 # keys a profile may leave out, and their types where it has them (None: the key may be null)
 OPTIONAL = {
-    "data.test_size": (int, None), "run.checkpoint_every_evals": (int,),
+    "data.test_size": (int, None), "data.train_subset": (str,), "run.checkpoint_every_evals": (int,),
+    "study": (dict,), "recorded_as": (str,), "interim": (str,),
     "training.common.gradient_accumulation_steps": (int,), "training.common.evals_per_epoch": (int,),
     "training.common.early_stopping_patience": (int,), "training.common.max_grad_norm": (int, float),
 }
 TASK_SIZES = {"validation_size": (int,), "train_size": (int, None)}   # data.tasks.<task>
+GROUP_KEYS = {"tasks": (list,), "methods": (list,), "seeds": (list, int), "drift": (bool,), "train_sizes": (list,)}
 METHOD_REQUIRED = {"kind": str, "learning_rate": (int, float), "num_train_epochs": (int, float),
                    "warmup_ratio": (int, float), "weight_decay": (int, float)}
 
@@ -154,16 +156,39 @@ def validate(prof: dict, where: str) -> dict:
             problems += [f"method {m} ({s['kind']}) lacks {k}" for k in KINDS[s["kind"]].required if k not in s]
         elif "kind" in s:
             problems.append(f"method {m}: unknown kind {s['kind']!r} (one of {list(KINDS)})")
+    problems += _group_problems(prof)
     if problems:
         raise LoraDriftError(f"profile {where}: " + "; ".join(problems))
     return prof
+
+
+def _group_problems(prof: dict) -> list[str]:
+    """What is wrong with the profile's ``study:`` groups (unknown tasks, methods or keys, too many seeds)."""
+    problems = []
+    for g, spec in (prof.get("study") or {}).items():
+        if not isinstance(spec, dict):
+            problems.append(f"study.{g} should be a mapping {{tasks, methods, seeds, drift, train_sizes}}")
+            continue
+        problems += [f"study.{g}: unknown key {k!r} (one of {list(GROUP_KEYS)})" for k in spec if k not in GROUP_KEYS]
+        problems += [f"study.{g}.{k} should be {_names(t)}, not {spec[k]!r}"
+                     for k, t in GROUP_KEYS.items() if k in spec and not _is(spec[k], t)]
+        problems += [f"study.{g}: task {t!r} is not in the profile's tasks {prof['tasks']}"
+                     for t in spec.get("tasks") or () if t not in prof["tasks"]]
+        problems += [f"study.{g}: method {m!r} is not one of the profile's methods {list(prof['methods'])}"
+                     for m in spec.get("methods") or () if m not in prof["methods"]]
+        n = spec.get("seeds")
+        if isinstance(n, int) and not 1 <= n <= len(prof["seeds"]):
+            problems.append(f"study.{g}.seeds is {n}: a count between 1 and the {len(prof['seeds'])} seeds listed")
+    return problems
 
 
 def _is(v, types) -> bool:
     """Is ``v`` of one of ``types`` (None in ``types``: may be null; a bool is not a number)?"""
     if v is None:
         return None in types
-    return not isinstance(v, bool) and isinstance(v, tuple(t for t in types if t is not None))
+    if isinstance(v, bool):
+        return bool in types
+    return isinstance(v, tuple(t for t in types if t is not None))
 
 
 def _names(types) -> str:
@@ -177,8 +202,12 @@ def load_profile(name: str | dict | None = None) -> dict[str, Any]:
     path = profile_file(active_profile(name))
     prof = _read_layers(path)
     prof["name"] = path.stem
+    # the name a unit's config records (not inherited: a profile renamed after its units were trained
+    # states its old name here, so its results stay current)
+    prof["recorded_as"] = (yaml.safe_load(path.read_text()) or {}).get("recorded_as") or path.stem
     if isinstance(prof.get("methods"), dict):
         prof["methods"] = resolve_methods(prof["methods"], str(path))
+        prof["methods"].update(size_variants(prof))
     prof["_file"] = str(path)
     return validate(prof, str(path))
 
@@ -213,12 +242,15 @@ def unit_config(prof: dict, task: str, method: str, seed: int) -> dict[str, Any]
 
     A method's ``kind`` is recorded when it differs from the method's name (``lora-r64`` is a ``lora``)."""
     check_task(prof, task)
+    training = training_settings(prof, method, task)
+    sizes = dict(prof["data"]["tasks"][task])
+    if "train_size" in training:   # a learning-curve variant (`study.<group>.train_sizes`)
+        sizes["train_size"] = int(training.pop("train_size"))
     cfg = {
-        "profile": prof["name"], "task": task, "method": method, "seed": int(seed),
+        "profile": prof.get("recorded_as", prof["name"]), "task": task, "method": method, "seed": int(seed),
         "model": copy.deepcopy(prof["model"]),
-        "data": {k: v for k, v in prof["data"].items() if k not in ("tasks", "source")}
-        | {"sizes": prof["data"]["tasks"][task]},
-        "training": training_settings(prof, method, task),
+        "data": {k: v for k, v in prof["data"].items() if k not in ("tasks", "source")} | {"sizes": sizes},
+        "training": training,
     }
     if prof["methods"][method]["kind"] != method:
         cfg["kind"] = prof["methods"][method]["kind"]
@@ -234,14 +266,78 @@ def run_id(task: str, method: str, seed: int) -> str:
     return f"{task}-{method}-s{seed}"
 
 
+def size_variant(method: str, size: int) -> str:
+    """The name of a method trained on ``size`` examples (a learning-curve point): ``full-n500``."""
+    return f"{method}-n{int(size)}"
+
+
+def size_variants(prof: dict) -> dict:
+    """The methods that ``study.<group>.train_sizes`` implies: each group method at each size."""
+    out = {}
+    for spec in (prof.get("study") or {}).values():
+        for m in (spec or {}).get("methods") or ():
+            for n in (spec or {}).get("train_sizes") or ():
+                if m in prof["methods"]:
+                    out[size_variant(m, n)] = {**prof["methods"][m], "train_size": int(n)}
+    return out
+
+
+def study_groups(prof: dict) -> dict[str, dict]:
+    """The study's groups of units, in the order they run, each {tasks, methods, seeds (a list), drift,
+    train_sizes}. A profile without ``study:`` has one group: every task x method x seed."""
+    groups = prof.get("study") or {"all": {}}
+    out = {}
+    for g, spec in groups.items():
+        n = spec.get("seeds")
+        seeds = prof["seeds"][:n] if isinstance(n, int) else (n or prof["seeds"])
+        out[g] = {"tasks": list(spec.get("tasks") or prof["tasks"]), "methods": list(spec.get("methods") or prof["methods"]),
+                  "seeds": [int(s) for s in seeds], "drift": bool(spec.get("drift", True)),
+                  "train_sizes": list(spec.get("train_sizes") or [])}
+    return out
+
+
+def group_units(prof: dict, group: dict) -> list[tuple[str, str, int]]:
+    """One group's units, task by task (a task's results are complete early). With ``train_sizes``,
+    each size is a method variant (``full-n500``), except the task's own train size: that is the plain method."""
+    out = []
+    for t in group["tasks"]:
+        own = prof["data"]["tasks"][t].get("train_size")
+        methods = [m if n == own else size_variant(m, n) for n in group["train_sizes"] for m in group["methods"]] \
+            if group["train_sizes"] else group["methods"]
+        out += [(t, m, s) for s in group["seeds"] for m in methods]
+    return out
+
+
 def units(prof: dict, tasks=None, methods=None, seeds=None) -> list[tuple[str, str, int]]:
-    """Units in the order they run: task by task, so a task's results are complete early."""
+    """The study's units in the order they run (group by group, see `study_groups`), each once;
+    ``tasks``/``methods``/``seeds`` select among them."""
     for t in tasks or ():
         check_task(prof, t)
     for m in methods or ():
         check_method(prof, m)
-    return [(t, m, int(s)) for t in (tasks or prof["tasks"]) for s in (seeds or prof["seeds"])
-            for m in (methods or prof["methods"])]
+    seen, out = set(), []
+    for g in study_groups(prof).values():
+        for u in group_units(prof, g):
+            if u not in seen and (not tasks or u[0] in tasks) and (not methods or u[1] in methods) \
+                    and (not seeds or u[2] in {int(s) for s in seeds}):
+                seen.add(u)
+                out.append(u)
+    if not out and (tasks or methods or seeds):
+        raise LoraDriftError(f"no unit of profile {prof['name']!r} has task {tasks or 'any'}, method {methods or 'any'} "
+                             f"and seed {seeds or 'any'}: see its study groups (`study:`) for the units it trains")
+    return out
+
+
+def drift_units(prof: dict, task: str) -> list[tuple[str, str, int]]:
+    """(run id, method, seed) of the task's units whose drift is measured (groups with ``drift: true``)."""
+    seen: dict = {}
+    for g in study_groups(prof).values():
+        if g["drift"]:
+            for t, m, s in group_units(prof, g):
+                if t == task:
+                    seen.setdefault((m, s), len(seen))
+    order = list(prof["methods"])   # method by method, each in its seeds' order
+    return [(run_id(task, m, s), m, s) for m, s in sorted(seen, key=lambda u: (order.index(u[0]), seen[u]))]
 
 
 def environment() -> dict[str, Any]:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, DatasetDict
 
 from . import LoraDriftError
@@ -146,10 +147,16 @@ def _load_hub(task: str) -> DatasetDict:
     return DatasetDict(out)
 
 
-def study_splits(prof: dict, task: str, source: str | None = None) -> DatasetDict:
-    """``train`` / ``validation`` (carved from GLUE train) / ``test`` (GLUE validation) for a profile."""
+def study_splits(prof: dict, task: str, source: str | None = None, unit: dict | None = None) -> DatasetDict:
+    """``train`` / ``validation`` (carved from GLUE train) / ``test`` (GLUE validation) for a profile.
+
+    The validation carve and the test split are the same for every unit. The training subset of
+    ``train_size`` examples is drawn with ``data.split_seed`` (stratified; the same for every unit), or,
+    with ``data.train_subset: seed``, with the unit's seed (``unit``: its config): then a seed varies the
+    subset as well as the initialisation and data order, and one seed's subsets are nested (its first
+    500 examples are its 250 and 250 more), so a learning curve adds data without swapping it."""
     d = prof["data"]
-    sizes = d["tasks"][task]
+    sizes = (unit or {}).get("data", {}).get("sizes") or d["tasks"][task]
     seed = int(d.get("split_seed", 0))
     glue = load_glue(task, source if source is not None else d.get("source", "auto"))
     n, n_val = len(glue["train"]), int(sizes["validation_size"])
@@ -159,7 +166,14 @@ def study_splits(prof: dict, task: str, source: str | None = None) -> DatasetDic
     carve = glue["train"].train_test_split(test_size=n_val,
                                            stratify_by_column="label", seed=seed)
     train, validation = carve["train"], carve["test"]
-    if sizes.get("train_size") and sizes["train_size"] < len(train):
+    per_seed = d.get("train_subset", "split_seed") == "seed"
+    if per_seed and unit is None:
+        pass   # no unit: the whole training pool (setup statistics, baselines)
+    elif per_seed:
+        n_sub = min(int(sizes.get("train_size") or len(train)), len(train))
+        order = np.random.default_rng([int(seed), int(unit["seed"])]).permutation(len(train))
+        train = train.select(np.sort(order[:n_sub]).tolist())
+    elif sizes.get("train_size") and sizes["train_size"] < len(train):
         train = train.train_test_split(train_size=int(sizes["train_size"]),
                                        stratify_by_column="label", seed=seed)["train"]
     test = glue["validation"]
@@ -180,6 +194,20 @@ def tokenize(task: str, ds: datasets.Dataset, tokenizer, max_length: int) -> dat
         out["length"] = [len(x) for x in out["input_ids"]]
         return out
     return ds.map(enc, batched=True, remove_columns=ds.column_names, desc=f"tokenize {task}")
+
+
+def tokenize_original_eval(task: str, ds: datasets.Dataset, tokenizer, max_length: int = 128) -> datasets.Dataset:
+    """The original study's offline re-evaluation format for its full fine-tuned models: a pair as the
+    tokenizer's own pair encoding (``tokenizer(a, b)``: no "[SEP]" text between the sentences, unlike
+    training), truncated at 128 tokens. Padding does not change a Llama classifier's prediction (it reads
+    the last real token), so batches are padded dynamically. A single sentence is as in `tokenize`."""
+    def enc(batch):
+        pair = get_task(task).b is not None
+        out = tokenizer(batch["text_a"], batch["text_b"] if pair else None, truncation=True, max_length=max_length)
+        out["labels"] = batch["label"]
+        out["length"] = [len(x) for x in out["input_ids"]]
+        return out
+    return ds.map(enc, batched=True, remove_columns=ds.column_names, desc=f"tokenize {task} (original eval)")
 
 
 def split_stats(task: str, splits: DatasetDict, tokenizer, max_length: int) -> list[dict]:

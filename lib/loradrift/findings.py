@@ -39,8 +39,27 @@ def runs_frame(prof=None, subdir: str = "runs"):
                      "train_s": r["train_runtime_s"], "wall_s": r["wall_time_s"],
                      "tokens_per_s": r.get("tokens_per_s"), "pad_fraction": r.get("pad_fraction"),
                      "trainable": r["params"]["trainable"], "total": r["params"]["total"],
-                     "steps": r["steps"], "early_stopped": r["early_stopped"]})
+                     "steps": r["steps"], "early_stopped": r["early_stopped"], **_unit_design(p, r)})
     return pd.DataFrame(rows)
+
+
+def _unit_design(prof: dict, r: dict) -> dict:
+    """What a unit varies in the study's design (kind, base method of a learning-curve variant, learning
+    rate, LoRA rank, training-set size) and its predictions' class shares, ours and in the original's
+    re-evaluation format (NaN where a unit predates these records)."""
+    import re
+    cfg, orig, metric = r.get("config") or {}, r.get("test_original_eval") or {}, r.get("metric")
+    train = cfg.get("training") or {}
+    m = re.fullmatch(r"(.+)-n\d+", r["method"])
+    base = m.group(1) if m and m.group(1) in prof["methods"] else r["method"]
+    kind = prof["methods"][r["method"]]["kind"] if r["method"] in prof["methods"] else cfg.get("kind", r["method"])
+    from .tasks import task_metric
+    return {"kind": kind, "base_method": base, "learning_rate": train.get("learning_rate", math.nan),
+            "lora_r": train.get("lora_r", math.nan),
+            "train_size": ((cfg.get("data") or {}).get("sizes") or {}).get("train_size") or r.get("n_train"),
+            "top_class_share": r["test"].get("top_class_share", math.nan),
+            "orig_score": orig.get(metric or task_metric(r["task"]), math.nan),
+            "orig_top_class_share": orig.get("top_class_share", math.nan)}
 
 
 def summary_frame(runs):
@@ -79,19 +98,20 @@ def learning_curves(prof=None):
 
 
 def unit_settings(prof=None):
-    """Per task x method, the training values a unit gets (the method's, or the search's where the
-    profile has them): numbers, with NaN for LoRA settings of a method that has none."""
+    """Per task x method the study trains (learning-curve size variants left out), the training values a
+    unit gets (the method's, or the search's where the profile has them): numbers, with NaN for LoRA
+    settings of a method that has none."""
     import pandas as pd
     p = load_profile(prof)
     rows = []
-    for task in p["tasks"]:
-        for m in p["methods"]:
-            t = unit_config(p, task, m, p["seeds"][0])["training"]
-            rows.append({"task": task, "method": m, "searched": bool(searched_values(p, task, m)),
-                         "learning_rate": t["learning_rate"], "epochs": t["num_train_epochs"],
-                         "batch": t["per_device_train_batch_size"] * t.get("gradient_accumulation_steps", 1),
-                         "warmup_ratio": t["warmup_ratio"], "weight_decay": t["weight_decay"],
-                         **{k: t.get(k, math.nan) for k in ("lora_r", "lora_alpha", "lora_dropout")}})
+    pairs = dict.fromkeys((t, m) for t, m, _ in units(p) if "train_size" not in p["methods"][m])
+    for task, m in sorted(pairs, key=lambda tm: p["tasks"].index(tm[0])):
+        t = unit_config(p, task, m, p["seeds"][0])["training"]
+        rows.append({"task": task, "method": m, "searched": bool(searched_values(p, task, m)),
+                     "learning_rate": t["learning_rate"], "epochs": t["num_train_epochs"],
+                     "batch": t["per_device_train_batch_size"] * t.get("gradient_accumulation_steps", 1),
+                     "warmup_ratio": t["warmup_ratio"], "weight_decay": t["weight_decay"],
+                     **{k: t.get(k, math.nan) for k in ("lora_r", "lora_alpha", "lora_dropout")}})
     return pd.DataFrame(rows)
 
 

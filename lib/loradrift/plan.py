@@ -230,7 +230,7 @@ def measure_step_peak(layers: int = 2, batch: int = 2, seq: int = 128, ckpt: boo
 GLUE_TRAIN = {"rte": 2490, "mrpc": 3668, "sst2": 67349}   # GLUE train split sizes (checked against the TSVs)
 GLUE_TEST = {"rte": 277, "mrpc": 408, "sst2": 872}        # GLUE validation = the study's test split
 # TinyLlama's (Llama 2, 32k) tokenizer against SmolLM2's (49k) on English GLUE text: assumed ~1.1 tokens per
-# SmolLM2 token (a smaller vocabulary splits English a little finer); the lengths are data/cpu/data_stats.json's
+# SmolLM2 token (a smaller vocabulary splits English a little finer); the lengths are data/cpu-v1/data_stats.json's
 TOKENIZER_RATIO = 1.1
 L4_BANDWIDTH = 300e9       # bytes/s of the L4's memory (datasheet): batch-1 serving reads every weight per step
 SEARCH_EPOCHS = 3          # the search space's num_train_epochs (2-4) on average; no trial assumed pruned
@@ -239,7 +239,7 @@ DRIFT_FORWARDS = 2         # forwards per test example and model: one for masked
 DEPLOY_STREAMS = 4         # the interleaved stream and the three single-task streams
 
 
-def mean_tokens(stats_profile: str = "cpu") -> dict:
+def mean_tokens(stats_profile: str = "cpu-v1") -> dict:
     """Mean tokens per example per task and split at TinyLlama's tokenizer (``TOKENIZER_RATIO`` x SmolLM2's)."""
     from .store import data_dir, read_json
     stats = read_json(data_dir(stats_profile) / "data_stats.json")
@@ -310,7 +310,7 @@ def time_plan(prof: dict, arch: str = "tinyllama-1.1b", mfu: float = MFU) -> dic
             "training_hours": stages["train"]["hours"], "original_training_hours": list(ORIGINAL_TRAINING_HOURS),
             "assumptions": {
                 "examples": "GLUE train sizes less the validation slice; test = GLUE validation",
-                "tokens": f"data/cpu/data_stats.json means (SmolLM2 tokenizer) x {TOKENIZER_RATIO} for TinyLlama's; "
+                "tokens": f"data/cpu-v1/data_stats.json means (SmolLM2 tokenizer) x {TOKENIZER_RATIO} for TinyLlama's; "
                           "real tokens only (group_by_length keeps padding small)",
                 "train": "6 FLOPs per weight per token (full) or 4 (+ trainable, LoRA), plus one forward more under "
                          "gradient checkpointing, plus the evaluations; a step takes at least the time to read the "

@@ -42,6 +42,20 @@ def ensure(stage: str, tasks=None) -> bool:
     return has_results(stage, prof["name"])
 
 
+def shown_profile(stage: str) -> str:
+    """The profile whose ``stage`` results a chapter shows: the active profile once it has them; until
+    then, the earlier run the profile names as ``interim`` (if that has them), with a note saying so."""
+    name = profile()
+    earlier = load_profile(name).get("interim")
+    if earlier and not has_results(stage, name) and has_results(stage, earlier):
+        note(f"**Interim results.** The `{name}` profile's {get_stage(stage).help} are not computed yet "
+             f"(`{command(stage)}`). Until they are, this chapter shows those of the study's first run "
+             f"(profile `{earlier}`), whose tasks mostly did not learn (see the Training chapter): "
+             "read them as the state before the redesign, not as answers.")
+        return earlier
+    return name
+
+
 def has_results(stage: str, prof_name: str) -> bool:
     return any(data_dir(prof_name).glob(get_stage(stage).results))
 

@@ -73,7 +73,7 @@ QUANTITIES = (("test metric", None, None), ("drift, final norm, last token, 1 âˆ
               ("drift, final norm, masked mean, 1 âˆ’ CKA", "masked", "cka"))
 
 
-def precision_check(fp32: str = "cpu", bf16: str = "cpu-bf16", task: str | None = None):
+def precision_check(fp32: str = "cpu-v1", bf16: str = "cpu-bf16", task: str | None = None):
     """One row per method x quantity: the fp32 units (a) against the bf16 units (b) of the same task,
     seeds and settings. ``agree``: the difference's Welch 95% interval contains 0 (None without data)."""
     import pandas as pd
@@ -93,7 +93,7 @@ def precision_check(fp32: str = "cpu", bf16: str = "cpu-bf16", task: str | None 
     return pd.DataFrame(rows)
 
 
-def unit_rates(profiles=("cpu", "cpu-bf16"), task: str | None = None):
+def unit_rates(profiles=("cpu-v1", "cpu-bf16"), task: str | None = None):
     """One row per unit: real training tokens per second of its whole wall time, the share of that
     time outside optimizer steps, and the 1-minute load average it recorded (a CPU timing is only
     comparable with others made at a similar load)."""

@@ -18,19 +18,23 @@ from .store import data_dir, lock, read_json, result_path, write_json
 
 def run_setup(prof: dict, tasks=None, glue_source=None, **_) -> dict:
     """Data statistics, trivial baselines and the sanity check (can each method fit 10 examples?)."""
-    from .config import environment
+    from .config import environment, unit_config, units
     from .data import split_stats, study_splits
     from .models import base_model_path, load_tokenizer
     from .train import baselines, sanity_check
     name = prof["name"]
     tok = load_tokenizer(base_model_path(prof))
     max_len = int(prof["data"]["max_length"])
-    stats = [r for t in prof["tasks"] for r in split_stats(t, study_splits(prof, t, glue_source), tok, max_len)]
+    # with per-seed training subsets, the statistics describe the first seed's subset of the task's first method
+    first = {t: unit_config(prof, t, *next((m, s) for tt, m, s in units(prof) if tt == t)) for t in prof["tasks"]
+             if any(tt == t for tt, _, _ in units(prof))}
+    stats = [r for t in prof["tasks"]
+             for r in split_stats(t, study_splits(prof, t, glue_source, unit=first.get(t)), tok, max_len)]
     write_json(result_path(name, "data_stats"), {"splits": stats, "environment": environment()})
     write_json(result_path(name, "baselines"), baselines(prof, glue_source))
     sanity_path = result_path(name, "sanity")
     done = read_json(sanity_path) if sanity_path.exists() else {}
-    for m in prof["methods"]:
+    for m in prof["sanity"]["learning_rate"]:   # the methods the sanity check has a learning rate for
         if m not in done:
             done[m] = sanity_check(prof, m, glue_source=glue_source)
             write_json(sanity_path, done)

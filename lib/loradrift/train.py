@@ -27,8 +27,8 @@ from .config import config_hash, environment, load_profile, run_id, unit_config,
 from .store import (artifacts_dir, data_dir, folder_fingerprint, lock, read_json, read_or, replace_dir,
                     unreadable, write_json)
 from .store import result_path as _result_path
-from .data import study_splits, tokenize
-from .tasks import task_metric
+from .data import study_splits, tokenize, tokenize_original_eval
+from .tasks import get_task, task_metric
 from .models import build_for_training, parameter_counts
 from .trainer import _stop_when_fit, best_weights, checkpoint_problem, counting_trainer_class, precision
 from . import tracking
@@ -241,10 +241,12 @@ def _fit(prof: dict, cfg: dict, force: bool, glue_source):
     (trainer holding the best checkpoint's weights, encoded splits, the checkpoint resumed from)."""
     from transformers import EarlyStoppingCallback
     task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
-    splits = study_splits(prof, task, glue_source)  # data and model first: a bad input leaves no folder behind
+    splits = study_splits(prof, task, glue_source, unit=cfg)  # data and model first: a bad input leaves no folder behind
     model, tok = build_for_training(prof, cfg["method"], cfg["training"], cfg["seed"])
     enc = {k: tokenize(task, v, tok, int(prof["data"]["max_length"])) for k, v in splits.items()}
-    for k in ("validation", "test"):  # evaluation order does not matter: sort by length, pad little
+    if get_task(task).b is not None:   # the original's re-evaluation format of its full-FT models (claim 6)
+        enc["test_original"] = tokenize_original_eval(task, splits["test"], tok)
+    for k in [k for k in enc if k != "train"]:  # evaluation order does not matter: sort by length, pad little
         enc[k] = enc[k].sort("length")
     ck_dir = _checkpoint_dir(prof, rid, cfg, force)
     args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), [])  # wandb: the unit's run, tracking.py
@@ -266,18 +268,39 @@ def _fit(prof: dict, cfg: dict, force: bool, glue_source):
     return trainer, enc, last
 
 
+def _class_shares(logits) -> dict:
+    """The share of test predictions in the positive class and in the model's most predicted class
+    (1.0: the model answers one class for every example)."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    pos = float((np.asarray(logits).argmax(-1) == 1).mean())
+    return {"positive_share": pos, "top_class_share": max(pos, 1 - pos)}
+
+
+def _original_eval(trainer, enc: dict) -> dict | None:
+    """Test metrics in the original study's re-evaluation format (`data.tokenize_original_eval`), for a
+    pair task; None for a single-sentence task (the formats are the same there)."""
+    if "test_original" not in enc:
+        return None
+    pred = trainer.predict(enc["test_original"], metric_key_prefix="test")
+    m = pred.metrics
+    return {"accuracy": m["test_accuracy"], "f1": m["test_f1"], "loss": m["test_loss"],
+            "n": len(enc["test_original"]), **_class_shares(pred.predictions)}
+
+
 def _score(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
     """Score the kept (best) weights on the validation slice and the test split: the unit's result record
     (every count covers the whole unit, resumed or not)."""
     task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
     val = trainer.evaluate(enc["validation"], metric_key_prefix="validation")
-    test = trainer.evaluate(enc["test"], metric_key_prefix="test")
+    pred = trainer.predict(enc["test"], metric_key_prefix="test")
+    test, shares = pred.metrics, _class_shares(pred.predictions)
     hist, state = trainer.state.log_history, trainer.state
     real, padded, step_s = trainer.tokens_real, trainer.tokens_padded, trainer.step_seconds
     return {
         "id": rid, "task": task, "method": cfg["method"], "seed": int(cfg["seed"]), "profile": prof["name"],
         "test": {"accuracy": test["test_accuracy"], "f1": test["test_f1"], "loss": test["test_loss"],
-                 "n": len(enc["test"])},
+                 "n": len(enc["test"]), **shares},
+        "test_original_eval": _original_eval(trainer, enc),
         "validation": {"accuracy": val["validation_accuracy"], "f1": val["validation_f1"],
                        "loss": val["validation_loss"], "n": len(enc["validation"]),
                        "metric": task_metric(task), "best": trainer.best.best,

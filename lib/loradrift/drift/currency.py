@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from ..config import run_id
+from ..config import drift_units
 from ..store import is_current as _store_is_current
 from ..store import key, read_or, recorded_key, result_path
 from .settings import SUMMARY_ONLY, drift_config
@@ -19,7 +19,7 @@ TABLES = ("layers", "pairs", "null", "intruders")
 
 def task_rids(prof: dict, task: str) -> list[tuple[str, str, int]]:
     """(run id, method, seed) of every unit a task's drift reads."""
-    return [(run_id(task, m, s), m, int(s)) for m in prof["methods"] for s in prof["seeds"]]
+    return drift_units(prof, task)
 
 
 def unit_fingerprint(prof: dict, rid: str) -> dict:

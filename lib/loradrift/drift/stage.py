@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from ..config import environment, load_profile, run_id
+from ..config import drift_units, environment, load_profile, run_id
 from ..store import artifacts_dir, read_json, result_path, write_csv, write_json
 from ..tasks import task_metric
 from .currency import (TABLES, computed_tasks, extract_settings, is_current, summary_is_current, summary_key,
@@ -44,8 +44,7 @@ def drift_sample(prof: dict, task: str, cfg: dict, glue_source=None) -> dict:
 def task_units_done(prof: dict, task: str) -> tuple[bool, list[str]]:
     """(all units of the task done?, the ones that are not, with their status)."""
     from ..train import unit_status
-    bad = [f"{run_id(task, m, s)} ({st})" for m in prof["methods"] for s in prof["seeds"]
-           if (st := unit_status(prof, task, m, s)) != "done"]
+    bad = [f"{rid} ({st})" for rid, m, s in drift_units(prof, task) if (st := unit_status(prof, task, m, s)) != "done"]
     return not bad, bad
 
 

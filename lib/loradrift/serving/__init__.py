@@ -36,7 +36,7 @@ from .chapter import interval
 from .engine import FILES
 from .findings import (CLAIMS, ORIGINAL_DEPLOYMENT, ORIGINAL_OVERHEAD, ORIGINAL_SOURCE, arch_command, arch_results,
                        claim, compare, correctness_summary, has_latency, headline, load_results, mixed_serving,
-                       resolution, superseded, timing_error)
+                       resolution, superseded, superseded_runs, timing_error)
 from .memory import MemoryMeter
 from .modes import MODES, Mode, register_mode
 from .requests import Request
@@ -62,7 +62,8 @@ __all__ = [
     "batched_model", "ModelSource", "check_adapter", "load_multi_adapter", "MemoryMeter", "time_point",
     "paired_ratio",
     # findings for the book
-    "load_results", "superseded", "arch_results", "arch_command", "has_latency", "timing_error", "resolution",
+    "load_results", "superseded", "superseded_runs", "arch_results", "arch_command", "has_latency", "timing_error",
+    "resolution",
     "compare", "claim", "CLAIMS", "mixed_serving", "headline", "correctness_summary", "interval",
     "ORIGINAL_DEPLOYMENT", "ORIGINAL_OVERHEAD", "ORIGINAL_SOURCE",
 ]

@@ -71,6 +71,15 @@ def superseded(out_dir) -> bool:
     return meta is not None and meta.get("design") != DESIGN
 
 
+def superseded_runs(profile: str) -> list[str]:
+    """The profile and the earlier run it shows in the interim (``interim``) whose data folders hold
+    results of the earlier design."""
+    from ..config import load_profile
+    from ..store import data_dir
+    names = [profile, load_profile(profile).get("interim")]
+    return [n for n in names if n and superseded(data_dir(n))]
+
+
 def has_latency(D: dict | None) -> bool:
     """Did the run time anything?"""
     return D is not None and not D["latency"].empty

@@ -1,0 +1,281 @@
+"""The study design's checks and the original's claims about learning, as numbers.
+
+- `learning_verdicts`: does each task learn? Per task x method, the seeds' test metric with a 95%
+  t-interval against the task's best trivial baseline (majority class or uniform random, whichever
+  scores higher on that metric). A task enters the drift claims only if every compared method learned.
+- `learning_curve`: the validation and test metric against training-set size (the learning-curve
+  group's seed, plus that seed's unit at the task's own size).
+- `claim_5`: the original's "LoRA beats full fine-tuning" (test metric FT - LoRA, Welch 95% interval).
+- `claim_6`: the original's "catastrophic" full-FT seeds: models that answer one class, and the full-FT
+  models scored again in the original's re-evaluation format (pair encoding without "[SEP]").
+- `matched_drift`: drift at equal test accuracy across the learning-rate sweep (after Biderman et al. 2024).
+
+Every function takes a units frame (`findings.runs_frame`) and returns numbers; nothing is formatted.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import load_profile, study_groups
+
+# a model "collapses" when at least this share of its test predictions is one class
+COLLAPSE_SHARE = 0.95
+
+
+def _t_interval(x) -> tuple[float, float, float]:
+    """(mean, low, high) of a 95% t-interval of the mean; the interval is NaN for fewer than 2 values."""
+    from scipy import stats
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=m, scale=stats.sem(x)) if x.std() > 0 else (m, m)
+    return m, float(lo), float(hi)
+
+
+def best_baseline(baselines, task: str, metric: str) -> tuple[float, str]:
+    """(score, name) of the task's best trivial predictor on ``metric`` (``findings.baselines`` rows)."""
+    rows = baselines[baselines.task == task] if len(baselines) else baselines
+    if not len(rows):
+        return math.nan, ""
+    best = rows.loc[rows[metric].idxmax()]
+    return float(best[metric]), str(best["baseline"])
+
+
+def compared_methods(prof) -> list[str]:
+    """The methods the study compares (``drift.compare``: full fine-tuning first, then LoRA)."""
+    from .drift.settings import drift_config
+    return list(drift_config(load_profile(prof))["compare"])
+
+
+def learning_verdicts(prof, runs, baselines):
+    """Per task x compared method: seeds, mean test metric with its 95% t-interval, the best trivial
+    baseline, the margin over it, ``learned`` (the interval's lower end above the baseline; False with
+    fewer than 2 seeds), and per task ``in_claims`` (every compared method learned)."""
+    import pandas as pd
+    rows = []
+    for task in load_profile(prof)["tasks"]:
+        for m in compared_methods(prof):
+            r = runs[(runs.task == task) & (runs.method == m)] if len(runs) else runs
+            if not len(r):
+                continue
+            metric = r["metric"].iloc[0]
+            mean, lo, hi = _t_interval(r["test_score"])
+            base, base_name = best_baseline(baselines, task, metric)
+            rows.append({"task": task, "method": m, "metric": metric, "seeds": len(r), "mean": mean, "low": lo,
+                         "high": hi, "baseline": base, "baseline_name": base_name, "margin": mean - base,
+                         "learned": bool(lo > base) if not math.isnan(lo) else False})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["in_claims"] = out.groupby("task")["learned"].transform("all") & \
+            out.groupby("task")["method"].transform("count").eq(len(compared_methods(prof)))
+    return out
+
+
+def learning_curve(prof, runs):
+    """Validation and test metric against training-set size for the learning-curve group's seed(s):
+    task, kind (the base method), train_size, seed, val_score, test_score, top_class_share."""
+    import pandas as pd
+    p = load_profile(prof)
+    groups = [g for g in study_groups(p).values() if g["train_sizes"]]
+    if not groups or not len(runs):
+        return pd.DataFrame()
+    rows = []
+    for g in groups:
+        for task in g["tasks"]:
+            for m in g["methods"]:
+                r = runs[(runs.task == task) & (runs.base_method == m) & runs.seed.isin(g["seeds"])]
+                rows += [{"task": task, "method": m, "train_size": int(x.train_size), "seed": int(x.seed),
+                          "val_score": x.val_score, "test_score": x.test_score,
+                          "top_class_share": x.top_class_share} for x in r.itertuples()]
+    return pd.DataFrame(rows).drop_duplicates(["task", "method", "train_size", "seed"]).sort_values(
+        ["task", "method", "train_size"]).reset_index(drop=True)
+
+
+def _welch(a, b) -> dict:
+    """Difference of means a - b with Welch's 95% interval and two-sided p (NaN below 2 values each)."""
+    from scipy import stats
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
+        return {"diff": d, "low": math.nan, "high": math.nan, "p": math.nan}
+    t = stats.ttest_ind(a, b, equal_var=False)
+    ci = t.confidence_interval(0.95)
+    return {"diff": d, "low": float(ci.low), "high": float(ci.high), "p": float(t.pvalue)}
+
+
+def direction(low: float, high: float) -> str:
+    """``positive`` / ``negative`` when a 95% interval excludes 0, ``unresolved`` when it holds 0,
+    ``undecided`` when there is no interval."""
+    if math.isnan(low) or math.isnan(high):
+        return "undecided"
+    return "positive" if low > 0 else "negative" if high < 0 else "unresolved"
+
+
+def claim_5(prof, runs):
+    """The original's claim that LoRA beats full fine-tuning on the test metric: per task, FT - LoRA
+    (ours, Welch 95% interval) beside the original's FT - LoRA (mean of its 3 seeds), and the verdict:
+    ``direction`` of our interval (negative: LoRA better, as the original claims)."""
+    import pandas as pd
+
+    from . import original
+    full, lora = compared_methods(prof)
+    rows = []
+    for task in load_profile(prof)["tasks"]:
+        a = runs[(runs.task == task) & (runs.method == full)] if len(runs) else runs
+        b = runs[(runs.task == task) & (runs.method == lora)] if len(runs) else runs
+        if not len(a) or not len(b):
+            continue
+        metric = a["metric"].iloc[0]
+        o = original.PERFORMANCE.get(task, {})
+        o_diff = float(np.mean(o["full"][metric]) - np.mean(o["lora"][metric])) if o else math.nan
+        w = _welch(a["test_score"], b["test_score"])
+        rows.append({"task": task, "metric": metric, "seeds_full": len(a), "seeds_lora": len(b), **w,
+                     "original_diff": o_diff, "direction": direction(w["low"], w["high"])})
+    return pd.DataFrame(rows)
+
+
+def claim_6(prof, runs):
+    """The original's "catastrophic" full-FT seeds: per task x compared method, how many seeds collapse
+    to one class (``COLLAPSE_SHARE``), and for pair tasks the mean test metric in the original's
+    re-evaluation format minus ours (paired over seeds, 95% t-interval) with the collapses in that format."""
+    import pandas as pd
+    rows = []
+    for task in load_profile(prof)["tasks"]:
+        for m in compared_methods(prof):
+            r = runs[(runs.task == task) & (runs.method == m)] if len(runs) else runs
+            if not len(r):
+                continue
+            d = (r["orig_score"] - r["test_score"]).dropna()
+            mean, lo, hi = _t_interval(d)
+            rows.append({"task": task, "method": m, "seeds": len(r),
+                         "collapsed": int((r["top_class_share"] >= COLLAPSE_SHARE).sum()),
+                         "collapsed_original_format": int((r["orig_top_class_share"] >= COLLAPSE_SHARE).sum()),
+                         "format_diff": mean, "format_low": lo, "format_high": hi, "format_seeds": len(d)})
+    return pd.DataFrame(rows)
+
+
+def _fit_at(x, y, at: float) -> float:
+    """A least-squares line through (x, y), evaluated at ``at``."""
+    slope, icept = np.polyfit(x, y, 1)
+    return float(slope * at + icept)
+
+
+def matched_drift(points, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Drift at equal accuracy. ``points``: one row per unit with columns kind (full / lora), accuracy,
+    drift. Within the accuracy range both kinds reach (the overlap of their ranges), a line
+    drift ~ accuracy is fitted per kind and evaluated at the overlap's midpoint; the difference
+    full - lora has a bootstrap 95% interval (units resampled within each kind). ``decided`` is False
+    when the ranges do not overlap or a kind has fewer than 3 units in the overlap."""
+    out = {"at": math.nan, "full": math.nan, "lora": math.nan, "diff": math.nan, "low": math.nan,
+           "high": math.nan, "n_full": 0, "n_lora": 0, "overlap": (math.nan, math.nan), "decided": False}
+    if points is None or not len(points):
+        return out
+    f, l_ = (points[points.kind == k] for k in ("full", "lora"))
+    if not len(f) or not len(l_):
+        return out
+    lo, hi = max(f.accuracy.min(), l_.accuracy.min()), min(f.accuracy.max(), l_.accuracy.max())
+    out["overlap"] = (float(lo), float(hi))
+    if lo >= hi:
+        return out
+    f, l_ = (d[(d.accuracy >= lo) & (d.accuracy <= hi)] for d in (f, l_))
+    out.update(n_full=len(f), n_lora=len(l_), at=float((lo + hi) / 2))
+    if len(f) < 3 or len(l_) < 3:
+        return out
+    a = out["at"]
+    out["full"], out["lora"] = _fit_at(f.accuracy, f.drift, a), _fit_at(l_.accuracy, l_.drift, a)
+    out["diff"] = out["full"] - out["lora"]
+    rng, reps = np.random.default_rng(seed), []
+    fx, fy, lx, ly = (np.asarray(v, float) for v in (f.accuracy, f.drift, l_.accuracy, l_.drift))
+    for _ in range(n_boot):
+        i, j = rng.integers(0, len(fx), len(fx)), rng.integers(0, len(lx), len(lx))
+        if np.ptp(fx[i]) == 0 or np.ptp(lx[j]) == 0:
+            continue
+        reps.append(_fit_at(fx[i], fy[i], a) - _fit_at(lx[j], ly[j], a))
+    out["low"], out["high"] = (float(q) for q in np.percentile(reps, [2.5, 97.5]))
+    out["decided"] = True
+    return out
+
+
+def groups_frame(prof):
+    """The study's groups as a frame: group, tasks, methods, seeds, units (new to the group), drift."""
+    import pandas as pd
+
+    from .config import group_units
+    p = load_profile(prof)
+    seen, rows = set(), []
+    for name, g in study_groups(p).items():
+        u = group_units(p, g)
+        rows.append({"group": name, "tasks": g["tasks"], "methods": g["methods"], "seeds": g["seeds"],
+                     "train_sizes": g["train_sizes"], "units": len(u), "new_units": len(set(u) - seen),
+                     "drift": g["drift"]})
+        seen |= set(u)
+    return pd.DataFrame(rows)
+
+
+def sweep_methods(prof, task: str, group: str) -> list[str]:
+    """The methods a group trains on ``task`` (the learning-rate or rank sweep), in the group's order."""
+    g = study_groups(load_profile(prof)).get(group)
+    return list(g["methods"]) if g and task in g["tasks"] else []
+
+
+def original_gaps() -> dict:
+    """The original's claim 5 as it reported it: per task, LoRA - FT of the mean test metric over its seeds
+    (its metric: F1 for MRPC, else accuracy), and its worst full-FT seed (claim 6)."""
+    from . import original
+    from .tasks import task_metric
+    out = {}
+    for task, by in original.PERFORMANCE.items():
+        m = task_metric(task)
+        out[task] = {"lora_minus_full": float(np.mean(by["lora"][m]) - np.mean(by["full"][m])),
+                     "worst_full": float(min(by["full"][m])), "metric": m}
+    return out
+
+
+def unit_points(prof, res: dict, runs, task: str, endpoint: dict):
+    """One row per drift-measured unit of ``task``: method, kind, learning rate, LoRA rank, seed, test
+    accuracy and metric, drift (1 - the ``endpoint``'s similarity: {pooling, measure, depth}) and
+    forgetting (the rise in mean token NLL on generic text). The frontier and the rank sweep read it."""
+    import pandas as pd
+    p = load_profile(prof)
+    lay = res.get("layers")
+    if lay is None or not len(lay) or not len(runs):
+        return pd.DataFrame()
+    sel = lay[(lay.task == task) & (lay.pooling == endpoint["pooling"]) & (lay.measure == endpoint["measure"])
+              & (lay.depth_name == endpoint["depth"])]
+    drift = dict(zip(sel.model, 1 - sel.value))
+    forget = {}
+    if task in res.get("task_json", {}):
+        forget = {m["model"]: m["delta_nll"] for m in res["task_json"][task]["forgetting"]["models"]}
+    r = runs[(runs.task == task) & runs.id.isin(drift.keys())]
+    return pd.DataFrame([{"id": x.id, "method": x.method, "kind": p["methods"][x.method]["kind"] if x.method in p["methods"] else x.kind,
+                          "learning_rate": x.learning_rate, "lora_r": x.lora_r, "seed": x.seed,
+                          "accuracy": x.test_accuracy, "score": x.test_score, "drift": drift[x.id],
+                          "forgetting": forget.get(x.id, math.nan)} for x in r.itertuples()])
+
+
+def frontier(prof, points, group: str = "learning_rate", n_boot: int = 2000) -> dict:
+    """Drift at equal accuracy (`matched_drift`) over the units of the learning-rate group (every rate
+    of both kinds, the primary rates included), and the same for forgetting."""
+    p = load_profile(prof)
+    g = study_groups(p).get(group)
+    if g is None or points is None or not len(points):
+        return {"drift": matched_drift(None), "forgetting": matched_drift(None)}
+    pts = points[points.method.isin(g["methods"])]
+    return {"drift": matched_drift(pts, n_boot=n_boot),
+            "forgetting": matched_drift(pts.assign(drift=pts.forgetting).dropna(subset=["drift"]), n_boot=n_boot)}
+
+
+def rank_summary(points, methods: list[str]):
+    """Per LoRA rank of the rank sweep: seeds, test metric, drift and forgetting, mean and sd over seeds."""
+    if points is None or not len(points):
+        return points
+    r = points[points.method.isin(methods)]
+    return r.groupby(["method", "lora_r"]).agg(seeds=("seed", "nunique"), score=("score", "mean"),
+                                               score_sd=("score", "std"), drift=("drift", "mean"),
+                                               drift_sd=("drift", "std"), forgetting=("forgetting", "mean"),
+                                               forgetting_sd=("forgetting", "std")).reset_index().sort_values("lora_r")

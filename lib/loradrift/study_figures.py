@@ -1,0 +1,135 @@
+"""What the Training chapter shows of the study's design (`loradrift.design`): does each task learn,
+the learning curve, the learning-rate and rank sweeps, and the original's claims 5 and 6. Display
+tables and altair charts; numbers become text here and nowhere earlier (see `figures`)."""
+from __future__ import annotations
+
+from .figures import method_label
+from .report import missing, sig
+from .tasks import task_name
+
+VERDICT_5 = {"negative": "LoRA better (the original's direction)", "positive": "full FT better (against the original)",
+             "unresolved": "no difference resolved", "undecided": "too few seeds"}
+
+
+def _ci(mean, lo, hi, digits: int = 3) -> str:
+    """'0.852 [0.845, 0.859]', the mean alone when there is no interval, '–' when there is no mean."""
+    if missing(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if missing(lo) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _signed(mean, lo, hi, digits: int = 3) -> str:
+    return "–" if missing(mean) else f"{mean:+.{digits}f}" + ("" if missing(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+
+
+def _yes(b) -> str:
+    return "yes" if b else "no"
+
+
+def verdicts_table(v):
+    """One row per task x method: does it learn? (`design.learning_verdicts`)."""
+    import pandas as pd
+    return pd.DataFrame([{"task": task_name(r.task), "method": method_label(r.method), "metric": r.metric,
+                          "seeds": r.seeds, "test metric [95% CI]": _ci(r.mean, r.low, r.high),
+                          "best trivial baseline": f"{r.baseline:.3f} ({r.baseline_name})",
+                          "learned": _yes(r.learned), "in the drift claims": _yes(r.in_claims)}
+                         for r in v.itertuples()])
+
+
+def learning_curve_chart(lc, baselines):
+    """Validation metric (solid) and test metric (dashed) against training-set size, per task; the
+    grey rule is the task's best trivial baseline on the test split."""
+    import altair as alt
+    import pandas as pd
+    from .design import best_baseline
+    from .tasks import task_metric
+    df = lc.assign(task=lc.task.map(task_name), method=lc.method.map(method_label)).melt(
+        id_vars=["task", "method", "train_size"], value_vars=["val_score", "test_score"], var_name="split",
+        value_name="score")
+    df["split"] = df.split.map({"val_score": "validation", "test_score": "test"})
+    base = pd.DataFrame([{"task": task_name(t), "baseline": best_baseline(baselines, t, task_metric(t))[0]}
+                         for t in lc.task.unique()])
+    lines = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("train_size:Q", scale=alt.Scale(type="log"), title="training examples"),
+        y=alt.Y("score:Q", scale=alt.Scale(zero=False), title="metric (F1 for MRPC, else accuracy)"),
+        color=alt.Color("method:N", title="method"), strokeDash=alt.StrokeDash("split:N", title="split"),
+        tooltip=["task", "method", "split", "train_size", alt.Tooltip("score:Q", format=".3f")])
+    rule = alt.Chart(base).mark_rule(color="grey").encode(y="baseline:Q")
+    return alt.layer(lines, rule).properties(width=190, height=170).facet(
+        column=alt.Column("task:N", title=None), data=df)
+
+
+def sweep_table(runs, prof: dict, task: str, methods: list[str]):
+    """The sweep's units on ``task``: per method, its kind, learning rate, LoRA rank, seeds, test metric
+    mean ± sd and the largest share of one class among its models' predictions."""
+    import pandas as pd
+    rows = []
+    for m in methods:
+        r = runs[(runs.task == task) & (runs.method == m)]
+        if not len(r):
+            continue
+        s = prof["methods"][m]
+        rows.append({"method": method_label(m), "kind": s["kind"], "learning rate": f"{s['learning_rate']:.0e}",
+                     "LoRA r": s.get("lora_r", "–"), "seeds": len(r),
+                     "test metric": f"{r.test_score.mean():.3f} ± {r.test_score.std(ddof=1):.3f}" if len(r) > 1
+                     else f"{r.test_score.mean():.3f}",
+                     "one-class share (max)": sig(r.top_class_share.max(), 2)})
+    return pd.DataFrame(rows)
+
+
+def claim5_table(c5):
+    """The original's claim 5 per task: FT - LoRA, ours with its Welch interval, and the original's."""
+    import pandas as pd
+    return pd.DataFrame([{"task": task_name(r.task), "metric": r.metric, "seeds (FT / LoRA)": f"{r.seeds_full} / {r.seeds_lora}",
+                          "FT − LoRA, ours [95% CI]": _signed(r.diff, r.low, r.high),
+                          "Welch p": sig(r.p, 2), "FT − LoRA, original": _signed(r.original_diff, None, None),
+                          "verdict": VERDICT_5[r.direction]} for r in c5.itertuples()])
+
+
+def claim6_table(c6):
+    """The original's claim 6 per task x method: one-class models, and the original-format difference."""
+    import pandas as pd
+    return pd.DataFrame([{"task": task_name(r.task), "method": method_label(r.method), "seeds": r.seeds,
+                          "one-class models": r.collapsed,
+                          "one-class, original format": r.collapsed_original_format if r.format_seeds else "–",
+                          "original format − ours [95% CI]": _signed(r.format_diff, r.format_low, r.format_high)
+                          if r.format_seeds else "– (single sentences: same format)"} for r in c6.itertuples()])
+
+
+def groups_table(groups):
+    """The study's groups of units (`design.groups_frame`)."""
+    import pandas as pd
+    seeds = lambda s: f"{len(s)} ({s[0]}–{s[-1]})" if len(s) > 1 else str(s[0])  # noqa: E731
+    return pd.DataFrame([{"group": r.group, "tasks": ", ".join(task_name(t) for t in r.tasks),
+                          "methods": ", ".join(method_label(m) for m in r.methods),
+                          "training examples": ", ".join(map(str, r.train_sizes)) or "the task's",
+                          "seeds": seeds(r.seeds), "units (new)": f"{r.units} ({r.new_units})",
+                          "drift measured": _yes(r.drift)} for r in groups.itertuples()])
+
+
+def frontier_chart(points, methods: list[str], fr: dict, y: str = "drift", title: str = "drift from the base"):
+    """Drift (or forgetting) against test accuracy over the learning-rate sweep: one point per unit,
+    coloured by kind and sized by learning rate; the lines are each kind's fit inside the accuracy range
+    both reach, and the rule marks the accuracy where they are compared (`design.matched_drift`)."""
+    import altair as alt
+    import numpy as np
+    import pandas as pd
+    pts = points[points.method.isin(methods)].dropna(subset=[y]).assign(
+        method_kind=lambda d: d.kind.map(method_label), lr=lambda d: d.learning_rate.map(lambda v: f"{v:.0e}"))
+    enc = dict(x=alt.X("accuracy:Q", scale=alt.Scale(zero=False), title="test accuracy"),
+               y=alt.Y(f"{y}:Q", title=title), color=alt.Color("method_kind:N", title="method"))
+    dots = alt.Chart(pts).mark_point(filled=True, opacity=0.8).encode(
+        **enc, shape=alt.Shape("lr:N", title="learning rate"),
+        tooltip=["id", "lr", alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip(f"{y}:Q", format=".4f")])
+    layers = [dots]
+    lo, hi = fr.get("overlap", (np.nan, np.nan))
+    if fr.get("decided"):
+        rows = []
+        for kind in ("full", "lora"):
+            d = pts[(pts.kind == kind) & (pts.accuracy >= lo) & (pts.accuracy <= hi)]
+            slope, icept = np.polyfit(d.accuracy, d[y], 1)
+            rows += [{"method_kind": method_label(kind), "accuracy": a, y: slope * a + icept} for a in (lo, hi)]
+        layers.append(alt.Chart(pd.DataFrame(rows)).mark_line().encode(**enc))
+        layers.append(alt.Chart(pd.DataFrame({"accuracy": [fr["at"]]})).mark_rule(strokeDash=[4, 4], color="grey")
+                      .encode(x="accuracy:Q"))
+    return alt.layer(*layers).properties(width=380, height=260)

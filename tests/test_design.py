@@ -1,0 +1,165 @@
+"""The study design as data (study groups, learning-curve variants, per-seed training subsets) and the
+design's checks (does a task learn, the original's claims 5 and 6, drift at matched accuracy)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import tiny_profile_dict
+from loradrift import LoraDriftError, design
+from loradrift.config import drift_units, load_profile, unit_config, units
+
+
+def _grouped(tiny_model, tiny_glue, tmp_path, **study):
+    d = tiny_profile_dict(tiny_model, tiny_glue, seeds=[1, 2, 3, 4])
+    d["data"]["train_subset"] = "seed"
+    d["methods"]["lora-r2"] = {"extends": "lora", "lora_r": 2}
+    d["study"] = study or {
+        "primary": {"tasks": ["sst2"], "methods": ["full", "lora"], "seeds": 4},
+        "rank": {"tasks": ["sst2"], "methods": ["lora-r2", "lora"], "seeds": 2},
+        "curve": {"tasks": ["sst2", "rte"], "methods": ["full"], "seeds": 1, "train_sizes": [8, 40], "drift": False}}
+    p = tmp_path / "grouped.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return load_profile(str(p))
+
+
+def test_units_follow_the_groups_in_order_each_once(tiny_model, tiny_glue, tmp_path):
+    prof = _grouped(tiny_model, tiny_glue, tmp_path)
+    u = units(prof)
+    assert u[:8] == [("sst2", m, s) for s in (1, 2, 3, 4) for m in ("full", "lora")]   # the primary group first
+    assert u[8:10] == [("sst2", "lora-r2", 1), ("sst2", "lora-r2", 2)]                # rank reuses lora's seeds 1-2
+    # the curve: sst2's own size (40) is its plain unit, already trained; rte's sizes are both variants
+    assert u[10:] == [("sst2", "full-n8", 1), ("rte", "full-n8", 1), ("rte", "full-n40", 1)]
+    assert len(u) == len(set(u))
+    assert unit_config(prof, "rte", "full-n8", 1)["data"]["sizes"]["train_size"] == 8
+    assert "train_size" not in unit_config(prof, "rte", "full-n8", 1)["training"]
+    assert units(prof, methods=["lora-r2"]) == [("sst2", "lora-r2", 1), ("sst2", "lora-r2", 2)]
+    with pytest.raises(LoraDriftError, match="no unit of profile"):
+        units(prof, tasks=["mrpc"])
+
+
+def test_drift_reads_only_the_groups_with_drift(tiny_model, tiny_glue, tmp_path):
+    prof = _grouped(tiny_model, tiny_glue, tmp_path)
+    sst2 = drift_units(prof, "sst2")
+    assert [(m, s) for _, m, s in sst2] == [("full", s) for s in (1, 2, 3, 4)] + [("lora", s) for s in (1, 2, 3, 4)] \
+        + [("lora-r2", 1), ("lora-r2", 2)]        # method by method (profile order), no learning-curve variant
+    assert drift_units(prof, "rte") == []
+
+
+@pytest.mark.parametrize("group, message", [
+    ({"tasks": ["cola"]}, "task 'cola' is not in the profile's tasks"),
+    ({"methods": ["ia3"]}, "method 'ia3' is not one of the profile's methods"),
+    ({"seeds": 9}, "seeds is 9: a count between 1 and the 4 seeds"),
+    ({"drifts": True}, "unknown key 'drifts'"),
+])
+def test_a_bad_group_is_named_when_the_profile_loads(tiny_model, tiny_glue, tmp_path, group, message):
+    with pytest.raises(LoraDriftError, match=message):
+        _grouped(tiny_model, tiny_glue, tmp_path, bad=group)
+
+
+def test_a_seed_draws_its_own_nested_training_subset(tiny_model, tiny_glue, tmp_path):
+    from loradrift.data import study_splits
+    prof = _grouped(tiny_model, tiny_glue, tmp_path)
+    split = lambda m, s: study_splits(prof, "rte", unit=unit_config(prof, "rte", m, s))  # noqa: E731
+    a, b, small = split("full", 1), split("full", 2), split("full-n8", 1)
+    assert len(a["train"]) == 32 and len(small["train"]) == 8
+    assert set(small["train"]["idx"]) < set(a["train"]["idx"])          # nested: the curve adds data
+    assert set(a["train"]["idx"]) != set(b["train"]["idx"])             # seeds differ in their subset
+    assert a["validation"]["idx"] == b["validation"]["idx"]              # ... not in their validation slice
+    assert not set(a["train"]["idx"]) & set(a["validation"]["idx"])
+    assert a["test"]["idx"] == b["test"]["idx"]
+
+
+def _runs(scores: dict, metric="accuracy", **extra):
+    rows = []
+    for (task, method), vals in scores.items():
+        for s, v in enumerate(vals):
+            rows.append({"task": task, "method": method, "seed": s, "metric": metric, "test_score": v,
+                         **{k: (val[(task, method)][s] if isinstance(val, dict) else val) for k, val in extra.items()}})
+    return pd.DataFrame(rows)
+
+
+BASE = pd.DataFrame([{"task": t, "baseline": b, "accuracy": a, "f1": f}
+                     for t in ("rte", "mrpc", "sst2") for b, a, f in (("majority", 0.53, 0.0), ("random", 0.5, 0.5))])
+
+
+def test_a_task_learns_only_when_both_methods_clear_the_baseline_with_their_interval(tiny_profile):
+    runs = _runs({("sst2", "full"): [0.80, 0.82, 0.81], ("sst2", "lora"): [0.78, 0.79, 0.80],
+                  ("rte", "full"): [0.50, 0.60, 0.56], ("rte", "lora"): [0.58, 0.59, 0.60]})
+    v = design.learning_verdicts(tiny_profile, runs, BASE).set_index(["task", "method"])
+    assert v.loc[("sst2", "full"), "learned"] and v.loc[("sst2", "lora"), "learned"]
+    assert v.loc[("sst2", "full"), "baseline"] == 0.53 and v.loc[("sst2", "full"), "baseline_name"] == "majority"
+    assert not v.loc[("rte", "full"), "learned"]                   # mean 0.553 > 0.53, but the interval holds it
+    assert v.loc[("rte", "lora"), "learned"]
+    assert v.loc[("sst2", "full"), "in_claims"] and not v.loc[("rte", "lora"), "in_claims"]
+    one = design.learning_verdicts(tiny_profile, _runs({("sst2", "full"): [0.9], ("sst2", "lora"): [0.9]}), BASE)
+    assert not one.learned.any()                                   # one seed decides nothing
+
+
+def test_claim_5_reads_the_sign_of_full_minus_lora(tiny_profile):
+    runs = _runs({("sst2", "full"): [0.80, 0.81, 0.82], ("sst2", "lora"): [0.85, 0.86, 0.87],
+                  ("rte", "full"): [0.60, 0.61, 0.62], ("rte", "lora"): [0.55, 0.56, 0.57],
+                  ("mrpc", "full"): [0.70, 0.75, 0.72], ("mrpc", "lora"): [0.71, 0.74, 0.73]})
+    c = design.claim_5(tiny_profile, runs).set_index("task")
+    assert c.loc["sst2", "direction"] == "negative" and c.loc["sst2", "diff"] == pytest.approx(-0.05)
+    assert c.loc["rte", "direction"] == "positive" and c.loc["mrpc", "direction"] == "unresolved"
+    assert c.loc["sst2", "original_diff"] == pytest.approx(0.8658 - 0.94958, abs=1e-3)   # the original: LoRA ahead
+    assert c.loc["sst2", "low"] < -0.05 < c.loc["sst2", "high"] < 0
+
+
+def test_claim_6_counts_one_class_models_and_the_format_difference(tiny_profile):
+    k = ("rte", "full")
+    runs = _runs({k: [0.5, 0.6, 0.62], ("rte", "lora"): [0.6, 0.6, 0.6]},
+                 top_class_share={k: [0.99, 0.6, 0.7], ("rte", "lora"): [0.6, 0.96, 0.6]},
+                 orig_score={k: [0.45, 0.5, 0.55], ("rte", "lora"): [0.6, 0.6, 0.6]},
+                 orig_top_class_share={k: [1.0, 0.97, 0.7], ("rte", "lora"): [0.6, 0.6, 0.6]})
+    c = design.claim_6(tiny_profile, runs).set_index("method")
+    assert c.loc["full", "collapsed"] == 1 and c.loc["lora", "collapsed"] == 1
+    assert c.loc["full", "collapsed_original_format"] == 2
+    assert c.loc["full", "format_diff"] == pytest.approx(np.mean([-0.05, -0.1, -0.07]))
+    assert c.loc["lora", "format_diff"] == 0
+
+
+def test_matched_drift_recovers_a_known_offset_and_declines_without_overlap():
+    rng = np.random.default_rng(1)
+    acc_f, acc_l = rng.uniform(0.70, 0.90, 12), rng.uniform(0.75, 0.92, 12)
+    pts = pd.DataFrame({"kind": ["full"] * 12 + ["lora"] * 12, "accuracy": np.r_[acc_f, acc_l],
+                        "drift": np.r_[0.5 + (acc_f - 0.8), 0.3 + (acc_l - 0.8)] + rng.normal(0, 0.005, 24)})
+    m = design.matched_drift(pts, n_boot=300)
+    assert m["decided"] and m["diff"] == pytest.approx(0.2, abs=0.02) and m["low"] < 0.2 < m["high"]
+    assert 0.75 <= m["at"] <= 0.9 and m["low"] > 0
+    flipped = pts.assign(kind=pts.kind.map({"full": "lora", "lora": "full"}))
+    assert design.matched_drift(flipped, n_boot=300)["diff"] == pytest.approx(-m["diff"], abs=1e-9)
+    apart = pts.assign(accuracy=np.r_[acc_f - 0.5, acc_l])
+    assert not design.matched_drift(apart)["decided"] and math.isnan(design.matched_drift(apart)["diff"])
+
+
+def test_unit_points_take_the_endpoint_depth_and_join_accuracy(tiny_model, tiny_glue, tmp_path):
+    prof = _grouped(tiny_model, tiny_glue, tmp_path)
+    lay = pd.DataFrame([{"task": "sst2", "model": f"sst2-{m}-s1", "pooling": "last", "measure": "cka",
+                         "depth_name": d, "value": v}
+                        for m, by in (("full", {"final_norm": 0.6, "layer_2": 0.9}), ("lora", {"final_norm": 0.8, "layer_2": 0.95}))
+                        for d, v in by.items()])
+    runs = pd.DataFrame([{"id": f"sst2-{m}-s1", "task": "sst2", "method": m, "kind": m, "seed": 1, "learning_rate": lr,
+                          "lora_r": r, "test_accuracy": a, "test_score": a} for m, lr, r, a in
+                         (("full", 1e-3, math.nan, 0.8), ("lora", 5e-3, 4, 0.7))])
+    res = {"layers": lay, "task_json": {"sst2": {"forgetting": {"models": [{"model": "sst2-full-s1", "delta_nll": 0.3}]}}}}
+    pts = design.unit_points(prof, res, runs, "sst2", {"pooling": "last", "measure": "cka", "depth": "final_norm"}).set_index("method")
+    assert pts.loc["full", "drift"] == pytest.approx(0.4) and pts.loc["lora", "drift"] == pytest.approx(0.2)
+    assert pts.loc["full", "accuracy"] == 0.8 and pts.loc["full", "forgetting"] == 0.3 and math.isnan(pts.loc["lora", "forgetting"])
+
+
+def test_frontier_chart_draws_the_fits_only_when_decided():
+    from loradrift import study_figures as sfig
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(0.7, 0.9, 16)
+    pts = pd.DataFrame({"id": [f"u{i}" for i in range(16)], "method": ["full"] * 8 + ["lora"] * 8,
+                        "kind": ["full"] * 8 + ["lora"] * 8, "learning_rate": [1e-4] * 16, "accuracy": acc,
+                        "drift": acc * 0.5})
+    fr = design.matched_drift(pts, n_boot=50)
+    assert len(sfig.frontier_chart(pts, ["full", "lora"], fr).to_dict()["layer"]) == 3
+    assert len(sfig.frontier_chart(pts, ["full", "lora"], design.matched_drift(None)).to_dict()["layer"]) == 1
