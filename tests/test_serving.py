@@ -456,7 +456,7 @@ def test_deploy_settings_are_checked():
     assert cfg["comparisons"]["single"]["modes"] == ["full", "lora", "merged", "merged-aa"]   # the table's order
     with pytest.raises(LoraDriftError, match="unknown keys"):
         serving.deploy_config({**prof, "deploy": {"n_requests": 5}}, device="cpu")
-    wrong = {"x": {"streams": ["interleaved"], "modes": ["lora", "mixed"], "window": 1, "windows": {1: 2}}}
+    wrong = {"x": {"streams": ["interleaved"], "modes": ["lora", "mixed"], "batch_sizes": [1], "window": 1, "windows": {1: 2}}}
     with pytest.raises(LoraDriftError, match="task mode"):
         serving.deploy_config(prof, device="cpu", comparisons=wrong)
     with pytest.raises(LoraDriftError, match="needs exactly"):
@@ -465,6 +465,10 @@ def test_deploy_settings_are_checked():
     assert cpu["threads"] == 2 and cpu["comparisons"]["single"]["streams"] == ["sst2"]
     pairs = {c: {b: n * cpu["repeats"] for b, n in v["windows"].items()} for c, v in cpu["comparisons"].items()}
     assert pairs["single"][32] >= 30 and pairs["mixed"][32] >= 30 and pairs["single"][1] >= 150
+    assert set(pairs["adapters"]) == {1}          # a profile's batch_sizes replace the base's (windows merge)
+    with pytest.raises(LoraDriftError, match="no windows for batch sizes"):
+        serving.deploy_config(prof, device="cpu", comparisons={"x": {**wrong["x"], "streams": ["rte"], "modes": ["lora", "merged"],
+                                                                     "batch_sizes": [1, 8]}})
 
 
 def _record(root, unit, config_hash="h0", finished_at="2026-01-01T00:00:00Z"):
@@ -489,7 +493,8 @@ def test_deployment_key_holds_every_setting(tiny_profile, book_root):
         c[name].update(kw)
         return c
     changed = [dict(repeats=7), dict(warmup=4), dict(bootstrap=100), dict(seed=2), dict(threads=1),
-               dict(comparisons=comp("single", windows={1: 3})), dict(comparisons=comp("mixed", window=2)),
+               dict(comparisons=comp("single", windows={**comps["single"]["windows"], 1: 3})),
+               dict(comparisons=comp("mixed", window=2)), dict(comparisons=comp("mixed", batch_sizes=[1, 8])),
                dict(comparisons=comp("single", streams=["rte"])), dict(comparisons=comp("adapters", modes=["multi", "mixed"]))]
     keys = [key(**kw) for kw in changed] + [serving.plan_deploy(prof, device="cuda")["key"],
                                             serving.plan_deploy(prof, ["rte"], device="cpu")["key"]]
@@ -607,12 +612,12 @@ def _fake_units(prof, tiny_model, adapters, tasks, seed):
         tok.save_pretrained(model_dir(prof["name"], run_id(t, "full", seed)))
 
 
-TINY = {"single": {"streams": ["rte", "sst2"], "modes": ["lora", "merged", "merged-aa", "full"], "window": 1,
-                   "windows": {1: 3, 4: 2}},
-        "adapters": {"streams": ["interleaved"], "modes": ["multi", "mixed", "routed-lora"], "window": 2,
-                     "windows": {1: 2, 4: 2}},
+TINY = {"single": {"streams": ["rte", "sst2"], "modes": ["lora", "merged", "merged-aa", "full"], "batch_sizes": [1, 4],
+                   "window": 1, "windows": {1: 3, 4: 2}},
+        "adapters": {"streams": ["interleaved"], "modes": ["multi", "mixed", "routed-lora"], "batch_sizes": [1, 4],
+                     "window": 2, "windows": {1: 2, 4: 2}},
         "mixed": {"streams": ["interleaved"], "modes": ["mixed", "mixed-fifo", "batched", "routed-merged"],
-                  "window": 2, "windows": {1: 2, 4: 2}}}
+                  "batch_sizes": [1, 4], "window": 2, "windows": {1: 2, 4: 2}}}
 
 
 def _deploy(tiny_profile, tiny_model, adapters, tasks=("rte",), **kw):
@@ -692,7 +697,7 @@ def test_the_gpu_run_at_tiny_scale(book_root, monkeypatch):
     gpu = arch_config("tinyllama-1.1b", device="cuda")
     assert gpu["dtype"] == "bfloat16" and set(gpu["comparisons"]) == {"single", "adapters", "mixed"}
     assert all(set(c["windows"]) == {1, 8, 32} for c in gpu["comparisons"].values())
-    comps = {n: {**c, "windows": dict.fromkeys(c["windows"], 1)} for n, c in gpu["comparisons"].items()}
+    comps = {n: {**c, "windows": dict.fromkeys(c["batch_sizes"], 1)} for n, c in gpu["comparisons"].items()}
     res = serving.run_arch("tiny-test", device="cpu", dtype="bfloat16", comparisons=comps, repeats=2, warmup=1,
                            lengths="fallback", max_length=64, bootstrap=20, log=lambda *a: None)
     assert res["out_dir"].name == "arch-tiny-test-cpu"
@@ -730,7 +735,7 @@ def test_memory_meter_sees_a_transient_peak():
 
 
 # ------------------------------------------------------------------------------ wiring
-SMALL = {"single": {"streams": ["rte"], "modes": ["lora", "merged"], "window": 1, "windows": {2: 2}}}
+SMALL = {"single": {"streams": ["rte"], "modes": ["lora", "merged"], "batch_sizes": [2], "window": 1, "windows": {2: 2}}}
 
 
 def test_correctness_check_fails_when_merged_predictions_differ(tiny_profile, tiny_model, adapters, monkeypatch):
@@ -757,8 +762,8 @@ def test_a_new_serving_mode_is_one_table_entry(tiny_profile, tiny_model, adapter
     monkeypatch.setitem(serving.MODES, "merged-aa2", serving.Mode(
         "merged-aa2", "merged, a third copy", "task", "fifo", "lora", "merged",
         over=("merged",), check=(("merged",), "identical")))
-    comps = {"single": {"streams": ["rte", "mrpc"], "modes": ["lora", "merged", "merged-aa2"], "window": 1,
-                        "windows": {1: 2, 2: 2}}}
+    comps = {"single": {"streams": ["rte", "mrpc"], "modes": ["lora", "merged", "merged-aa2"], "batch_sizes": [1, 2],
+                        "window": 1, "windows": {1: 2, 2: 2}}}
     _, D = _deploy(tiny_profile, tiny_model, adapters, ("rte", "mrpc"), comparisons=comps)
     lat = D["latency"][D["latency"]["mode"] == "merged-aa2"]
     assert sorted(zip(lat["stream"], lat["batch_size"])) == [("mrpc", 1), ("mrpc", 2), ("rte", 1), ("rte", 2)]

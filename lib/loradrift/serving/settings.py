@@ -8,8 +8,9 @@ served) and ``vllm`` (the vLLM path's settings) are read beside the timing setti
 
 Timing settings: ``threads`` (torch intra-op threads, null: leave torch's), ``repeats``, ``warmup``
 (untimed windows per point), ``bootstrap``, ``seed`` and ``comparisons``: name -> {``streams``: task
-names, or ``[interleaved]`` for the stream of every task; ``modes``; ``window``: batches per timed
-window; ``windows``: {batch size: timed windows per repeat}}.
+names, or ``[interleaved]`` for the stream of every task; ``modes``; ``batch_sizes`` (a list, so a
+profile replaces it); ``window``: batches per timed window; ``windows``: {batch size: timed windows
+per repeat} (a mapping, merged key by key: sizes not in ``batch_sizes`` are ignored)}.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .requests import INTERLEAVED
 
 NOT_TIMING = ("methods", "vllm")   # keys of the deploy section that are no timing settings
 TIMING = ("threads", "repeats", "warmup", "bootstrap", "seed", "comparisons")
-COMPARISON = ("streams", "modes", "window", "windows")
+COMPARISON = ("streams", "modes", "batch_sizes", "window", "windows")
 
 
 def shared_defaults() -> dict:
@@ -76,8 +77,14 @@ def check_comparisons(cfg: dict, where: str) -> dict:
                                      f"[{INTERLEAVED}] for the others, in separate comparisons")
         if len(c["modes"]) < 2:
             raise LoraDriftError(f"{where}: comparison {name!r} needs at least two modes")
+        windows = {int(b): int(n) for b, n in c["windows"].items()}
+        lacking = [int(b) for b in c["batch_sizes"] if int(b) not in windows]
+        if lacking:
+            raise LoraDriftError(f"{where}: comparison {name!r} has no windows for batch sizes {lacking}: add them "
+                                 "to its windows")
         out[name] = {**c, "modes": ordered(c["modes"]), "window": int(c["window"]),
-                     "windows": {int(b): int(n) for b, n in c["windows"].items()}}
+                     "batch_sizes": [int(b) for b in c["batch_sizes"]],
+                     "windows": {int(b): windows[int(b)] for b in c["batch_sizes"]}}
     return out
 
 
