@@ -353,7 +353,8 @@ def test_paired_ratio_resamples_pairs_together():
 def test_latency_summary_counts_the_queue_in_a_window():
     from loradrift.serving.timing import latency_summary
     rows = pd.DataFrame({"repeat": [0, 0, 1, 1], "n": [2, 2, 2, 2], "latency_ms": [10.0, 30.0, 10.0, 30.0],
-                         "done_ms": [10.0, 40.0, 10.0, 40.0], "tokens_real": [4, 8, 4, 8], "tokens_padded": [4, 10, 4, 10]})
+                         "done_ms": [10.0, 40.0, 10.0, 40.0], "tokens_real": [4, 8, 4, 8],
+                         "tokens_padded": [4, 10, 4, 10]})
     s = latency_summary(rows)
     assert s["latency_p50_ms"] == pytest.approx(25.0) and s["latency_p99_ms"] == pytest.approx(40.0, abs=0.5)
     assert s["throughput_rps"] == pytest.approx(8 / 0.08) and s["pad_fraction"] == pytest.approx(2 / 14)
@@ -408,7 +409,8 @@ def _results(rows, correctness=()):
 
 
 def test_resolution_is_the_aa_interval_at_that_batch_size():
-    rat = pd.DataFrame([_ratio("merged-aa", "merged", 1, 1.0, 0.985, 1.012), _ratio("merged-aa", "merged", 32, 1.01, 0.97, 1.05),
+    rat = pd.DataFrame([_ratio("merged-aa", "merged", 1, 1.0, 0.985, 1.012),
+                        _ratio("merged-aa", "merged", 32, 1.01, 0.97, 1.05),
                         _ratio("merged", "full", 1, 1.03, 1.02, 1.04)])
     assert serving.resolution(rat, 1) == pytest.approx(0.015)
     assert serving.resolution(rat, 32) == pytest.approx(0.05)
@@ -456,7 +458,8 @@ def test_deploy_settings_are_checked():
     assert cfg["comparisons"]["single"]["modes"] == ["full", "lora", "merged", "merged-aa"]   # the table's order
     with pytest.raises(LoraDriftError, match="unknown keys"):
         serving.deploy_config({**prof, "deploy": {"n_requests": 5}}, device="cpu")
-    wrong = {"x": {"streams": ["interleaved"], "modes": ["lora", "mixed"], "batch_sizes": [1], "window": 1, "windows": {1: 2}}}
+    wrong = {"x": {"streams": ["interleaved"], "modes": ["lora", "mixed"], "batch_sizes": [1], "window": 1,
+                   "windows": {1: 2}}}
     with pytest.raises(LoraDriftError, match="task mode"):
         serving.deploy_config(prof, device="cpu", comparisons=wrong)
     with pytest.raises(LoraDriftError, match="needs exactly"):
@@ -467,8 +470,8 @@ def test_deploy_settings_are_checked():
     assert pairs["single"][32] >= 30 and pairs["mixed"][32] >= 30 and pairs["single"][1] >= 150
     assert set(pairs["adapters"]) == {1}          # a profile's batch_sizes replace the base's (windows merge)
     with pytest.raises(LoraDriftError, match="no windows for batch sizes"):
-        serving.deploy_config(prof, device="cpu", comparisons={"x": {**wrong["x"], "streams": ["rte"], "modes": ["lora", "merged"],
-                                                                     "batch_sizes": [1, 8]}})
+        serving.deploy_config(prof, device="cpu", comparisons={
+            "x": {**wrong["x"], "streams": ["rte"], "modes": ["lora", "merged"], "batch_sizes": [1, 8]}})
 
 
 def _record(root, unit, config_hash="h0", finished_at="2026-01-01T00:00:00Z"):
@@ -495,7 +498,8 @@ def test_deployment_key_holds_every_setting(tiny_profile, book_root):
     changed = [dict(repeats=7), dict(warmup=4), dict(bootstrap=100), dict(seed=2), dict(threads=1),
                dict(comparisons=comp("single", windows={**comps["single"]["windows"], 1: 3})),
                dict(comparisons=comp("mixed", window=2)), dict(comparisons=comp("mixed", batch_sizes=[1, 8])),
-               dict(comparisons=comp("single", streams=["rte"])), dict(comparisons=comp("adapters", modes=["multi", "mixed"]))]
+               dict(comparisons=comp("single", streams=["rte"])),
+               dict(comparisons=comp("adapters", modes=["multi", "mixed"]))]
     keys = [key(**kw) for kw in changed] + [serving.plan_deploy(prof, device="cuda")["key"],
                                             serving.plan_deploy(prof, ["rte"], device="cpu")["key"]]
     assert base not in keys and len(set(keys)) == len(keys)
@@ -654,7 +658,8 @@ def test_run_deploy_end_to_end(tiny_profile, tiny_model, adapters):
     lf = rat[(rat.numerator == "lora") & (rat.denominator == "merged")]
     assert (lf.flop_ratio > 1).all() and (lf.extra_ops > 0).all()
     cost = D["cost"]
-    assert (cost[cost["mode"] == "lora"]["ops_per_forward"].to_numpy() > cost[cost["mode"] == "merged"]["ops_per_forward"].to_numpy()).all()
+    ops = lambda m: cost[cost["mode"] == m]["ops_per_forward"].to_numpy()  # noqa: E731
+    assert (ops("lora") > ops("merged")).all()
     pts = D["points"]
     assert (pts["threads"] == 1).all() and pts["load_before"].notna().all()
     assert {"fifo", "task", "mixed"} == set(D["schedules"]["scheduler"])
@@ -735,7 +740,8 @@ def test_memory_meter_sees_a_transient_peak():
 
 
 # ------------------------------------------------------------------------------ wiring
-SMALL = {"single": {"streams": ["rte"], "modes": ["lora", "merged"], "batch_sizes": [2], "window": 1, "windows": {2: 2}}}
+SMALL = {"single": {"streams": ["rte"], "modes": ["lora", "merged"], "batch_sizes": [2], "window": 1,
+                    "windows": {2: 2}}}
 
 
 def test_correctness_check_fails_when_merged_predictions_differ(tiny_profile, tiny_model, adapters, monkeypatch):
@@ -795,7 +801,7 @@ def test_committed_deployment_results_are_current():
     from loradrift.store import data_dir, is_current, result_path
     path = result_path("cpu", "deploy_meta")
     if not path.exists() or serving.superseded(data_dir("cpu")):
-        pytest.skip("no committed deployment results of this design (re-run `python -m loradrift deploy --profile cpu`)")
+        pytest.skip("no committed deployment results of this design (`python -m loradrift deploy --profile cpu`)")
     prof = load_profile("cpu")
     meta = json.loads(path.read_text())
     assert is_current(path, serving.plan_deploy(prof, device=meta["device"])["key"])

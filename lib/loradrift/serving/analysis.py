@@ -124,4 +124,5 @@ def frames(bench, storage: list[dict], tol: float, labels: dict | None = None, u
     return {"latency": latency_rows(batches), "batches": bench.batches, "points": bench.points,
             "ratios": ratio_rows(batches, cost, dispatch, int(bench.cfg["bootstrap"])), "cost": bench.cost,
             "schedules": bench.schedules, "memory": bench.memory, "storage": storage,
-            "correctness": correctness_rows(bench.logits, tol), "accuracy": accuracy_rows(bench.logits, labels or {}, units)}
+            "correctness": correctness_rows(bench.logits, tol),
+            "accuracy": accuracy_rows(bench.logits, labels or {}, units)}

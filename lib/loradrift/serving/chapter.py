@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 
-from .findings import (CLAIMS, GOAL_MIXED, against_original, claim, controls, correctness_summary, cost_table, has_latency,
-                       mixed_serving, storage_mb, timing_error)
+from .findings import (CLAIMS, GOAL_MIXED, against_original, claim, controls, correctness_summary, cost_table,
+                       has_latency, mixed_serving, storage_mb, timing_error)
 from .modes import MODES
 
 NA = "n/a"
@@ -207,7 +207,8 @@ def correctness_text(D) -> dict[str, str]:
     if not has_latency(D) or D["correctness"].empty:
         return dict.fromkeys(("n", "passed", "merged_agreement", "merged_dlogit"), NA)
     c = correctness_summary(D)
-    return {"n": str(c["n"]), "passed": str(c["passed"]), "merged_agreement": num(100 * c["merged_agreement"], ".1f", "%"),
+    return {"n": str(c["n"]), "passed": str(c["passed"]),
+            "merged_agreement": num(100 * c["merged_agreement"], ".1f", "%"),
             "merged_dlogit": num(c["merged_dlogit"], ".2g")}
 
 
@@ -228,4 +229,5 @@ def vllm_text(D) -> dict[str, str]:
     vLLM run's results are present."""
     from .vllm import vllm_available
     info = D["meta"].get("vllm", {}) if has_latency(D) else {}
-    return {"why": info.get("detail") or vllm_available()[1], "ran": "yes" if has_latency(D) and "vllm_meta" in D else "no"}
+    return {"why": info.get("detail") or vllm_available()[1],
+            "ran": "yes" if has_latency(D) and "vllm_meta" in D else "no"}

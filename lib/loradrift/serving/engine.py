@@ -198,7 +198,8 @@ def run_record(load_before, t_start: float, bench: Bench | None = None) -> dict:
     ok, why = vllm_available()
     extra = {} if bench is None else {"timer": bench.timer.kind, "dispatch_s": bench.dispatch_s,
                                       "weights": "each mode loaded, then deep-copied (fresh allocations)"}
-    return {"loadavg_before": load_before, "loadavg_after": loadavg(), "wall_time_s": time.perf_counter() - t_start, "vllm": {"available": ok, "detail": why}, **extra,
+    return {"loadavg_before": load_before, "loadavg_after": loadavg(), "wall_time_s": time.perf_counter() - t_start,
+            "vllm": {"available": ok, "detail": why}, **extra,
             "environment": environment(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -1,5 +1,6 @@
 """Where the served models come from: a *model source* loads what a mode's ``load`` names (base, full,
-adapter, merged, resident, routed, routed_adapters, batched). ``TrainedSource`` loads a profile's trained units (adapters are
+adapter, merged, resident, routed, routed_adapters, batched), sets each request's token count and gives
+the cost model its shapes. ``TrainedSource`` loads a profile's trained units (adapters are
 checked before they are served); ``arch.RandomSource`` builds random models of a named architecture.
 """
 from __future__ import annotations
@@ -165,8 +166,8 @@ class TrainedSource(ModelSource):
             lora = next((d["lora"] for d in self.dirs.values() if "lora" in d), None)
             adapter = json.loads((Path(lora) / "adapter_config.json").read_text()) if lora else {}
             dtype = self.prof["model"].get("dtype", "float32")
-            self._shape = llama_shape(AutoConfig.from_pretrained(self.base_path),
-                                      {"r": adapter.get("r", 0), "targets": sorted(adapter.get("target_modules") or [])},
+            lora = {"r": adapter.get("r", 0), "targets": sorted(adapter.get("target_modules") or [])}
+            self._shape = llama_shape(AutoConfig.from_pretrained(self.base_path), lora,
                                       dtype_bytes=4 if dtype in ("float32", "fp32") else 2)
         return self._shape
 

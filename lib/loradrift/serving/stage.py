@@ -2,9 +2,9 @@
 results are current, and the run (settings: ``settings``, the profile's ``deploy:`` section).
 
 Currency: ``deployment_meta.json`` records ``key`` = ``store.key(deploy_settings(...))``: the timing
-settings (threads, repeats, warm-up, bootstrap, seed, every comparison's streams, modes and windows;
-the device), the tasks, and every served unit's config hash and finish time. ``store.is_current`` compares it with the key
-the profile gives now.
+settings (threads, repeats, warm-up, bootstrap, seed, every comparison's streams, modes, batch sizes
+and windows; the device), the tasks, and every served unit's config hash and finish time.
+``store.is_current`` compares it with the key the profile gives now.
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = Fal
     """The deployment benchmark of a profile's trained units (seed ``cfg['seed']``, default the first).
 
     Skips when ``deployment_meta.json`` is current (same key; ``force=True`` re-runs). Keyword overrides
-    of the deploy section: repeats, seed, bootstrap, threads, warmup, comparisons. Returns {"out_dir", "skipped", "meta"}."""
+    of the deploy section: repeats, seed, bootstrap, threads, warmup, comparisons. Returns {"out_dir",
+    "skipped", "meta"}."""
     from ..config import load_profile
     prof = load_profile(prof) if isinstance(prof, str) else prof
     meta_path = result_path(prof["name"], "deploy_meta")

@@ -118,7 +118,7 @@ def paired_ratio(num, den, n_boot: int = 2000, seed: int = 0, level: float = 0.9
             "gmean_ratio": float(np.exp(np.mean(np.log(a / b)))), "n_pairs": int(len(a))}
 
 
-def window_times(batches) -> "pd.DataFrame":  # noqa: F821
+def window_times(batches):
     """Summed batch times per (comparison, stream, batch size, repeat, window, mode), one column per mode."""
     keys = ["comparison", "stream", "batch_size", "repeat", "window"]
     w = batches.groupby(keys + ["mode"], sort=True)["latency_ms"].sum().unstack("mode")
