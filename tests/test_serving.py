@@ -447,7 +447,9 @@ def test_mixed_serving_reads_the_paired_ratio_as_throughput():
     m = serving.mixed_serving(D)
     assert m["batch_size"] == 32 and m["throughput_ratio"] == pytest.approx(1.25)
     assert m["ci"] == pytest.approx((1 / 0.83, 1 / 0.78)) and m["goal_met"] and m["p99_mixed"] == 16.0
-    assert serving.mixed_serving(D, 1)["goal_met"] is False
+    assert serving.mixed_serving(D, 1)["goal_met"] is False and m["vs_multi"] is None
+    D["ratios"] = pd.concat([D["ratios"], pd.DataFrame([_ratio("mixed", "multi", 32, 0.5, 0.4, 0.625, "interleaved")])])
+    assert serving.mixed_serving(D)["vs_multi"] == pytest.approx((2.0, 1.6, 2.5))
 
 
 # ------------------------------------------------------------------------------ settings and their key

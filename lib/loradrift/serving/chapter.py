@@ -171,7 +171,8 @@ def claims_text(D) -> dict[str, str]:
 def mixed_text(D) -> dict[str, str]:
     """The mixed-adapter serving result for the prose."""
     m = mixed_serving(D)
-    keys = ("bs", "ratio", "goal", "met", "p50", "p99", "p50_routed", "p99_routed", "pad", "pad_routed", "predicted")
+    keys = ("bs", "ratio", "goal", "met", "p50", "p99", "p50_routed", "p99_routed", "pad", "pad_routed", "predicted",
+            "vs_multi")
     if m is None:
         return {**dict.fromkeys(keys, NA), "goal": f"{GOAL_MIXED:.1f}×"}
     return {"bs": str(m["batch_size"]), "ratio": interval(m["throughput_ratio"], *m["ci"], digits=2),
@@ -179,7 +180,8 @@ def mixed_text(D) -> dict[str, str]:
             "p50": num(m["p50_mixed"], ".0f"), "p99": num(m["p99_mixed"], ".0f"),
             "p50_routed": num(m["p50_routed-merged"], ".0f"), "p99_routed": num(m["p99_routed-merged"], ".0f"),
             "pad": num(100 * m["pad_mixed"], ".0f", "%"), "pad_routed": num(100 * m["pad_routed-merged"], ".0f", "%"),
-            "predicted": num(m["predicted"], ".2f", "×")}
+            "predicted": num(m["predicted"], ".2f", "×"),
+            "vs_multi": interval(*m["vs_multi"], digits=2) if m["vs_multi"] else NA}
 
 
 def resolution_text(D) -> dict[str, str]:

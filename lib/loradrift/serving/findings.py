@@ -186,7 +186,9 @@ def identity_checks(D: dict) -> dict:
 def mixed_serving(D: dict | None, bs: int | None = None) -> dict | None:
     """Mixed-adapter batches (length-bucketed) against a merged model per task on the same stream, at
     ``bs`` (default the largest measured): throughput ratio with its interval (the inverse of the
-    paired time ratio), p50 and p99 latency of both, padding, and whether the goal (>= 1.1x) is met."""
+    paired time ratio), p50 and p99 latency of both, padding, whether the goal (>= 1.1x) is met, and
+    the throughput ratio against task-homogeneous batches on the same base (``vs_multi``: ratio, low,
+    high; None where not measured)."""
     if not has_latency(D):
         return None
     r = rows(D["ratios"], "mixed", "routed-merged")
@@ -198,8 +200,9 @@ def mixed_serving(D: dict | None, bs: int | None = None) -> dict | None:
         return None
     lat = D["latency"]
     L = lambda m: lat[(lat["mode"] == m) & (lat.batch_size == bs) & (lat.comparison == c["comparison"])]  # noqa: E731
-    thr = 1 / c["ratio"]
+    thr, homog = 1 / c["ratio"], compare(D["ratios"], "mixed", "multi", bs)
     return {"batch_size": bs, "throughput_ratio": thr, "ci": (1 / c["ci"][1], 1 / c["ci"][0]),
+            "vs_multi": None if homog is None else (1 / homog["ratio"], 1 / homog["ci"][1], 1 / homog["ci"][0]),
             "predicted": 1 / c["predicted"], "resolution": c["resolution"], "n_pairs": c["n_pairs"],
             "goal": GOAL_MIXED, "goal_met": bool(1 / c["ci"][1] >= GOAL_MIXED),
             **{f"{k}_{m}": float(L(m)[col].iloc[0]) if len(L(m)) else math.nan
