@@ -782,9 +782,15 @@ def test_a_new_serving_mode_is_one_table_entry(tiny_profile, tiny_model, adapter
     assert sorted(D["memory"]["mode"]) == sorted(["lora", "merged", "merged-aa2"] * 2)   # one object per mode
 
 
-def test_every_mode_gets_its_own_fresh_copy(tiny_profile, tiny_model, adapters):
-    """No two modes of a comparison share a weight tensor (each is loaded, then deep-copied)."""
+def test_every_mode_gets_its_own_fresh_copy(tiny_profile, tiny_model, adapters, monkeypatch):
+    """No two modes of a comparison share a weight tensor, and each is loaded, then deep-copied."""
+    import copy
+
+    from loradrift.serving import engine
     from loradrift.serving.engine import Bench, Point
+    copied = []
+    monkeypatch.setattr(engine, "copy", types.SimpleNamespace(
+        deepcopy=lambda x: copied.append(type(x).__name__) or copy.deepcopy(x)))
     from loradrift.serving.sources import TrainedSource
     prof = load_profile(str(tiny_profile))
     _fake_units(prof, tiny_model, adapters, ["rte"], prof["seeds"][0])
@@ -795,6 +801,7 @@ def test_every_mode_gets_its_own_fresh_copy(tiny_profile, tiny_model, adapters):
     b, _ = bench.load("merged", "rte")
     pa = {p.data_ptr() for p in a.parameters()}
     assert not pa & {p.data_ptr() for p in b.parameters()}
+    assert copied == [type(a).__name__] * 2
     assert Point("x", "rte", ["lora", "merged"], 1, {1: 1}).modes == ["lora", "merged"]
 
 

@@ -54,14 +54,6 @@ def requests_needed(cfg: dict) -> int:
     return max(n * int(c["window"]) * int(b) for c in cfg["comparisons"].values() for b, n in c["windows"].items())
 
 
-def fresh(model):
-    """A deep copy: fresh allocations for every weight, made the same way for every mode."""
-    out = copy.deepcopy(model)
-    del model
-    release_memory()
-    return out
-
-
 class Bench:
     """One benchmark run. Rows: ``batches`` (every timed batch), ``points``, ``cost``, ``schedules``,
     ``memory``; ``logits`` {(mode, stream, batch size): {uid: logits}} of the first repeat."""
@@ -96,8 +88,10 @@ class Bench:
     def load(self, mode: str, stream: str):
         what = list(self.pools) if stream == INTERLEAVED else stream
         t0 = time.perf_counter()
-        model, extra = getattr(self.source, MODES[mode].load)(what)
-        model = fresh(model)
+        loaded, extra = getattr(self.source, MODES[mode].load)(what)
+        model = copy.deepcopy(loaded)   # fresh allocations for every weight, made the same way for every mode
+        del loaded
+        release_memory()
         return model, {"load_s": time.perf_counter() - t0, **extra}
 
     def serve_comparison(self, p: Point):
