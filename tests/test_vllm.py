@@ -103,3 +103,37 @@ def test_host_head_refuses_normalised_pooled_outputs(fake_vllm):
     fake_vllm.vectors = raw / np.linalg.norm(raw, axis=1, keepdims=True)  # what vLLM's default pooler returns
     with pytest.raises(LoraDriftError, match="L2-normalised"):
         server(batch)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "fp32", "bfloat16", None, "float16"])
+def test_vllm_never_gets_fp32(fake_vllm, dtype):
+    """vLLM's LoRA kernels take half precision only: an fp32 model is served in bf16."""
+    vs.make_engine("/base", 2, 8, dtype, 64, "host", 0.5)
+    assert fake_vllm.built[-1]["dtype"] == ("float16" if dtype == "float16" else "bfloat16")
+
+
+def test_vllm_serves_the_interleaved_stream_length_bucketed():
+    """The timed vLLM stream: every task's requests, each once per batch size, in batches sorted by length
+    across adapters, logits back per request."""
+    import torch
+
+    from loradrift.serving.schedule import interleaved_stream
+    calls = []
+
+    def server(batch):
+        calls.append([(r.task, r.length) for r in batch])
+        return torch.tensor([[float(r.length), 0.0] for r in batch])
+
+    pools = {t: [Request(uid=f"{t}:{i}", task=t, ids=[1] * (i + k), length=i + k) for i in range(12)]
+             for k, t in enumerate(["rte", "mrpc", "sst2"])}
+    cfg = {"batch_sizes": [1, 4], "window": 2, "windows": 3, "warmup": 1, "head": "host"}
+    lat, rows, got = vs._time_vllm(server, pools, cfg, lambda *a: None, timer=lambda fn: (fn(), 0.001))
+    assert [r["batch_size"] for r in lat] == [1, 4] and all(r["n_requests"] == r["n_batches"] * r["batch_size"]
+                                                             for r in lat)
+    timed4 = calls[-6:]                        # batch size 4: 3 windows of 2 batches
+    assert all(len(b) == 4 for b in timed4) and any(len({t for t, _ in b}) > 1 for b in timed4)
+    for w in (timed4[0:2], timed4[2:4], timed4[4:6]):
+        lens = [L for b in w for _, L in b]
+        assert lens == sorted(lens)
+    stream = interleaved_stream(pools, 24)
+    assert {r.uid for r in stream} <= set(got) and all(got[r.uid][0] == r.length for r in stream)

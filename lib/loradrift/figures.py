@@ -208,10 +208,14 @@ def headline_table(study):
 SERVING_COMPARISONS = {   # (kind, numerator, denominator) -> what the preface calls it
     ("latency", "lora", "merged"): "unmerged adapter / merged model",
     ("latency", "merged", "full"): "merged / fully fine-tuned model (the same computation: the timing's resolution)",
+    ("latency", "merged-aa", "merged"): "A/A control: two copies of one merged model (the timing's resolution)",
+    ("latency", "multi", "routed-lora"): "one base, adapter switched per batch / an unmerged adapter model per task",
     ("latency", "multi", "routed-merged"): "one base, adapter switched per batch / a merged model per task",
     ("latency", "mixed", "routed-merged"): "one base, mixed-adapter batches / a merged model per task",
     ("throughput", "mixed", "merged"): "throughput: mixed-adapter batches / a merged model per task "
                                        "(harmonic mean over tasks)",
+    ("throughput", "mixed", "routed-merged"): "throughput: length-bucketed mixed-adapter batches / a merged "
+                                              "model per task, on the same stream (paired)",
     ("storage", "adapter", "full"): "on disk: adapter / fully fine-tuned model",
 }
 
@@ -277,67 +281,72 @@ def _batch_axis(df):
                  axis=alt.Axis(values=sorted(int(b) for b in df["batch_size"].unique()), format="d"))
 
 
-def _first_repeat(lat):
-    lat = lat[lat["repeat"] == 0].copy()
-    lat["stream"] = lat["stream"].replace({"multi": "interleaved (all tasks)"})
+def _panels(lat):
+    """One panel per comparison and stream ('single: SST-2', 'mixed: all tasks')."""
+    from .tasks import task_name
+    lat = lat.copy()
+    lat["panel"] = [f"{c}: {'all tasks' if s == 'interleaved' else task_name(s)}"
+                    for c, s in zip(lat["comparison"], lat["stream"])]
     return lat
 
 
 def latency_chart(lat, title: str | None = None):
-    """Per-request latency (median; the bar reaches the 95th percentile) against batch size, one panel
-    per stream (the first repeat)."""
+    """Per-request latency (median; the bar reaches the 99th percentile) against batch size, one panel
+    per comparison and stream."""
     import altair as alt
 
     from .serving import MODES
-    lat = _first_repeat(lat)
+    lat = _panels(lat)
     base = alt.Chart(lat).encode(x=_batch_axis(lat), color=alt.Color("mode:N", sort=list(MODES)))
     line = base.mark_line(point=True).encode(
         y=alt.Y("latency_p50_ms:Q", title="latency per request (ms)", scale=alt.Scale(type="log")),
-        tooltip=["mode", "stream", "batch_size", "n_requests", alt.Tooltip("latency_p50_ms:Q", format=".2f"),
-                 alt.Tooltip("latency_p95_ms:Q", format=".2f"), alt.Tooltip("latency_p99_ms:Q", format=".2f"),
-                 alt.Tooltip("latency_mean_ms:Q", format=".2f"), alt.Tooltip("throughput_rps:Q", format=".1f"),
-                 "switches"])
-    bar = base.mark_rule(opacity=0.5).encode(y="latency_p50_ms:Q", y2="latency_p95_ms:Q")
-    ch = alt.layer(bar, line).properties(width=170, height=170).facet(column=alt.Column("stream:N", title=None))
+        tooltip=["mode", "panel", "batch_size", "n_requests", alt.Tooltip("latency_p50_ms:Q", format=".2f"),
+                 alt.Tooltip("latency_p99_ms:Q", format=".2f"), alt.Tooltip("throughput_rps:Q", format=".1f"),
+                 alt.Tooltip("pad_fraction:Q", format=".2f")])
+    bar = base.mark_rule(opacity=0.5).encode(y="latency_p50_ms:Q", y2="latency_p99_ms:Q")
+    ch = alt.layer(bar, line).properties(width=170, height=170).facet(column=alt.Column("panel:N", title=None))
     return ch.properties(title=title) if title else ch
 
 
 def throughput_chart(lat):
-    """Measured throughput (requests per second over the whole timed stream) against batch size."""
+    """Throughput (requests per second of service time) against batch size, one panel per comparison."""
     import altair as alt
 
     from .serving import MODES
-    lat = _first_repeat(lat)
+    lat = _panels(lat)
     return alt.Chart(lat).mark_line(point=True).encode(
         x=_batch_axis(lat),
         y=alt.Y("throughput_rps:Q", title="requests / s", scale=alt.Scale(type="log")),
         color=alt.Color("mode:N", sort=list(MODES)),
-        tooltip=["mode", "stream", "batch_size", alt.Tooltip("throughput_rps:Q", format=".1f"),
+        tooltip=["mode", "panel", "batch_size", alt.Tooltip("throughput_rps:Q", format=".1f"),
                  alt.Tooltip("pad_fraction:Q", format=".2f")]
-    ).properties(width=170, height=170).facet(column=alt.Column("stream:N", title=None))
+    ).properties(width=170, height=170).facet(column=alt.Column("panel:N", title=None))
 
 
-RATIO_PAIRS = ["lora / merged", "merged / full", "lora / full", "multi / routed-merged", "mixed / routed-merged",
-               "mixed / multi"]
+RATIO_PAIRS = ["merged-aa / merged", "merged / full", "lora / merged", "lora / full", "multi / routed-lora",
+               "mixed / routed-lora", "mixed / routed-merged", "batched / mixed", "mixed-fifo / mixed"]
 
 
 def ratio_chart(rat):
-    """Latency ratios between modes with their 95% intervals, one panel per pair (``RATIO_PAIRS``)."""
+    """Paired time ratios between modes with their 95% intervals and the cost model's prediction (a
+    cross), one panel per pair (``RATIO_PAIRS``)."""
     import altair as alt
     r = rat.copy()
     r["pair"] = r["numerator"] + " / " + r["denominator"]
-    r["stream"] = r["stream"].replace({"multi": "interleaved"})
+    r["stream"] = r["stream"].replace({"interleaved": "all tasks"})
     r = r[r["pair"].isin(RATIO_PAIRS)]
     base = alt.Chart(r).encode(
         y=alt.Y("stream:N", title=None), color=alt.Color("batch_size:O", title="batch size"),
         yOffset="batch_size:O")
+    x = alt.X("ratio:Q", title="time ratio (paired)", scale=alt.Scale(type="log", zero=False))
     pts = base.mark_point(filled=True).encode(
-        x=alt.X("ratio:Q", title="latency ratio", scale=alt.Scale(type="log", zero=False)),
-        tooltip=["pair", "stream", "batch_size", alt.Tooltip("ratio:Q", format=".3f"),
-                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "paired"])
+        x=x, tooltip=["pair", "stream", "batch_size", alt.Tooltip("ratio:Q", format=".3f"),
+                      alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n_pairs",
+                      alt.Tooltip("predicted:Q", format=".3f")])
+    pred = base.mark_point(shape="cross", opacity=0.6).encode(x="predicted:Q")
     bars = base.mark_rule().encode(x="ci_low:Q", x2="ci_high:Q")
     one = alt.Chart().mark_rule(strokeDash=[4, 3], color="gray").encode(x=alt.datum(1.0))
-    return alt.layer(one, bars, pts, data=r).properties(width=260, height=110).facet(
+    return alt.layer(one, bars, pred, pts, data=r).properties(width=260, height=110).facet(
         facet=alt.Facet("pair:N", title=None, sort=RATIO_PAIRS), columns=2)
 
 

@@ -1,47 +1,52 @@
-"""The deployment benchmark (RQ2): what serving a LoRA-adapted classifier costs, measured honestly.
+"""The deployment benchmark (RQ2): what serving a LoRA-adapted classifier costs, measured to a stated
+resolution.
 
-Serving *modes* are declared once, in ``modes.MODES`` (base, full, lora, merged, multi, mixed,
-routed-merged); each says which stream it serves, which unit it needs, how it is loaded and served,
-which ratios it enters and what its predictions must match.
+Serving *modes* are declared once, in ``modes.MODES`` (base, full, lora, merged, merged-aa, multi,
+mixed, mixed-fifo, batched, routed-lora, routed-merged); each says which stream it serves, how it forms
+batches (``schedule``), how it is loaded and served, which ratios it enters and what its predictions
+must match. A profile's ``deploy.comparisons`` groups them: every mode of a comparison is loaded at
+once (each deep-copied, so every mode's weights are allocated the same way) and serves the same
+windows of requests in rotated order (``timing``), so every ratio is paired window by window under the
+same conditions. An A/A control (``merged-aa``) measures the resolution; a cost model (``costmodel``:
+FLOPs, weight bytes, operator calls x a measured dispatch cost) predicts every ratio beside the
+measurement; ``findings`` gives the verdicts on the original study's claims 7-9 and the mixed-adapter
+serving result. ``batched`` is a Punica-style batched LoRA path (one batched matmul per LoRA module).
 
-Every timed call covers what a server does for a batch: tokenise and pad, switch adapter if needed,
-forward, synchronise (``torch.cuda.synchronize`` on a GPU) and bring the logits to the host. Clock:
-``time.perf_counter``. Requests are real test-split examples in the training format. Per-request
-latency is the latency of the batch that carries it; throughput is requests / wall time of the whole
-timed stream (measured, not derived). Ratios between modes carry bootstrap intervals over batches
-(paired where the two modes served identical batches).
+Correctness is measured on the same forward passes: the multi-adapter modes must predict exactly what
+a single-adapter model predicts (each task's trained ``score`` head lives in ``modules_to_save`` and
+must switch with the adapter), ``merged`` is compared with ``lora`` (agreement, max |Δlogit|), and
+every mode's accuracy is computed on the labelled requests it served.
 
-Correctness is measured on the same forward passes: ``multi`` and ``mixed`` must predict exactly
-what the single-adapter ``lora`` model predicts (each task's trained ``score`` head lives in
-``modules_to_save`` and must switch with the adapter), ``merged`` is compared with ``lora`` (agreement,
-max |Δlogit|), and every mode's accuracy is computed on the labelled requests it served.
-
-Modules: ``modes`` (the table), ``requests`` (requests and batching), ``servers`` (encoders, servers),
-``sources`` (loading trained units, adapter checks), ``timing``, ``memory``, ``engine`` (groups, the
-run, correctness and accuracy rows), ``settings`` (a profile's ``deploy:`` section, the served methods),
-``stage`` (the served units, the currency key, ``run_deploy``),
-``arch`` (architecture-only runs on random weights, ``run_arch``), ``vllm`` (``run_vllm``),
-``findings`` (numbers for the book) and ``chapter`` (the deployment chapter's tables and prose values).
+Modules: ``modes`` (the table), ``requests``, ``schedule`` (streams, windows, schedulers), ``servers``,
+``batched``, ``sources`` (loading trained units, adapter checks), ``timing``, ``costmodel``, ``memory``,
+``engine`` (the run), ``analysis`` (the result tables), ``settings`` (a profile's ``deploy:`` section),
+``stage`` (the served units, the currency key, ``run_deploy``), ``arch`` (architecture-only runs on
+random weights, ``run_arch``; on a GPU the prepared TinyLlama-1.1B run), ``vllm`` (``run_vllm``),
+``findings`` (numbers and verdicts for the book) and ``chapter`` (the chapter's tables and prose values).
 
 Results: ``data/<profile>/deployment_*.csv`` and ``deployment_meta.json``; architecture-only runs
 write the same files under ``data/arch-<arch>-<cpu|cuda>/``.
 """
 from __future__ import annotations
 
+from .analysis import correctness_rows
 from .arch import ARCHS, random_classifier, random_lora_model, randomize_adapter, run_arch
-from .chapter import per_task_ratios, ratio_text
-from .engine import FILES, correctness_rows
-from .findings import (ORIGINAL_DEPLOYMENT, ORIGINAL_OVERHEAD, ORIGINAL_SOURCE, arch_command, arch_results,
-                       correctness_summary, has_latency, load_results, timing_error)
+from .batched import BatchedServer, batched_model
+from .chapter import interval
+from .engine import FILES
+from .findings import (CLAIMS, ORIGINAL_DEPLOYMENT, ORIGINAL_OVERHEAD, ORIGINAL_SOURCE, arch_command, arch_results,
+                       claim, compare, correctness_summary, has_latency, headline, load_results, mixed_serving,
+                       resolution, superseded, superseded_runs, timing_error)
 from .memory import MemoryMeter
 from .modes import MODES, Mode, register_mode
-from .requests import Request, mixed_batches, multi_batches, single_batches
+from .requests import Request
+from .schedule import SCHEDULERS, interleaved_stream, task_stream, windows
 from .servers import MixedServer, Server, SwitchServer, TextEncoder
 from .sources import ModelSource, check_adapter, load_multi_adapter
 from .settings import deploy_config, served_method, served_methods
 from .stage import (_unit_results, deploy_settings, outdated_units, plan_deploy, results_current, run_deploy,
                     unit_results)
-from .timing import latency_summary, ratio_ci, time_stream
+from .timing import paired_ratio, time_point
 from .vllm import run_vllm, vllm_available
 
 __all__ = [
@@ -52,12 +57,13 @@ __all__ = [
     "run_arch", "ARCHS", "random_classifier", "random_lora_model", "randomize_adapter",
     "run_vllm", "vllm_available",
     # the modes table and the engine's parts
-    "MODES", "Mode", "register_mode", "correctness_rows",
-    "Request", "single_batches", "multi_batches", "mixed_batches", "TextEncoder", "Server", "SwitchServer",
-    "MixedServer", "ModelSource", "check_adapter", "load_multi_adapter", "MemoryMeter",
-    "time_stream", "latency_summary", "ratio_ci",
+    "MODES", "Mode", "register_mode", "correctness_rows", "Request", "SCHEDULERS", "task_stream",
+    "interleaved_stream", "windows", "TextEncoder", "Server", "SwitchServer", "MixedServer", "BatchedServer",
+    "batched_model", "ModelSource", "check_adapter", "load_multi_adapter", "MemoryMeter", "time_point",
+    "paired_ratio",
     # findings for the book
-    "load_results", "arch_results", "arch_command", "has_latency", "timing_error",
-    "correctness_summary", "ratio_text", "per_task_ratios", "ORIGINAL_DEPLOYMENT", "ORIGINAL_OVERHEAD",
-    "ORIGINAL_SOURCE",
+    "load_results", "superseded", "superseded_runs", "arch_results", "arch_command", "has_latency", "timing_error",
+    "resolution",
+    "compare", "claim", "CLAIMS", "mixed_serving", "headline", "correctness_summary", "interval",
+    "ORIGINAL_DEPLOYMENT", "ORIGINAL_OVERHEAD", "ORIGINAL_SOURCE",
 ]

@@ -18,8 +18,8 @@ import yaml
 
 from .. import LoraDriftError
 from ..store import repo_root
-from .engine import Bench, loadavg, plan_groups, run_record, stream_length, tolerance, write_results
-from .modes import ordered
+from .analysis import frames as result_frames
+from .engine import DESIGN, Bench, loadavg, plan_points, requests_needed, run_record, tolerance, write_results
 from .requests import random_requests
 from .servers import IdsEncoder
 from .sources import ModelSource
@@ -36,16 +36,18 @@ FALLBACK_LENGTHS: dict[str, tuple[float, float]] = {t: tuple(v) for t, v in _SET
 
 
 def arch_config(arch: str, device: str | None = None, **overrides) -> dict:
-    """The run's settings: ``_arch.yaml``'s ``run``, then its device's, then keyword overrides."""
+    """The run's settings: ``_arch.yaml``'s ``run``, then its device's, then keyword overrides; the
+    timing settings checked as a profile's (``settings.check_comparisons``)."""
+    from .settings import TIMING, check_comparisons
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if arch not in ARCHS:
         raise LoraDriftError(f"unknown architecture {arch!r}: choose one of {list(ARCHS)} "
                              "(or add it to loradrift/profiles/_arch.yaml)")
     cfg = {**copy.deepcopy(_SETTINGS["run"]), **copy.deepcopy(_SETTINGS["by_device"][device_kind(device)])}
     cfg.update({k: v for k, v in overrides.items() if v is not None})
-    cfg.update({"arch": arch, "device": device, "modes": ordered(cfg["modes"])})
-    if not set(cfg["single_tasks"]) <= set(cfg["tasks"]):
-        raise LoraDriftError("single_tasks must be a subset of tasks")
+    timing = {k: cfg[k] for k in TIMING if k in cfg}
+    cfg["comparisons"] = check_comparisons(timing, f"_arch.yaml settings for {device_kind(device)}")
+    cfg.update({"arch": arch, "device": device})
     return cfg
 
 
@@ -148,6 +150,13 @@ class RandomSource(ModelSource):
     def resident(self, tasks):
         return random_lora_model(self.kw, self.dtype, self.device, tasks, self.cfg), {"adapters_resident": len(tasks)}
 
+    def shape(self):
+        from transformers import LlamaConfig
+
+        from .costmodel import llama_shape
+        return llama_shape(LlamaConfig(**self.kw), {"r": self.cfg["lora_r"], "targets": self.cfg["target_modules"]},
+                           dtype_bytes=torch.finfo(self.dtype).bits // 8)
+
 
 def arch_storage(arch_kwargs: dict, cfg: dict, dtype) -> list[dict]:
     """Storage computed from parameter counts (nothing is written to disk in architecture-only mode)."""
@@ -167,13 +176,13 @@ def arch_storage(arch_kwargs: dict, cfg: dict, dtype) -> list[dict]:
             {"artifact": "LoRA adapter (incl. score head)", **row, "bytes": lora * nbytes}]
 
 
-def _streams(cfg: dict, vocab_size: int, glue_source) -> tuple[dict, dict]:
+def _pools(cfg: dict, source: RandomSource, vocab_size: int, glue_source) -> tuple[dict, dict]:
     """Each task's random requests of realistic lengths, and where the lengths came from."""
-    n, streams, source = stream_length(cfg), {}, {}
+    n, pools, origin = requests_needed(cfg), {}, {}
     for i, t in enumerate(cfg["tasks"]):
-        lens, source[t] = realistic_lengths(t, n, i, glue_source, int(cfg["max_length"]), cfg.get("lengths", "auto"))
-        streams[t] = random_requests(t, lens[:n], vocab_size, seed=100 + i)
-    return streams, source
+        lens, origin[t] = realistic_lengths(t, n, i, glue_source, int(cfg["max_length"]), cfg.get("lengths", "auto"))
+        pools[t] = source.requests(random_requests(t, lens[:n], vocab_size, seed=100 + i))
+    return pools, origin
 
 
 def run_arch(arch: str = "tinyllama-1.1b", device: str | None = None, glue_source=None, log=print,
@@ -184,17 +193,17 @@ def run_arch(arch: str = "tinyllama-1.1b", device: str | None = None, glue_sourc
     cfg = arch_config(arch, device, **overrides)
     out_dir, arch_kwargs = arch_out_dir(arch, cfg["device"]), ARCHS[arch]
     t_start, load_before = time.perf_counter(), loadavg()
-    streams, length_source = _streams(cfg, arch_kwargs["vocab_size"], glue_source)
     source = RandomSource(arch_kwargs, cfg)
-    log(f"architecture-only {arch} (RANDOM weights) on {cfg['device']}: modes {cfg['modes']}, batch sizes "
-        f"{cfg['batch_sizes']}, {cfg['n_requests']} requests/point, single-adapter streams {cfg['single_tasks']}")
-    bench = Bench(source, streams, cfg, log).run(plan_groups(cfg["modes"], list(cfg["tasks"]), cfg["single_tasks"]))
-    frames = bench.frames(arch_storage(arch_kwargs, cfg, source.dtype), tolerance(source.dtype))
-    meta = {"kind": "architecture-only (random weights, random adapters, random tokens)", "arch": arch,
-            "arch_config": arch_kwargs, "device": cfg["device"], "config": cfg, "length_source": length_source,
-            "mean_length": {t: float(np.mean([len(r.ids) for r in v])) for t, v in streams.items()},
-            "timing": "perf_counter around pad, adapter switch, forward, device sync, logits to host",
-            **run_record(load_before, t_start)}
+    pools, length_source = _pools(cfg, source, arch_kwargs["vocab_size"], glue_source)
+    log(f"architecture-only {arch} (RANDOM weights) on {cfg['device']}, {cfg['dtype']}: comparisons "
+        f"{list(cfg['comparisons'])}, {cfg['repeats']} repeats")
+    bench = Bench(source, pools, cfg, log).run(plan_points(cfg, list(cfg["tasks"])))
+    frames = result_frames(bench, arch_storage(arch_kwargs, cfg, source.dtype), tolerance(source.dtype))
+    meta = {"kind": "architecture-only (random weights, random adapters, random tokens)", "design": DESIGN,
+            "arch": arch, "arch_config": arch_kwargs, "device": cfg["device"], "dtype": cfg["dtype"], "config": cfg,
+            "length_source": length_source, "shape": source.shape(),
+            "mean_length": {t: float(np.mean([r.length for r in v])) for t, v in pools.items()},
+            **run_record(load_before, t_start, bench)}
     write_results(out_dir, frames, meta)
     log(f"architecture-only results -> {out_dir} ({meta['wall_time_s']:.0f} s)")
     return {"out_dir": out_dir, "meta": meta}

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 
-from .engine import mode_batch_sizes
-from .findings import (against_original, batch_sizes, correctness_summary, has_latency, overhead_vs_full,
-                       ratio, storage_mb, task_ratios, timing_error)
+from .findings import (CLAIMS, GOAL_MIXED, against_original, claim, controls, correctness_summary, cost_table,
+                       has_latency, mixed_serving, storage_mb, timing_error)
 from .modes import MODES
 
 NA = "n/a"
@@ -19,51 +18,101 @@ def num(x, spec: str, suffix: str = "", na: str = NA) -> str:
     return na if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec) + suffix
 
 
-def ratio_text(rat, num_: str, den: str, stream: str, bs: int) -> str:
-    """'1.23× [1.20, 1.26]': a ratio with its 95% interval, or "n/a"."""
-    r = ratio(rat, num_, den, stream, bs)
-    return NA if r is None else f"{r['ratio']:.2f}× [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+def interval(ratio, lo, hi, digits: int = 3) -> str:
+    """'1.031× [1.017, 1.047]', or "n/a"."""
+    if ratio is None or (isinstance(ratio, float) and math.isnan(ratio)):
+        return NA
+    return f"{ratio:.{digits}f}× [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def per_task_ratios(rat, num_: str, den: str, bs: int) -> str:
-    """'RTE 1.10× [..]; MRPC ...': a ratio on each task's own request stream."""
-    from ..tasks import task_name
-    parts = [f"{task_name(t)} {r['ratio']:.2f}× [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-             for t, r in task_ratios(rat, num_, den, bs).items()]
-    return "; ".join(parts) if parts else NA
+def pm_pct(x) -> str:
+    """A resolution as '±1.4%'."""
+    return NA if x is None or math.isnan(x) else f"±{100 * x:.1f}%"
 
 
 # ---------------------------------------------------------------------------- tables
 def modes_table(D):
     import pandas as pd
-    ran = set(D["latency"]["mode"]) if has_latency(D) else set()
-    return pd.DataFrame([{"mode": m.name, "what is served": m.label, "run here": "yes" if m.name in ran else "no"}
-                         for m in MODES.values()])
+    comps = (D["meta"]["config"]["comparisons"] if has_latency(D) else {})
+    where = {m.name: ", ".join(n for n, c in comps.items() if m.name in c["modes"]) or "–" for m in MODES.values()}
+    return pd.DataFrame([{"mode": m.name, "what is served": m.label, "batches": m.schedule,
+                          "comparisons": where[m.name]} for m in MODES.values()])
+
+
+def claims_table(D):
+    """One row per claim of the original (7-9): the claim, the measured ratio at batch 1 with its
+    interval, the resolution there, the cost model's prediction, the verdict."""
+    import pandas as pd
+    out = []
+    for n in CLAIMS:
+        c = claim(D, n)
+        m = c["measured"]
+        out.append({"claim": f"{n}: {c['text']}", "ratio": f"{c['numerator']} / {c['denominator']}",
+                    "claimed": f"{'<' if c['reads'] == 'below' else ''}{c['claimed']:.3f}×",
+                    "measured [95% CI]": interval(m["ratio"], *m["ci"]) if m else NA,
+                    "resolution": pm_pct(m["resolution"]) if m else NA,
+                    "predicted": num(m["predicted"], ".3f", "×") if m else NA, "verdict": c["verdict"]})
+    return pd.DataFrame(out)
+
+
+def controls_table(D):
+    import pandas as pd
+    rows = controls(D["ratios"])
+    return pd.DataFrame([{"control": r["control"], "stream": r["stream"], "batch": r["batch_size"],
+                          "ratio [95% CI]": interval(r["ratio"], r["ci_low"], r["ci_high"]),
+                          "distance from 1": pm_pct(r["distance"]), "pairs": r["n_pairs"]} for r in rows])
+
+
+def ratios_table(D):
+    """Every ratio with its interval, the repeats' own ratios (range), pairs, and the prediction."""
+    r = D["ratios"]
+    return r.assign(**{"ratio [95% CI]": [interval(x.ratio, x.ci_low, x.ci_high) for x in r.itertuples()],
+                       "repeats": [f"{x.repeat_min:.3f}–{x.repeat_max:.3f}" for x in r.itertuples()],
+                       "pair": r.numerator + " / " + r.denominator})[
+        ["comparison", "stream", "batch_size", "pair", "ratio [95% CI]", "gmean_ratio", "repeats", "n_pairs",
+         "predicted"]].rename(columns={"batch_size": "batch", "gmean_ratio": "geo. mean", "n_pairs": "pairs"})
+
+
+def cost_model_table(D):
+    """Predicted against measured for every ratio."""
+    import pandas as pd
+    t = pd.DataFrame(cost_table(D))
+    t["pair"] = t.numerator + " / " + t.denominator
+    t["measured [95% CI]"] = [interval(x.measured, x.ci_low, x.ci_high) for x in t.itertuples()]
+    t["resolution"] = t.resolution.map(pm_pct)
+    return t[["comparison", "stream", "batch_size", "pair", "flop_ratio", "bytes_ratio", "extra_ops", "predicted",
+              "measured [95% CI]", "resolution"]].rename(columns={
+        "batch_size": "batch", "flop_ratio": "FLOPs", "bytes_ratio": "weight bytes", "extra_ops": "extra op calls"})
 
 
 def latency_table(D):
-    t = D["latency"][D["latency"]["repeat"] == 0][
-        ["stream", "mode", "batch_size", "n_requests", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-         "latency_mean_ms", "throughput_rps", "switches", "pad_fraction"]].rename(columns={
-            "batch_size": "batch", "n_requests": "n", "latency_p50_ms": "p50", "latency_p95_ms": "p95",
-            "latency_p99_ms": "p99", "latency_mean_ms": "mean", "throughput_rps": "req/s", "pad_fraction": "pad"})
-    return t.sort_values(["stream", "batch", "mode"])
+    t = D["latency"].copy()
+    t["req/s (repeats)"] = [f"{x.throughput_rps:.1f} ({x.throughput_repeat_min:.1f}–{x.throughput_repeat_max:.1f})"
+                            for x in t.itertuples()]
+    return t[["comparison", "stream", "mode", "batch_size", "n_requests", "latency_p50_ms", "latency_p99_ms",
+              "req/s (repeats)", "mean_batch", "pad_fraction"]].rename(columns={
+        "batch_size": "batch", "n_requests": "n", "latency_p50_ms": "p50 ms", "latency_p99_ms": "p99 ms",
+        "mean_batch": "mean batch", "pad_fraction": "pad"})
 
 
-def ratios_table(rat, n_batches: bool = True):
-    cols = ["numerator", "denominator", "stream", "batch_size", "ratio", "ci_low", "ci_high", "paired"]
-    return rat[cols + (["n_batches"] if n_batches else [])].rename(columns={"batch_size": "batch"})
+def schedules_table(D):
+    s = D["schedules"]
+    s = s[s.stream == "interleaved"].drop_duplicates(["batch_size", "scheduler"])
+    return s[["batch_size", "scheduler", "batches_per_window", "pad_fraction"]].rename(columns={
+        "batch_size": "batch", "batches_per_window": "batches per window", "pad_fraction": "pad"})
+
+
+def points_table(D):
+    return D["points"][["comparison", "stream", "batch_size", "windows", "repeats", "threads", "wall_s",
+                        "load_before", "load_after"]].rename(columns={"batch_size": "batch", "wall_s": "s"})
 
 
 def memory_table(D):
-    mem = D["memory"][D["memory"]["repeat"] == 0]
-    cols = {"modes": "modes", "stream": "stream", "load_s": "load s", "model_mb": "model MB",
-            "rss_peak_increase_mb": "peak RSS +MB"}
-    if "cuda_peak_increase_mb" in mem:
+    cols = {"comparison": "comparison", "stream": "stream", "mode": "mode", "load_s": "load s",
+            "model_mb": "model MB", "rss_peak_increase_mb": "peak RSS +MB (comparison)"}
+    if "cuda_peak_increase_mb" in D["memory"]:
         cols["cuda_peak_increase_mb"] = "peak GPU +MB"
-    if "merge_s" in mem:
-        cols["merge_s"] = "merge s"
-    return mem[list(cols)].rename(columns=cols)
+    return D["memory"][list(cols)].rename(columns=cols)
 
 
 def storage_table(D):
@@ -73,16 +122,14 @@ def storage_table(D):
 
 
 def correctness_table(D):
-    return D["correctness"][["mode", "reference", "task", "batch_size", "n", "prediction_agreement", "max_abs_dlogit",
-                             "kind", "passed"]].rename(columns={"batch_size": "batch", "prediction_agreement": "agreement",
-                                                                "max_abs_dlogit": "max |Δlogit|"})
+    return D["correctness"][["mode", "reference", "stream", "task", "batch_size", "n", "prediction_agreement",
+                             "max_abs_dlogit", "kind", "passed"]].rename(columns={
+        "batch_size": "batch", "prediction_agreement": "agreement", "max_abs_dlogit": "max |Δlogit|"})
 
 
 def accuracy_table(D):
-    a = D["accuracy"][["task", "mode", "n", "accuracy", "n_common", "accuracy_common", "unit_test_accuracy",
-                       "unit_test_n"]].rename(columns={"accuracy_common": "accuracy (common)", "n_common": "n common",
-                                                       "unit_test_accuracy": "unit test acc.", "unit_test_n": "unit test n"})
-    return a.sort_values(["task", "mode"])
+    return D["accuracy"][["task", "mode", "stream", "n", "accuracy", "unit_test_accuracy", "unit_test_n"]].rename(
+        columns={"unit_test_accuracy": "unit test acc.", "unit_test_n": "unit test n"}).sort_values(["task", "mode"])
 
 
 def original_table(D):
@@ -92,57 +139,58 @@ def original_table(D):
 
 # ---------------------------------------------------------------------------- prose
 def setup_text(D) -> dict[str, str]:
-    """The run's setup: seed, tasks, dtype, device, max length, requests, warm-up, repeats, batch sizes
-    (with the modes served at fewer), the load before the run, its minutes, the modes not run."""
-    keys = ("seed", "tasks", "dtype", "device", "max_length", "n_requests", "warmup", "repeats", "batch_sizes",
-            "load", "minutes")
+    """The run's setup: seed, tasks, dtype, device, threads, repeats, warm-up, timer, dispatch cost, the
+    load before and after, its minutes."""
+    keys = ("seed", "tasks", "dtype", "device", "threads", "repeats", "warmup", "timer", "dispatch_us", "load",
+            "minutes", "weights")
     if not has_latency(D):
-        return {**dict.fromkeys(keys, NA), "not_run": "all"}
+        return dict.fromkeys(keys, NA)
     meta, env = D["meta"], D["meta"]["environment"]
-    cfg = meta["config"]
-    all_bs = [int(b) for b in cfg["batch_sizes"]]
-    fewer = "; ".join(f"{m} at {', '.join(map(str, v))} only" for m in cfg["modes"]
-                      if (v := mode_batch_sizes(cfg, m)) != all_bs)
-    ran = set(D["latency"]["mode"])
-    return {"seed": str(meta["seed"]), "tasks": ", ".join(meta["tasks"]), "dtype": meta["dtype"],
-            "device": env["gpu"] or f'{env["cpu"]} ({env["torch_threads"]} torch threads)',
-            "max_length": str(meta["max_length"]), "n_requests": str(cfg["n_requests"]),
-            "warmup": str(cfg["warmup_batches"]), "repeats": str(cfg["repeats"]),
-            "batch_sizes": ", ".join(map(str, all_bs)) + (f" ({fewer})" if fewer else ""),
-            "load": num((meta.get("loadavg_before") or [math.nan])[0], ".2f"),
-            "minutes": num(meta["wall_time_s"] / 60, ".1f"),
-            "not_run": ", ".join(m for m in MODES if m not in ran) or "none"}
+    cfg, pts = meta["config"], D["points"]
+    return {"seed": str(meta.get("seed", cfg.get("seed"))), "tasks": ", ".join(meta.get("tasks") or cfg.get("tasks")),
+            "dtype": meta["dtype"], "device": env["gpu"] or env["cpu"], "threads": str(pts["threads"].iloc[0]),
+            "repeats": str(cfg["repeats"]), "warmup": str(cfg["warmup"]), "timer": meta["timer"],
+            "dispatch_us": num(1e6 * sum(meta["dispatch_s"]) / len(meta["dispatch_s"]), ".1f"),
+            "load": f"{pts['load_before'].min():.2f}–{max(pts['load_before'].max(), pts['load_after'].max()):.2f}",
+            "minutes": num(meta["wall_time_s"] / 60, ".1f"), "weights": meta["weights"]}
 
 
-def _below_text(below) -> str:
-    from ..tasks import task_name
-    if below is None or below.empty:
-        return ""
-    items = [f"{task_name(r.stream)} at batch size {int(r.batch_size)} ({r.ratio:.2f}×)" for r in below.itertuples()]
-    return (" An unmerged adapter computes strictly more than its merged model, so a ratio below 1 is "
-            "measurement error too, and these timings have some: " + ", ".join(items[:-1])
-            + (" and " if len(items) > 1 else "") + items[-1] + ".")
+def claims_text(D) -> dict[str, str]:
+    """Each claim's verdict and measured ratio for the prose: {"v7", "r7", "res7", "p7", ...}."""
+    out = {}
+    for n in CLAIMS:
+        c = claim(D, n)
+        m = c["measured"]
+        out |= {f"v{n}": c["verdict"], f"r{n}": interval(m["ratio"], *m["ci"]) if m else NA,
+                f"res{n}": pm_pct(m["resolution"]) if m else NA, f"p{n}": num(m["predicted"], ".3f", "×") if m else NA}
+    ident = claim(D, 9).get("identical") or {}
+    out["ident"] = f"{ident.get('passed', 0)} of {ident.get('n', 0)}" if ident else NA
+    return out
 
 
-def overhead_text(D) -> dict[str, str]:
-    """The overheads' prose: per-task ratios at the smallest and largest batch size, the interleaved
-    stream's ratios, the timings' error floor, and our overhead beside the original's."""
-    keys = ("bmin", "bmax", "bmax_multi", "lm_min", "lm_max", "mf_min", "multi_min", "multi_max", "mixed_min",
-            "mixed_max", "mixed_multi_max", "floor", "floor_all", "overhead")
+def mixed_text(D) -> dict[str, str]:
+    """The mixed-adapter serving result for the prose."""
+    m = mixed_serving(D)
+    keys = ("bs", "ratio", "goal", "met", "p50", "p99", "p50_routed", "p99_routed", "pad", "pad_routed", "predicted",
+            "vs_multi")
+    if m is None:
+        return {**dict.fromkeys(keys, NA), "goal": f"{GOAL_MIXED:.1f}×"}
+    return {"bs": str(m["batch_size"]), "ratio": interval(m["throughput_ratio"], *m["ci"], digits=2),
+            "goal": f"{m['goal']:.1f}×", "met": "met" if m["goal_met"] else "not met",
+            "p50": num(m["p50_mixed"], ".0f"), "p99": num(m["p99_mixed"], ".0f"),
+            "p50_routed": num(m["p50_routed-merged"], ".0f"), "p99_routed": num(m["p99_routed-merged"], ".0f"),
+            "pad": num(100 * m["pad_mixed"], ".0f", "%"), "pad_routed": num(100 * m["pad_routed-merged"], ".0f", "%"),
+            "predicted": num(m["predicted"], ".2f", "×"),
+            "vs_multi": interval(*m["vs_multi"], digits=2) if m["vs_multi"] else NA}
+
+
+def resolution_text(D) -> dict[str, str]:
+    """The controls' largest distances from 1 (A/A, merged / full) and whether the ±2% target was met."""
     if not has_latency(D):
-        return {**dict.fromkeys(keys, NA), "below": ""}
-    rat, bs = D["ratios"], batch_sizes(D)
-    bmin, bmax, bmm = bs["min"], bs["max"], bs["max_multi"]
-    multi = lambda n, d, b: ratio_text(rat, n, d, "multi", b) if b is not None else NA  # noqa: E731
-    err = timing_error(rat)
-    return {"bmin": str(bmin), "bmax": str(bmax), "bmax_multi": num(bmm, "d"),
-            "lm_min": per_task_ratios(rat, "lora", "merged", bmin), "lm_max": per_task_ratios(rat, "lora", "merged", bmax),
-            "mf_min": per_task_ratios(rat, "merged", "full", bmin),
-            "multi_min": multi("multi", "routed-merged", bmin), "multi_max": multi("multi", "routed-merged", bmm),
-            "mixed_min": multi("mixed", "routed-merged", bmin), "mixed_max": multi("mixed", "routed-merged", bmm),
-            "mixed_multi_max": multi("mixed", "multi", bmm), "floor": num(100 * err["same"], ".0f", "%"),
-            "floor_all": num(100 * err["floor"], ".0f", "%"), "below": _below_text(err["below"]),
-            "overhead": num(100 * overhead_vs_full(D), "+.1f", "%")}
+        return dict.fromkeys(("aa", "same", "target"), NA)
+    e = timing_error(D["ratios"])
+    met = not math.isnan(e["aa"]) and e["aa"] <= 0.02
+    return {"aa": pm_pct(e["aa"]), "same": pm_pct(e["same"]), "target": "met" if met else "not met"}
 
 
 def storage_text(D) -> dict[str, str]:
@@ -161,7 +209,8 @@ def correctness_text(D) -> dict[str, str]:
     if not has_latency(D) or D["correctness"].empty:
         return dict.fromkeys(("n", "passed", "merged_agreement", "merged_dlogit"), NA)
     c = correctness_summary(D)
-    return {"n": str(c["n"]), "passed": str(c["passed"]), "merged_agreement": num(100 * c["merged_agreement"], ".1f", "%"),
+    return {"n": str(c["n"]), "passed": str(c["passed"]),
+            "merged_agreement": num(100 * c["merged_agreement"], ".1f", "%"),
             "merged_dlogit": num(c["merged_dlogit"], ".2g")}
 
 
@@ -170,17 +219,11 @@ def arch_note(name: str, R: dict) -> str:
     m = R["meta"]
     c, env = m["config"], m["environment"]
     dev = env["gpu"] or f'{env["cpu"]}, {env["torch_threads"]} threads'
-    return (f"**{name}** — {m['kind']}; {m['arch']} on {dev}, {c['dtype']}; batch sizes "
-            f"{c['batch_sizes']}, {c['n_requests']} requests per point, {c['repeats']} repeat(s), modes "
-            f"{', '.join(c['modes'])}; single-adapter streams: {', '.join(c['single_tasks'])}; token lengths: "
-            f"{', '.join(f'{t} {v:.0f}' for t, v in m['mean_length'].items())} (mean; "
+    comps = "; ".join(f"{n}: {', '.join(v['modes'])} at batch {', '.join(map(str, v['windows']))}"
+                      for n, v in c["comparisons"].items())
+    return (f"**{name}** — {m['kind']}; {m['arch']} on {dev}, {c['dtype']}, {m['timer']}; {c['repeats']} repeats; "
+            f"{comps}; token lengths: {', '.join(f'{t} {v:.0f}' for t, v in m['mean_length'].items())} (mean; "
             f"{next(iter(m['length_source'].values()))}); {m['wall_time_s'] / 60:.1f} min.")
-
-
-def arch_checks_note(name: str, R: dict) -> str:
-    cc = R["correctness"]
-    return (f"{name}: {int(cc['passed'].sum())} of {len(cc)} identity/agreement checks passed "
-            f"(max |Δlogit| of multi/mixed vs lora: {cc[cc['mode'].isin(['multi', 'mixed'])]['max_abs_dlogit'].max():.2g}).")
 
 
 def vllm_text(D) -> dict[str, str]:
@@ -188,4 +231,5 @@ def vllm_text(D) -> dict[str, str]:
     vLLM run's results are present."""
     from .vllm import vllm_available
     info = D["meta"].get("vllm", {}) if has_latency(D) else {}
-    return {"why": info.get("detail") or vllm_available()[1], "ran": "yes" if has_latency(D) and "vllm_meta" in D else "no"}
+    return {"why": info.get("detail") or vllm_available()[1],
+            "ran": "yes" if has_latency(D) and "vllm_meta" in D else "no"}

@@ -1,9 +1,12 @@
-"""The benchmark's engine: plan the loaded groups of modes, serve every mode at every batch size
-``repeats`` times (the group order reversed on odd repeats), and turn the logits into correctness and
-accuracy rows. The same engine serves trained units (``stage``) and random models (``arch``).
+"""The benchmark's engine: for every comparison (``deploy.comparisons``) and each of its streams, load
+every mode at once (each loaded, then deep-copied, so every mode's weights are fresh allocations made
+the same way), then serve each batch size's windows paired and rotated (``timing.time_point``),
+count each mode's cost (``costmodel``), and release them. The same engine serves trained units
+(``stage``) and random models (``arch``); ``analysis`` turns its rows into the result tables.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -13,171 +16,152 @@ import numpy as np
 import torch
 
 from ..store import RESULTS, write_csv, write_json
+from .costmodel import batch_costs, count_ops, dispatch_cost
 from .memory import MemoryMeter, release_memory, tensor_bytes
-from .modes import MODES, ordered
-from .requests import BATCHINGS, INTERLEAVED
-from .servers import padding_stats
-from .timing import batch_rows, latency_summary, ratio_rows, time_stream
+from .modes import MODES
+from .requests import INTERLEAVED
+from .schedule import SCHEDULERS, interleaved_stream, padding, scheduler, task_stream, windows
+from .timing import make_timer, time_point
 
-FILES = ("latency", "batches", "ratios", "memory", "storage", "correctness", "accuracy")
-
-
-def mode_batch_sizes(cfg: dict, mode: str) -> list[int]:
-    """The batch sizes a mode is served at: ``batch_sizes_by_mode[mode]``, else ``batch_sizes``."""
-    return [int(b) for b in (cfg.get("batch_sizes_by_mode") or {}).get(mode, cfg["batch_sizes"])]
-
-
-def stream_length(cfg: dict) -> int:
-    """Requests each task's stream needs: the largest point, in whole batches."""
-    from .requests import n_per_point
-    return max(n_per_point(int(cfg["n_requests"]), b) for m in cfg["modes"] for b in mode_batch_sizes(cfg, m))
+DESIGN = "paired, interleaved (issue 15)"   # results without it come from the earlier block design
+FILES = ("latency", "batches", "ratios", "points", "cost", "schedules", "memory", "storage", "correctness",
+         "accuracy")
 
 
 @dataclass
-class Group:
-    """Modes served from one loaded object (``multi`` and ``mixed`` share the resident model)."""
-    name: str          # its first mode: the memory row's `group`
-    stream: str        # a task, or INTERLEAVED
-    load: str          # the ModelSource method that loads it
+class Point:
+    """One comparison on one stream: its modes, all resident while its batch sizes are served."""
+    comparison: str
+    stream: str            # a task, or INTERLEAVED
     modes: list[str]
+    window: int            # batches per timed window
+    windows: dict          # batch size -> timed windows per repeat
 
 
-def plan_groups(modes, tasks: list[str], single_tasks: list[str] | None = None) -> list[Group]:
-    """The groups to load, in order: each single-task stream's groups, then the interleaved ones
-    (only with more than one task)."""
-    modes = ordered(modes)
-
-    def groups(names, stream):
-        by_load: dict[str, list[str]] = {}
-        for m in names:
-            by_load.setdefault(MODES[m].load, []).append(m)
-        return [Group(ms[0], stream, load, ms) for load, ms in by_load.items()]
-
-    out = [g for t in (single_tasks or tasks) for g in groups([m for m in modes if not MODES[m].interleaved], t)]
-    if len(tasks) > 1:
-        out += groups([m for m in modes if MODES[m].interleaved], INTERLEAVED)
+def plan_points(cfg: dict, tasks: list[str]) -> list[Point]:
+    """Every (comparison, stream) to serve, in the settings' order: task streams of the run's tasks;
+    the interleaved stream when the run has more than one task."""
+    out = []
+    for name, c in cfg["comparisons"].items():
+        for s in c["streams"]:
+            if (s == INTERLEAVED and len(tasks) > 1) or s in tasks:
+                out.append(Point(name, s, list(c["modes"]), int(c["window"]), dict(c["windows"])))
     return out
+
+
+def requests_needed(cfg: dict) -> int:
+    """Requests of each task the largest point needs (fewer are cycled)."""
+    return max(n * int(c["window"]) * int(b) for c in cfg["comparisons"].values() for b, n in c["windows"].items())
 
 
 class Bench:
-    """One benchmark run: latency, batch and memory rows, and the logits of every point
-    ``{(mode, stream, batch size, repeat): {uid: logits}}``."""
+    """One benchmark run. Rows: ``batches`` (every timed batch), ``points``, ``cost``, ``schedules``,
+    ``memory``; ``logits`` {(mode, stream, batch size): {uid: logits}} of the first repeat."""
 
-    def __init__(self, source, streams: dict, cfg: dict, log=print):
-        self.source, self.streams, self.cfg, self.log = source, streams, cfg, log
-        self.latency, self.batches, self.memory, self.logits = [], [], [], {}
+    def __init__(self, source, pools: dict, cfg: dict, log=print):
+        self.source, self.pools, self.cfg, self.log = source, pools, cfg, log
+        self.timer = make_timer(cfg["device"])
+        self.batches, self.points, self.cost, self.schedules, self.memory = [], [], [], [], []
+        self.logits: dict = {}
+        self.dispatch_s: list[float] = []
 
-    def run(self, groups: list[Group]) -> "Bench":
+    def run(self, points: list[Point]) -> "Bench":
+        threads = torch.get_num_threads()
+        if self.cfg.get("threads"):
+            torch.set_num_threads(int(self.cfg["threads"]))
         torch.set_grad_enabled(False)
         try:
-            for rep in range(int(self.cfg["repeats"])):
-                for g in (groups if rep % 2 == 0 else groups[::-1]):
-                    self.serve_group(g, rep)
-                    release_memory()  # the group's models are gone: the next one's RSS starts clean
+            self.dispatch_s.append(dispatch_cost(self.cfg["device"]))
+            for p in points:
+                self.serve_comparison(p)
+            self.dispatch_s.append(dispatch_cost(self.cfg["device"]))
         finally:
             torch.set_grad_enabled(True)
+            torch.set_num_threads(threads)
         return self
 
-    def serve_group(self, g: Group, rep: int):
+    def stream(self, stream: str, n: int) -> list:
+        if stream == INTERLEAVED:
+            return interleaved_stream(self.pools, n, int(self.cfg["seed"]))
+        return task_stream(self.pools[stream], n)
+
+    def load(self, mode: str, stream: str):
+        what = list(self.pools) if stream == INTERLEAVED else stream
+        t0 = time.perf_counter()
+        loaded, extra = getattr(self.source, MODES[mode].load)(what)
+        model = copy.deepcopy(loaded)   # fresh allocations for every weight, made the same way for every mode
+        del loaded
+        release_memory()
+        return model, {"load_s": time.perf_counter() - t0, **extra}
+
+    def serve_comparison(self, p: Point):
         with MemoryMeter() as meter:
-            t0 = time.perf_counter()
-            model, extra = getattr(self.source, g.load)(list(self.streams) if g.stream == INTERLEAVED else g.stream)
-            load_s = time.perf_counter() - t0
-            for mode in g.modes:
-                server = MODES[mode].server(model, self.source.encode)
-                for bs in mode_batch_sizes(self.cfg, mode):
-                    self.serve_point(mode, server, g.stream, bs, rep)
+            models, loads = {}, {}
+            for m in p.modes:
+                models[m], loads[m] = self.load(m, p.stream)
+            servers = {m: MODES[m].server(models[m], self.source.encode) for m in p.modes}
+            for bs, n in sorted(p.windows.items()):
+                self.serve_point(p, servers, int(bs), int(n))
             mem = meter.read()
-        self.memory.append({"group": g.name, "modes": "+".join(g.modes), "stream": g.stream, "repeat": rep,
-                            "load_s": load_s, "model_mb": tensor_bytes(model) / 2**20, **mem, **extra})
+        self.memory += [{"comparison": p.comparison, "stream": p.stream, "mode": m, **loads[m],
+                         "model_mb": tensor_bytes(_modules(models[m])) / 2**20, **mem} for m in p.modes]
+        del servers, models
+        release_memory()
 
-    def serve_point(self, mode: str, server, stream: str, bs: int, rep: int):
-        batches = BATCHINGS[MODES[mode].batching](self.streams, stream, int(bs), int(self.cfg["n_requests"]))
-        res = time_stream(server, batches, int(self.cfg["warmup_batches"]))
-        summ = latency_summary(res["latency_s"], res["sizes"], res["wall_s"])
-        self.latency.append({"mode": mode, "stream": stream, "batch_size": int(bs), "repeat": rep, **summ,
-                             "switches": server.switches, **padding_stats(server.encode, batches)})
-        self.batches += batch_rows(mode, stream, bs, rep, batches, res["latency_s"])
-        got = self.logits.setdefault((mode, stream, int(bs), rep), {})
-        for b, out in zip(batches, res["logits"]):
-            for r, row in zip(b, out.numpy()):
-                got.setdefault(r.uid, row)
-        self.log(f"  {mode:<14} {stream:<6} bs={bs:<3} rep={rep} "
-                 f"p50={summ['latency_p50_ms']:.1f} ms  {summ['throughput_rps']:.1f} req/s")
+    def serve_point(self, p: Point, servers: dict, bs: int, n_windows: int):
+        reqs = self.stream(p.stream, n_windows * p.window * bs)
+        wins = windows(reqs, bs, p.window)
+        plans = {m: [scheduler(MODES[m].schedule)(w, bs) for w in wins] for m in servers}
+        where = {"comparison": p.comparison, "stream": p.stream, "batch_size": bs}
+        for s in servers.values():
+            s.switches = 0
+        load_before, t0 = loadavg(), time.perf_counter()
+        rows = time_point(servers, wins, plans, int(self.cfg["repeats"]), int(self.cfg["warmup"]), self.timer,
+                          lambda m, w, logits: self.keep_logits(m, p.stream, bs, w, logits))
+        self.points.append({**where, "modes": "+".join(servers), "window": p.window, "windows": len(wins),
+                            "repeats": int(self.cfg["repeats"]), "threads": torch.get_num_threads(),
+                            "wall_s": time.perf_counter() - t0, "load_before": _one_minute(load_before),
+                            "load_after": _one_minute(loadavg()),
+                            "switches": " ".join(f"{m}:{s.switches}" for m, s in servers.items())})
+        self.batches += [{**where, **r} for r in rows]
+        self.cost += [{**where, **self.mode_cost(m, servers[m], wins, plans[m])} for m in servers]
+        self.schedules += schedule_rows(where, wins, bs)
+        t = {m: sum(r["latency_ms"] for r in rows if r["mode"] == m) / 1e3 for m in servers}
+        self.log(f"  {p.comparison:<10} {p.stream:<11} bs={bs:<3} {len(wins)} windows x {self.cfg['repeats']} "
+                 + "  ".join(f"{m} {len(reqs) * int(self.cfg['repeats']) / t[m]:.1f} req/s" for m in servers))
 
-    def frames(self, storage: list[dict], tol: float, labels: dict | None = None, units: dict | None = None) -> dict:
-        """Every table of the run (``FILES``)."""
-        return {"latency": self.latency, "batches": self.batches, "memory": self.memory, "storage": storage,
-                "ratios": ratio_rows(self.batches, int(self.cfg["bootstrap"])),
-                "correctness": correctness_rows(self.logits, tol),
-                "accuracy": accuracy_rows(self.logits, labels or {}, units)}
+    def keep_logits(self, mode: str, stream: str, bs: int, reqs: list, logits: np.ndarray):
+        got = self.logits.setdefault((mode, stream, bs), {})
+        for r, row in zip(reqs, logits):
+            got.setdefault(r.uid, row)
+
+    def mode_cost(self, mode: str, server, wins: list, plan: list) -> dict:
+        """Per window (mean): FLOPs, weight bytes, batches; operator calls of the first batch's forward."""
+        shape, unmerged = self.source.shape(), MODES[mode].unmerged
+        costs = [batch_costs(shape, w, b, unmerged) for w, b in zip(wins, plan)]
+        ops = count_ops(lambda: server([wins[0][i] for i in plan[0][0]]))
+        n_batches = float(np.mean([len(b) for b in plan]))
+        n_req = float(np.mean([len(w) for w in wins]))
+        flops = float(np.mean([c["flops"] for c in costs]))
+        nbytes = float(np.mean([c["weight_bytes"] for c in costs]))
+        return {"mode": mode, "flops_per_window": flops, "weight_bytes_per_window": nbytes,
+                "ops_per_forward": ops, "batches_per_window": n_batches, "ops_per_window": ops * n_batches,
+                "flops_per_request": flops / n_req, "weight_bytes_per_request": nbytes / n_req}
 
 
-def _by_task(got: dict, keep=lambda u: True) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for u in got:
-        if keep(u):
-            out.setdefault(u.split(":")[0], []).append(u)
-    return dict(sorted(out.items()))
+def _modules(model):
+    """The torch modules of a loaded mode (a model, {task: model}, or (model, adapter index))."""
+    return model[0] if isinstance(model, tuple) else model
 
 
-def correctness_rows(logits: dict, tol: float = 1e-4) -> list[dict]:
-    """Prediction agreement and max |Δlogit| of each mode with a ``check`` against its reference mode,
-    on the requests both served (first repeat; the reference on each task's own stream)."""
+def schedule_rows(where: dict, wins: list, bs: int) -> list[dict]:
+    """Every scheduler on the same windows: batches per window and the share of padding (no forwards)."""
     out = []
-    for mode in (m for m in MODES.values() if m.check):
-        ref, kind = mode.check
-        for (m, s, bs, rep) in sorted(k for k in logits if k[0] == mode.name and k[3] == 0):
-            for task, uids in _by_task(logits[(m, s, bs, rep)]).items():
-                r = logits.get((ref, task, bs, 0))
-                uids = [u for u in uids if r is not None and u in r]
-                if not uids:
-                    continue
-                A = np.stack([logits[(m, s, bs, rep)][u] for u in uids])
-                B = np.stack([r[u] for u in uids])
-                d, agree = float(np.abs(A - B).max()), float((A.argmax(1) == B.argmax(1)).mean())
-                out.append({"mode": m, "reference": ref, "task": task, "batch_size": int(bs), "n": len(uids),
-                            "prediction_agreement": agree, "max_abs_dlogit": d, "kind": kind,
-                            "passed": bool(agree == 1.0 and (kind == "agreement" or d <= tol))})
-    return out
-
-
-def _metrics(got: dict, uids: list[str], labels: dict) -> dict:
-    from ..train import classification_metrics
-    if not uids:
-        return {}
-    return classification_metrics(np.stack([got[u] for u in uids]), np.array([labels[u] for u in uids]))
-
-
-def accuracy_rows(logits: dict, labels: dict[str, int], units: dict | None = None) -> list[dict]:
-    """Accuracy (and F1 of the positive class) of every mode on the labelled requests it served, at its
-    smallest batch size, on all of them and on those every mode served; beside it the test accuracy of
-    the trained unit it serves (``units`` {(kind, task): record}), if known."""
-    if not labels:
-        return []
-    min_bs: dict = {}
-    for (m, s, bs, rep) in logits:
-        if rep == 0:
-            min_bs[(m, s)] = min(bs, min_bs.get((m, s), bs))
-    served: dict = {}  # task -> uids served by every mode (the common set, for a like-for-like comparison)
-    for (m, s), bs in min_bs.items():
-        for u in logits[(m, s, bs, 0)]:
-            served.setdefault(u.split(":")[0], {}).setdefault((m, s), set()).add(u)
-    common = {t: set.intersection(*v.values()) for t, v in served.items()}
-    out = []
-    for (m, s), bs in sorted(min_bs.items()):
-        got = logits[(m, s, bs, 0)]
-        kind = MODES[m].needs if m in MODES else None
-        for task, uids in _by_task(got, lambda u: u in labels).items():
-            met = _metrics(got, uids, labels)
-            mc = _metrics(got, sorted(u for u in common[task] if u in labels), labels)
-            unit = (units or {}).get((kind, task), {}) if kind else {}
-            out.append({"mode": m, "task": task, "stream": s, "batch_size": int(bs), "n": len(uids),
-                        "accuracy": met["accuracy"], "f1": met["f1"],
-                        "n_common": len([u for u in common[task] if u in labels]),
-                        "accuracy_common": mc.get("accuracy"), "f1_common": mc.get("f1"),
-                        "unit_test_accuracy": unit.get("accuracy"), "unit_test_f1": unit.get("f1"),
-                        "unit_test_n": unit.get("n")})
+    for name, fn in SCHEDULERS.items():
+        plans = [fn(w, bs) for w in wins]
+        real, padded = np.sum([padding(w, b) for w, b in zip(wins, plans)], axis=0)
+        out.append({**where, "scheduler": name, "batches_per_window": float(np.mean([len(b) for b in plans])),
+                    "tokens_real": int(real), "tokens_padded": int(padded), "pad_fraction": float(1 - real / padded)})
     return out
 
 
@@ -189,6 +173,10 @@ def write_results(out_dir: Path, frames: dict, meta: dict):
     write_json(Path(out_dir) / RESULTS["deploy_meta"], meta)
 
 
+def _one_minute(load) -> float:
+    return float(load[0]) if load else float("nan")
+
+
 def loadavg():
     try:
         return list(os.getloadavg())
@@ -196,13 +184,16 @@ def loadavg():
         return None
 
 
-def run_record(load_before, t_start: float) -> dict:
-    """What every benchmark run records about itself: load, duration, vLLM status, environment."""
+def run_record(load_before, t_start: float, bench: Bench | None = None) -> dict:
+    """What every benchmark run records about itself: load, duration, threads, timer, dispatch cost,
+    vLLM status, environment."""
     from ..config import environment
     from .vllm import vllm_available
     ok, why = vllm_available()
-    return {"loadavg_before": load_before, "loadavg_after": loadavg(),
-            "wall_time_s": time.perf_counter() - t_start, "vllm": {"available": ok, "detail": why},
+    extra = {} if bench is None else {"timer": bench.timer.kind, "dispatch_s": bench.dispatch_s,
+                                      "weights": "each mode loaded, then deep-copied (fresh allocations)"}
+    return {"loadavg_before": load_before, "loadavg_after": loadavg(), "wall_time_s": time.perf_counter() - t_start,
+            "vllm": {"available": ok, "detail": why}, **extra,
             "environment": environment(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -1,6 +1,12 @@
-"""What the benchmark found, as numbers: results loaded from a run folder, latency ratios per task,
-the timings' own error, storage and memory sizes, the correctness checks, and the comparison with the
-original study's published numbers (typed in here). Formatting for prose is ``chapter``'s job.
+"""What the benchmark found, as numbers: results loaded from a run folder, the resolution the controls
+measured, every ratio beside it and beside the cost model's prediction, the verdicts on the original
+study's claims 7-9, the mixed-adapter serving result, storage, correctness, and the original's
+published numbers (typed in here). Formatting for prose is ``chapter``'s job.
+
+Resolution: an A/A control (``merged-aa``: the same merged model, a second copy loaded the same way)
+at each batch size. Its interval is how far from 1 a ratio of two identical computations lands here;
+``resolution`` is the largest distance of its interval's ends from 1. A claim's verdict widens the
+measured interval by that resolution on both sides before comparing it with the claimed value.
 """
 from __future__ import annotations
 
@@ -8,13 +14,13 @@ import math
 from pathlib import Path
 
 from ..store import RESULTS, read_csv_or, read_or, repo_root
-from .engine import FILES
+from .engine import DESIGN, FILES
 
 # The original study's deployment headline, typed in (nothing copied): benc61116/NLP @ eef92c5,
-# deployment/deployment_benchmark_summary.csv and the RQ2 notebook, as summarised in the replication
-# notes (METHODS.md §6, §7.3). Batch 1, bf16, transformers+PEFT eager, NVIDIA L4, 100 requests per
-# configuration, time.time() without torch.cuda.synchronize(), throughput = 1000 / mean latency.
-ORIGINAL_SOURCE = "benc61116/NLP @ eef92c5, deployment/deployment_benchmark_summary.csv (METHODS.md §7.3)"
+# deployment/deployment_benchmark_summary.csv and its RQ2 notebook. Batch 1, bf16, transformers+PEFT
+# eager, NVIDIA L4, 100 requests per configuration, time.time() without torch.cuda.synchronize(),
+# throughput = 1000 / mean latency.
+ORIGINAL_SOURCE = "benc61116/NLP @ eef92c5, deployment/deployment_benchmark_summary.csv"
 ORIGINAL_DEPLOYMENT = [  # mode, configurations, mean latency ms (sd over configurations), req/s, peak GPU MB
     {"mode": "lora", "original_name": "single_lora", "configs": 9, "latency_ms": 35.09, "latency_sd": 0.58,
      "throughput_rps": 28.51, "peak_gpu_mb": 1995},
@@ -27,14 +33,28 @@ ORIGINAL_DEPLOYMENT = [  # mode, configurations, mean latency ms (sd over config
 ]
 ORIGINAL_OVERHEAD = 0.375  # as reported (+37.5 %, separate LoRA over full FT; 35.09 / 25.51 - 1 from the rounded means)
 
+# The original's claims on serving, as ratios this benchmark measures: (numerator, denominator, the
+# claimed ratio, how the claim reads: "equal" to it, or "below" it), at the original's batch size 1.
+CLAIMS = {
+    7: {"text": "an unmerged adapter adds 37.5% latency over the fully fine-tuned model", "numerator": "lora",
+        "denominator": "full", "claimed": 1 + ORIGINAL_OVERHEAD, "reads": "equal"},
+    8: {"text": "a merged adapter costs what the fully fine-tuned model costs", "numerator": "merged",
+        "denominator": "full", "claimed": 1.0, "reads": "equal"},
+    9: {"text": "serving several adapters costs under 1% more than a single adapter, with identical predictions",
+        "numerator": "multi", "denominator": "routed-lora", "claimed": 1.01, "reads": "below"},
+}
+AA = ("merged-aa", "merged")   # the A/A control
+GOAL_MIXED = 1.1               # mixed-adapter throughput over a merged model per task, at the largest batch
+
 
 # ---------------------------------------------------------------------------- results
 def load_results(out_dir) -> dict | None:
     """The benchmark's tables of one run folder as DataFrames (plus ``meta``; the vLLM path's tables
-    and meta where present), or None if absent or unreadable (then named in a warning)."""
+    and meta where present), or None if absent, unreadable (named in a warning) or made by the earlier
+    block design (``superseded``)."""
     out_dir = Path(out_dir)
     meta = read_or(out_dir / RESULTS["deploy_meta"])
-    if meta is None:
+    if meta is None or meta.get("design") != DESIGN:
         return None
     table = lambda name: read_csv_or(out_dir / RESULTS["deploy_table"].format(table=name))  # noqa: E731
     res = {"meta": meta, **{name: table(name) for name in FILES}}
@@ -45,13 +65,28 @@ def load_results(out_dir) -> dict | None:
     return res
 
 
+def superseded(out_dir) -> bool:
+    """Does the folder hold results of the earlier, block-timed design (not shown, to be re-run)?"""
+    meta = read_or(Path(out_dir) / RESULTS["deploy_meta"])
+    return meta is not None and meta.get("design") != DESIGN
+
+
+def superseded_runs(profile: str) -> list[str]:
+    """The profile and the earlier run it shows in the interim (``interim``) whose data folders hold
+    results of the earlier design."""
+    from ..config import load_profile
+    from ..store import data_dir
+    names = [profile, load_profile(profile).get("interim")]
+    return [n for n in names if n and superseded(data_dir(n))]
+
+
 def has_latency(D: dict | None) -> bool:
     """Did the run time anything?"""
     return D is not None and not D["latency"].empty
 
 
 def arch_results() -> dict[str, dict]:
-    """Every architecture-only run in data/arch-*/ (name -> load_results)."""
+    """Every architecture-only run of the current design in data/arch-*/ (name -> load_results)."""
     runs = {d.name: load_results(d) for d in sorted((repo_root() / "data").glob("arch-*"))}
     return {name: r for name, r in runs.items() if r is not None}
 
@@ -60,76 +95,162 @@ def arch_command(arch: str = "tinyllama-1.1b") -> str:
     return f"python -m loradrift deploy --arch {arch}"
 
 
-# ---------------------------------------------------------------------------- ratios
-def ratio(rat, num: str, den: str, stream: str, bs: int) -> dict | None:
-    """One row of the ratios table (numerator / denominator on a stream at a batch size):
-    {"ratio", "ci_low", "ci_high"}, or None."""
+# ---------------------------------------------------------------------------- ratios, resolution
+def rows(rat, num: str, den: str, bs: int | None = None, stream: str | None = None):
+    """The ratio rows of num / den (at a batch size, on a stream)."""
     if rat is None or rat.empty:
+        return rat
+    r = rat[(rat.numerator == num) & (rat.denominator == den)]
+    if bs is not None:
+        r = r[r.batch_size == bs]
+    return r if stream is None else r[r.stream == stream]
+
+
+def _distance(r) -> float:
+    return float(max(abs(r.ci_low - 1), abs(r.ci_high - 1)))
+
+
+def resolution(rat, bs: int) -> float:
+    """How far from 1 the A/A control's interval reaches at batch size ``bs`` (the largest over its
+    streams); NaN where it was not measured at that batch size."""
+    aa = rows(rat, *AA, bs)
+    return max((_distance(r) for r in aa.itertuples()), default=math.nan) if aa is not None else math.nan
+
+
+def controls(rat) -> list[dict]:
+    """Both controls at every batch size: the A/A ratio and merged / full (the same computation on other
+    weights), each with its interval and its distance from 1."""
+    out = []
+    for num, den, what in ((AA[0], AA[1], "A/A"), ("merged", "full", "same computation")):
+        r = rows(rat, num, den)
+        for x in ([] if r is None else r.itertuples()):
+            out.append({"control": what, "numerator": num, "denominator": den, "stream": x.stream,
+                        "batch_size": int(x.batch_size), "ratio": x.ratio, "ci_low": x.ci_low, "ci_high": x.ci_high,
+                        "distance": _distance(x), "n_pairs": int(x.n_pairs)})
+    return out
+
+
+def compare(rat, num: str, den: str, bs: int, stream: str | None = None) -> dict | None:
+    """num / den at batch size ``bs`` (the first stream, or ``stream``): the measured ratio, its interval,
+    the spread of the repeats, the resolution at that batch size, the cost model's prediction; None if
+    not measured."""
+    r = rows(rat, num, den, bs, stream)
+    if r is None or r.empty:
         return None
-    r = rat[(rat.numerator == num) & (rat.denominator == den) & (rat.stream == stream) & (rat.batch_size == bs)]
-    if r.empty:
+    x = r.iloc[0]
+    return {"numerator": num, "denominator": den, "batch_size": int(bs), "comparison": x.comparison,
+            "stream": x.stream, "ratio": float(x.ratio),
+            "ci": (float(x.ci_low), float(x.ci_high)), "repeats": (float(x.repeat_min), float(x.repeat_max)),
+            "n_pairs": int(x.n_pairs), "resolution": resolution(rat, bs), "predicted": float(x.predicted),
+            "flop_ratio": float(x.flop_ratio)}
+
+
+def verdict(c: dict | None, claimed: float, reads: str) -> str:
+    """supported | refuted | inconclusive | not measured: the interval widened by the resolution (by
+    nothing where the resolution was not measured) against the claimed ratio. ``reads`` "equal": the
+    claim holds if the widened interval contains the claimed ratio; "below": if it lies below it."""
+    if c is None:
+        return "not measured"
+    res = 0.0 if math.isnan(c["resolution"]) else c["resolution"]
+    lo, hi = c["ci"][0] - res, c["ci"][1] + res
+    if reads == "equal":
+        return "supported" if lo <= claimed <= hi else "refuted"
+    return "supported" if hi < claimed else "refuted" if lo >= claimed else "inconclusive"
+
+
+def claim(D: dict | None, number: int, bs: int = 1) -> dict:
+    """One of the original's claims 7-9 at batch size ``bs`` (the original's: 1): the claim, the
+    measured comparison (``compare``) and the verdict. Claim 9 also needs identical predictions of
+    the multi-adapter modes: a failed identity check refutes it."""
+    spec = CLAIMS[number]
+    c = compare(D["ratios"], spec["numerator"], spec["denominator"], bs) if has_latency(D) else None
+    v = verdict(c, spec["claimed"], spec["reads"])
+    out = {"claim": number, **spec, "batch_size": bs, "measured": c, "verdict": v}
+    if number == 9 and D is not None:
+        ident = identity_checks(D)
+        out["identical"] = ident
+        if ident["n"] and ident["passed"] < ident["n"]:
+            out["verdict"] = "refuted"
+    return out
+
+
+def identity_checks(D: dict) -> dict:
+    """The multi-adapter modes' identity checks against single-adapter models: checks run and passed,
+    the largest |Δlogit|."""
+    c = D["correctness"]
+    c = c[(c["kind"] == "identical") & (c["mode"] != AA[0])] if not c.empty else c
+    return {"n": int(len(c)), "passed": int(c["passed"].sum()) if len(c) else 0,
+            "max_dlogit": float(c["max_abs_dlogit"].max()) if len(c) else math.nan}
+
+
+def mixed_serving(D: dict | None, bs: int | None = None) -> dict | None:
+    """Mixed-adapter batches (length-bucketed) against a merged model per task on the same stream, at
+    ``bs`` (default the largest measured): throughput ratio with its interval (the inverse of the
+    paired time ratio), p50 and p99 latency of both, padding, whether the goal (>= 1.1x) is met, and
+    the throughput ratio against task-homogeneous batches on the same base (``vs_multi``: ratio, low,
+    high; None where not measured)."""
+    if not has_latency(D):
         return None
-    return {k: float(r.iloc[0][k]) for k in ("ratio", "ci_low", "ci_high")}
-
-
-def task_ratios(rat, num: str, den: str, bs: int) -> dict[str, dict]:
-    """A ratio on each task's own request stream, in the task registry's order: {task: ratio row}."""
-    from ..tasks import TASKS
-    if rat is None or rat.empty:
-        return {}
-    rows = {t: ratio(rat, num, den, t, bs) for t in TASKS if t in set(rat.stream)}
-    return {t: r for t, r in rows.items() if r is not None}
-
-
-def batch_sizes(D: dict) -> dict:
-    """The smallest and largest batch size of the run, and the largest of the interleaved stream (None
-    when the interleaved modes did not run)."""
-    cfg, rat = D["meta"]["config"], D["ratios"]
-    mb = rat[rat.stream == "multi"]["batch_size"] if not rat.empty else []
-    return {"min": min(cfg["batch_sizes"]), "max": max(cfg["batch_sizes"]),
-            "max_multi": int(mb.max()) if len(mb) else None}
+    r = rows(D["ratios"], "mixed", "routed-merged")
+    if r is None or r.empty:
+        return None
+    bs = int(r.batch_size.max()) if bs is None else bs
+    c = compare(D["ratios"], "mixed", "routed-merged", bs)
+    if c is None:
+        return None
+    lat = D["latency"]
+    L = lambda m: lat[(lat["mode"] == m) & (lat.batch_size == bs) & (lat.comparison == c["comparison"])]  # noqa: E731
+    thr, homog = 1 / c["ratio"], compare(D["ratios"], "mixed", "multi", bs)
+    return {"batch_size": bs, "throughput_ratio": thr, "ci": (1 / c["ci"][1], 1 / c["ci"][0]),
+            "vs_multi": None if homog is None else (1 / homog["ratio"], 1 / homog["ci"][1], 1 / homog["ci"][0]),
+            "predicted": 1 / c["predicted"], "resolution": c["resolution"], "n_pairs": c["n_pairs"],
+            "goal": GOAL_MIXED, "goal_met": bool(1 / c["ci"][1] >= GOAL_MIXED),
+            **{f"{k}_{m}": float(L(m)[col].iloc[0]) if len(L(m)) else math.nan
+               for m in ("mixed", "routed-merged")
+               for k, col in (("p50", "latency_p50_ms"), ("p99", "latency_p99_ms"), ("rps", "throughput_rps"),
+                              ("pad", "pad_fraction"))}}
 
 
 def timing_error(rat) -> dict:
-    """What the timings show of their own error, from two controls that need no assumption:
-    a merged model and the fully fine-tuned model run the same computation (ratio 1 up to error), and
-    an unmerged adapter computes strictly more than its merged model (a ratio whose interval lies below
-    1 is error). Returns {"same": max |merged/full - 1|, "below": the lora/merged rows below 1,
-    "floor": the larger of the two deviations} (NaN where a control is missing)."""
+    """The timings' own error from the two controls: ``aa`` the A/A interval's largest distance from 1,
+    ``same`` merged / full's, ``below`` the unmerged/merged rows whose interval lies below 1 (an unmerged
+    adapter computes strictly more), ``floor`` the largest of these distances (NaN where none)."""
     if rat is None or rat.empty:
-        return {"same": math.nan, "below": None, "floor": math.nan}
-    mf = rat[(rat.numerator == "merged") & (rat.denominator == "full")]
-    lm = rat[(rat.numerator == "lora") & (rat.denominator == "merged")]
+        return {"aa": math.nan, "same": math.nan, "below": None, "floor": math.nan}
+    dist = lambda r: max((_distance(x) for x in r.itertuples()), default=math.nan)  # noqa: E731
+    aa, same = dist(rows(rat, *AA)), dist(rows(rat, "merged", "full"))
+    lm = rows(rat, "lora", "merged")
     below = lm[lm.ci_high < 1]
-    same = float((mf.ratio - 1).abs().max()) if len(mf) else math.nan
-    errs = [e for e in (same, 1 - float(below.ratio.min()) if len(below) else math.nan) if not math.isnan(e)]
-    return {"same": same, "below": below, "floor": max(errs) if errs else math.nan}
+    errs = [e for e in (aa, same, 1 - float(below.ci_high.min()) if len(below) else math.nan) if not math.isnan(e)]
+    return {"aa": aa, "same": same, "below": below, "floor": max(errs) if errs else math.nan}
 
 
-def overhead_vs_full(D: dict) -> float:
-    """The unmerged adapter's latency over the fully fine-tuned model's at the smallest batch size,
-    mean over tasks, minus 1 (the original's headline; NaN if not measured)."""
-    rat = D["ratios"]
-    if rat.empty:
-        return math.nan
-    lf = rat[(rat.numerator == "lora") & (rat.denominator == "full") & (rat.batch_size == batch_sizes(D)["min"])]
-    return float(lf.ratio.mean() - 1) if len(lf) else math.nan
+def cost_table(D: dict) -> list[dict]:
+    """Predicted against measured for every ratio: FLOP ratio, weight-byte ratio, extra operator calls
+    per window, the predicted ratio and the measured one with its interval and the resolution."""
+    out = []
+    for x in D["ratios"].itertuples():
+        out.append({"comparison": x.comparison, "stream": x.stream, "batch_size": int(x.batch_size),
+                    "numerator": x.numerator, "denominator": x.denominator, "flop_ratio": x.flop_ratio,
+                    "bytes_ratio": x.bytes_ratio, "extra_ops": x.extra_ops, "predicted": x.predicted,
+                    "measured": x.ratio, "ci_low": x.ci_low, "ci_high": x.ci_high,
+                    "resolution": resolution(D["ratios"], int(x.batch_size))})
+    return out
 
 
 # ---------------------------------------------------------------------------- memory, storage, correctness
 def storage_mb(D: dict) -> dict:
-    """Mean MB on disk of an adapter and of a fully fine-tuned model; MB of weights in memory of the
-    group holding every adapter (``multi``) and of the merged models (``routed-merged``). NaN if absent."""
+    """Mean MB on disk of an adapter and of a fully fine-tuned model; MB of weights in memory of one base
+    with every adapter (``mixed``) and of a merged model per task (``routed-merged``). NaN if absent."""
     s, mem = D["storage"], D["memory"]
     mb = (s["bytes"] / 2**20) if not s.empty else None
     adapter = float(mb[s.artifact.str.startswith("LoRA")].mean()) if mb is not None else math.nan
     full = float(mb[s.artifact == "full fine-tuned model"].mean()) if mb is not None else math.nan
-    first = mem[mem["repeat"] == 0] if not mem.empty else mem
 
-    def group_mb(mode):
-        rows = first[[mode in str(m).split("+") for m in first["modes"]]] if not first.empty else first
-        return float(rows["model_mb"].iloc[0]) if len(rows) else math.nan
-    return {"adapter": adapter, "full": full, "resident": group_mb("multi"), "routed": group_mb("routed-merged")}
+    def mode_mb(mode):
+        r = mem[mem["mode"] == mode] if not mem.empty else mem
+        return float(r["model_mb"].iloc[0]) if len(r) else math.nan
+    return {"adapter": adapter, "full": full, "resident": mode_mb("mixed"), "routed": mode_mb("routed-merged")}
 
 
 def correctness_summary(D: dict) -> dict:
@@ -145,16 +266,53 @@ def correctness_summary(D: dict) -> dict:
 
 
 def against_original(D: dict | None) -> list[dict]:
-    """The original's headline rows beside ours at the smallest batch size: mean over tasks of each
-    task's mean latency, and mean measured throughput (our ``multi`` beside their multi-adapter row)."""
-    rows = []
+    """The original's headline rows beside ours at batch size 1 (single-task comparison; our ``multi``
+    beside their multi-adapter row): mean latency and measured throughput."""
+    out = []
     for o in ORIGINAL_DEPLOYMENT:
         row = {"mode": o["mode"], "original ms": o["latency_ms"], "original req/s": o["throughput_rps"]}
         if has_latency(D):
             lat = D["latency"]
             ours = o["mode"] if o["mode"] in ("lora", "full", "merged") else "multi"
-            L = lat[(lat["mode"] == ours) & (lat["batch_size"] == batch_sizes(D)["min"]) & (lat["repeat"] == 0)]
-            row["ours ms"] = L["latency_mean_ms"].mean() if len(L) else math.nan
-            row["ours req/s"] = L["throughput_rps"].mean() if len(L) else math.nan
-        rows.append(row)
-    return rows
+            L = lat[(lat["mode"] == ours) & (lat["batch_size"] == 1)]
+            row["ours ms"] = float(L["batch_ms_mean"].mean()) if len(L) else math.nan
+            row["ours req/s"] = float(L["throughput_rps"].mean()) if len(L) else math.nan
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------- the preface's headline
+def headline(D: dict | None, tasks) -> list[dict]:
+    """The preface's serving rows (``loradrift.findings.headline_serving``'s columns): latency ratios
+    (lora / merged and merged / full per task at the smallest and largest batch size; the A/A control;
+    multi / routed-lora at batch 1; mixed / routed-merged at the smallest and largest), the mixed-adapter
+    throughput ratio at the largest batch size, and adapter / full storage."""
+    if not has_latency(D):
+        return []
+    rat, out = D["ratios"], []
+
+    def latency(num, den, bs, task=None):
+        r = rows(rat, num, den, bs, task)
+        if len(r):
+            x = r.iloc[0]
+            out.append({"kind": "latency", "numerator": num, "denominator": den, "batch_size": int(bs),
+                        "task": task, "ratio": x.ratio, "ci_low": x.ci_low, "ci_high": x.ci_high})
+    sizes = lambda num, den: sorted({int(rows(rat, num, den).batch_size.min()),  # noqa: E731
+                                     int(rows(rat, num, den).batch_size.max())}) if len(rows(rat, num, den)) else []
+    for num, den in (("lora", "merged"), ("merged", "full"), AA):
+        for bs in sizes(num, den):
+            for t in [t for t in tasks if t in set(rat.stream)]:
+                latency(num, den, bs, t)
+    latency("multi", "routed-lora", 1)
+    for bs in sizes("mixed", "routed-merged"):
+        latency("mixed", "routed-merged", bs)
+    m = mixed_serving(D)
+    if m is not None:
+        out.append({"kind": "throughput", "numerator": "mixed", "denominator": "routed-merged",
+                    "batch_size": m["batch_size"], "ratio": m["throughput_ratio"], "ci_low": m["ci"][0],
+                    "ci_high": m["ci"][1], "num": m["rps_mixed"], "den": m["rps_routed-merged"]})
+    s = storage_mb(D)
+    if not math.isnan(s["adapter"]) and not math.isnan(s["full"]):
+        out.append({"kind": "storage", "numerator": "adapter", "denominator": "full", "ratio": s["adapter"] / s["full"],
+                    "num": s["adapter"] * 2**20, "den": s["full"] * 2**20})
+    return out

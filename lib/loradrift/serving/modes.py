@@ -1,28 +1,29 @@
 """The serving modes: one table (``MODES``) says, for every mode, everything the benchmark needs.
 
-A mode is served from one loaded object on one request stream. Its entry names:
+A mode is one way of serving requests, from one loaded object. Its entry names:
 
 - ``label``     what is served, in words (the chapter's table of modes);
-- ``batching``  how its requests come: ``task`` (one task's stream, one model per task), ``interleaved``
-                (every task's stream, task-homogeneous batches, the task changing every batch) or
-                ``mixed`` (the same requests, each batch carrying requests for different tasks);
-                two modes with the same batching serve identical batches, so their ratio is paired;
-- ``needs``     the method kind (``loradrift.methods``) whose trained unit it serves; None: the base model;
-- ``load``      what is loaded, a method of the model source (``sources.ModelSource``: base, full,
-                adapter, merged, resident, routed); modes with the same ``load`` on the same stream
-                share one loaded object and one memory row (``multi`` and ``mixed``);
-- ``server``    the server class that turns a batch into logits (``servers``);
-- ``over``      the modes its latency is divided by (the ratios the benchmark reports);
-- ``check``     (reference mode, ``identical`` | ``agreement``): what its predictions must match.
+- ``stream``    ``task`` (one task's stream: a model of that task) or ``interleaved`` (the stream of every
+                task: a model serving every task);
+- ``schedule``  how it forms batches from a window of requests (``schedule.SCHEDULERS``: fifo, task,
+                mixed); modes with the same scheduler on the same window serve identical batches;
+- ``needs``     the method kind (``loradrift.methods``) whose trained units it serves; None: the base model;
+- ``load``      what is loaded, a method of the model source (``sources.ModelSource``);
+- ``server``    the server class that turns a batch into logits (``servers``, ``batched``);
+- ``unmerged``  whether a LoRA branch runs beside the base weights (the cost model counts its FLOPs);
+- ``over``      the modes its time is divided by, where both are in one comparison (the reported ratios);
+- ``check``     (reference modes, ``identical`` | ``agreement``): what its predictions must match (the
+                first reference that served the same requests at the same batch size).
 
-A new mode is one ``register_mode(Mode(...))``, here or in a user's code; a new way of loading or
-serving adds a method to the model source or a server class.
+Every mode of a comparison (``settings``: ``deploy.comparisons``) is loaded on its own, all at once,
+and serves every timed window in rotated order (``timing``). A new mode is one ``register_mode``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..registry import Registry
+from .batched import BatchedServer
 from .servers import MixedServer, RoutedServer, Server, SwitchServer
 
 
@@ -30,35 +31,46 @@ from .servers import MixedServer, RoutedServer, Server, SwitchServer
 class Mode:
     name: str
     label: str
-    batching: str                        # task | interleaved | mixed
+    stream: str                          # task | interleaved
+    schedule: str                        # a scheduler of schedule.SCHEDULERS
     needs: str | None                    # method kind served, None for the base model
     load: str                            # a ModelSource method
     server: type = Server
-    over: tuple[str, ...] = ()           # denominators of the reported latency ratios
-    check: tuple[str, str] | None = None  # (reference mode, "identical" | "agreement")
-
-    @property
-    def interleaved(self) -> bool:
-        """Serves the interleaved stream of every task (else one task's own stream)."""
-        return self.batching != "task"
+    unmerged: bool = False               # a LoRA branch beside the base weights
+    over: tuple[str, ...] = ()           # denominators of the reported ratios
+    check: tuple[tuple[str, ...], str] | None = None  # (reference modes, "identical" | "agreement")
 
 
 MODES: Registry = Registry("serving mode", "loradrift/serving/modes.py")
 register_mode = MODES.register
 get_mode = MODES.lookup
 
+_SINGLE = ("routed-lora", "lora")   # the single-adapter references of the multi-adapter modes
 
-register_mode(Mode("base", "base model, untrained head (cost reference)", "task", None, "base"))
-register_mode(Mode("full", "full fine-tuned model", "task", "full", "full", over=("base",)))
-register_mode(Mode("lora", "LoRA unmerged (peft)", "task", "lora", "adapter", over=("merged", "full", "base")))
-register_mode(Mode("merged", "LoRA merged (merge_and_unload)", "task", "lora", "merged", over=("full", "base"),
-                   check=("lora", "agreement")))
-register_mode(Mode("multi", "all adapters resident, set_adapter per batch (timed)", "interleaved", "lora",
-                   "resident", SwitchServer, over=("routed-merged",), check=("lora", "identical")))
-register_mode(Mode("mixed", "all adapters resident, mixed-adapter batches (adapter_names=)", "mixed", "lora",
-                   "resident", MixedServer, over=("routed-merged", "multi"), check=("lora", "identical")))
-register_mode(Mode("routed-merged", "one merged model per task, all resident, batches routed", "interleaved",
-                   "lora", "routed", RoutedServer, check=("merged", "identical")))
+register_mode(Mode("base", "base model, untrained head (cost reference)", "task", "fifo", None, "base"))
+register_mode(Mode("full", "full fine-tuned model", "task", "fifo", "full", "full", over=("base",)))
+register_mode(Mode("lora", "LoRA unmerged (peft)", "task", "fifo", "lora", "adapter", unmerged=True,
+                   over=("merged", "full", "base")))
+register_mode(Mode("merged", "LoRA merged (merge_and_unload)", "task", "fifo", "lora", "merged",
+                   over=("full", "base"), check=(("lora",), "agreement")))
+register_mode(Mode("merged-aa", "LoRA merged, a second copy loaded the same way (A/A control)", "task", "fifo",
+                   "lora", "merged", over=("merged",), check=(("merged",), "identical")))
+register_mode(Mode("multi", "all adapters on one base, set_adapter per task-homogeneous batch", "interleaved",
+                   "task", "lora", "resident", SwitchServer, True, over=("routed-lora", "routed-merged"),
+                   check=(_SINGLE, "identical")))
+register_mode(Mode("mixed", "all adapters on one base, length-bucketed mixed-adapter batches (peft adapter_names=)",
+                   "interleaved", "mixed", "lora", "resident", MixedServer, True,
+                   over=("routed-merged", "multi", "routed-lora"), check=(_SINGLE, "identical")))
+register_mode(Mode("mixed-fifo", "as mixed, batches cut in arrival order (no length bucketing)", "interleaved",
+                   "fifo", "lora", "resident", MixedServer, True, over=("mixed", "routed-merged"),
+                   check=(_SINGLE, "identical")))
+register_mode(Mode("batched", "all adapters stacked, mixed-adapter batches, one batched matmul per LoRA module",
+                   "interleaved", "mixed", "lora", "batched", BatchedServer, True,
+                   over=("mixed", "routed-merged"), check=(("mixed",) + _SINGLE, "identical")))
+register_mode(Mode("routed-lora", "one unmerged adapter model per task, batches routed", "interleaved", "task",
+                   "lora", "routed_adapters", RoutedServer, True, over=("routed-merged",)))
+register_mode(Mode("routed-merged", "one merged model per task, batches routed", "interleaved", "task", "lora",
+                   "routed", RoutedServer, check=(_SINGLE, "agreement")))
 
 
 def ordered(names) -> list[str]:
@@ -68,14 +80,15 @@ def ordered(names) -> list[str]:
     return [m for m in MODES if m in set(names)]
 
 
-def ratio_pairs() -> list[tuple[str, str]]:
-    """Every (numerator, denominator) the benchmark reports, in the table's order."""
-    return [(m.name, den) for m in MODES.values() for den in m.over]
+def ratio_pairs(modes) -> list[tuple[str, str]]:
+    """Every (numerator, denominator) reported among ``modes``, in the table's order."""
+    have = set(modes)
+    return [(m, d) for m in ordered(modes) for d in MODES[m].over if d in have]
 
 
-def paired(num: str, den: str) -> bool:
-    """Did the two modes serve identical batches (so a ratio's bootstrap resamples them together)?"""
-    return get_mode(num).batching == get_mode(den).batching
+def same_batches(num: str, den: str) -> bool:
+    """Do the two modes form identical batches from a window (so their per-batch times pair too)?"""
+    return get_mode(num).schedule == get_mode(den).schedule
 
 
 def needed_kinds(modes) -> list[str]:

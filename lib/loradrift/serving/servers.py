@@ -20,6 +20,11 @@ class TextEncoder:
                        padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
+    def lengths(self, batch: list[Request]) -> list[int]:
+        """Each request's token count after truncation (outside any timed region)."""
+        ids = self.tok([r.text for r in batch], truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
 
 class IdsEncoder:
     """Right-pad a batch of token-id lists (architecture-only requests)."""
@@ -36,6 +41,9 @@ class IdsEncoder:
             ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, :len(s)] = 1
         return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def lengths(self, batch: list[Request]) -> list[int]:
+        return [min(len(r.ids), self.max_length) for r in batch]
 
 
 class Server:
@@ -92,12 +100,3 @@ def homogeneous(batch: list[Request]) -> str:
         raise ValueError(f"this server needs task-homogeneous batches, got tasks {sorted(tasks)}")
     return tasks.pop()
 
-
-def padding_stats(encode: Callable, batches) -> dict:
-    """Real and padded tokens of a stream (computed outside the timed region)."""
-    real = padded = 0
-    for b in batches:
-        m = encode(b)["attention_mask"]
-        real += int(m.sum())
-        padded += int(m.numel())
-    return {"tokens_real": real, "tokens_padded": padded, "pad_fraction": 1 - real / padded if padded else 0.0}

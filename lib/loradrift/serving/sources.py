@@ -1,5 +1,6 @@
 """Where the served models come from: a *model source* loads what a mode's ``load`` names (base, full,
-adapter, merged, resident, routed). ``TrainedSource`` loads a profile's trained units (adapters are
+adapter, merged, resident, routed, routed_adapters, batched), sets each request's token count and gives
+the cost model its shapes. ``TrainedSource`` loads a profile's trained units (adapters are
 checked before they are served); ``arch.RandomSource`` builds random models of a named architecture.
 """
 from __future__ import annotations
@@ -102,6 +103,26 @@ class ModelSource:
         """One merged model per task, all resident."""
         return {t: self.merged(t)[0] for t in tasks}, {"models_resident": len(tasks)}
 
+    def routed_adapters(self, tasks: list[str]):
+        """One unmerged single-adapter model per task, all resident."""
+        return {t: self.adapter(t)[0] for t in tasks}, {"models_resident": len(tasks)}
+
+    def batched(self, tasks: list[str]):
+        """Every task's adapter stacked for the batched LoRA path (``batched.batched_model``)."""
+        from .batched import batched_model
+        model, extra = self.resident(tasks)
+        return batched_model(model), extra
+
+    def shape(self) -> dict:
+        """The dimensions the cost model needs (``costmodel.llama_shape``)."""
+        raise NotImplementedError
+
+    def requests(self, reqs: list) -> list:
+        """The requests with their token counts set (what the schedulers bucket by)."""
+        for r, n in zip(reqs, self.encode.lengths(reqs)):
+            r.length = int(n)
+        return reqs
+
 
 class TrainedSource(ModelSource):
     """The trained units of a profile: ``dirs`` {task: {kind: model folder}}, ``methods`` {kind: method}."""
@@ -136,6 +157,19 @@ class TrainedSource(ModelSource):
 
     def adapter(self, task):
         return self._ready(self._unit(task, "lora"))
+
+    def shape(self):
+        if getattr(self, "_shape", None) is None:
+            from transformers import AutoConfig
+
+            from .costmodel import llama_shape
+            lora = next((d["lora"] for d in self.dirs.values() if "lora" in d), None)
+            adapter = json.loads((Path(lora) / "adapter_config.json").read_text()) if lora else {}
+            dtype = self.prof["model"].get("dtype", "float32")
+            lora = {"r": adapter.get("r", 0), "targets": sorted(adapter.get("target_modules") or [])}
+            self._shape = llama_shape(AutoConfig.from_pretrained(self.base_path), lora,
+                                      dtype_bytes=4 if dtype in ("float32", "fp32") else 2)
+        return self._shape
 
     def resident(self, tasks):
         model = load_multi_adapter(self._base_classifier(), {t: self.dirs[t]["lora"] for t in tasks})

@@ -2,9 +2,9 @@
 results are current, and the run (settings: ``settings``, the profile's ``deploy:`` section).
 
 Currency: ``deployment_meta.json`` records ``key`` = ``store.key(deploy_settings(...))``: the timing
-settings (modes, batch sizes, request counts, warm-up, repeats, bootstrap, seed, device), the tasks,
-and every served unit's config hash and finish time. ``store.is_current`` compares it with the key
-the profile gives now.
+settings (threads, repeats, warm-up, bootstrap, seed, every comparison's streams, modes, batch sizes
+and windows; the device), the tasks, and every served unit's config hash and finish time.
+``store.is_current`` compares it with the key the profile gives now.
 """
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from pathlib import Path
 
 from .. import LoraDriftError
 from ..store import RESULTS, is_current, key, read_json, read_or, result_path
-from .engine import (FILES, Bench, loadavg, plan_groups, run_record, stream_length, tolerance,
-                     write_results)
+from .analysis import frames as result_frames
+from .engine import DESIGN, FILES, Bench, loadavg, plan_points, requests_needed, run_record, tolerance, write_results
 from .memory import weight_file_bytes
 from .modes import needed_kinds
 from .requests import real_requests
-from .settings import deploy_config, served_methods
+from .settings import all_modes, deploy_config, served_methods
 from .sources import TrainedSource
+
 
 def unit_results(prof: dict, tasks, seed: int, methods: dict | None = None) -> dict:
     """{(method, task): test accuracy, F1, n, config hash, finish time} of the served units that exist."""
@@ -72,7 +73,7 @@ def plan_deploy(prof: dict, tasks=None, **overrides) -> dict:
     """What a run serves: the timing settings, the tasks, the served method of each kind the modes need,
     their units' records ({"<method>/<task>": record}, from the committed run records) and the key."""
     cfg = deploy_config(prof, **overrides)
-    methods = served_methods(prof, needed_kinds(cfg["modes"]))
+    methods = served_methods(prof, needed_kinds(all_modes(cfg)))
     plan = {"config": cfg, "seed": int(cfg["seed"]), "methods": methods, "missing": [], "dirs": {}}
     return _for_tasks(prof, plan, list(tasks or prof["tasks"]))
 
@@ -114,8 +115,8 @@ def run_deploy(prof: dict | str, tasks=None, glue_source=None, force: bool = Fal
     """The deployment benchmark of a profile's trained units (seed ``cfg['seed']``, default the first).
 
     Skips when ``deployment_meta.json`` is current (same key; ``force=True`` re-runs). Keyword overrides
-    of the deploy section: batch_sizes, batch_sizes_by_mode, n_requests, warmup_batches, repeats, modes,
-    seed, bootstrap. Returns {"out_dir", "skipped", "meta"}."""
+    of the deploy section: repeats, seed, bootstrap, threads, warmup, comparisons. Returns {"out_dir",
+    "skipped", "meta"}."""
     from ..config import load_profile
     prof = load_profile(prof) if isinstance(prof, str) else prof
     meta_path = result_path(prof["name"], "deploy_meta")
@@ -142,16 +143,17 @@ def _benchmark(prof: dict, plan: dict, glue_source, log) -> tuple[dict, dict]:
     cfg, tasks, dtype = plan["config"], plan["tasks"], prof["model"].get("dtype", "float32")
     max_len = int(prof["data"]["max_length"])
     source = TrainedSource(prof, plan["dirs"], plan["methods"], cfg["device"], max_len)
-    streams = {t: real_requests(prof, t, stream_length(cfg), glue_source) for t in tasks}
-    labels = {r.uid: r.label for rs in streams.values() for r in rs}
-    log(f"deploy {prof['name']}: tasks {tasks}, seed {plan['seed']}, modes {cfg['modes']}, batch sizes "
-        f"{cfg['batch_sizes']}, {cfg['n_requests']} requests/point, {cfg['repeats']} repeat(s) on {cfg['device']}")
-    bench = Bench(source, streams, cfg, log).run(plan_groups(cfg["modes"], tasks))
+    pools = {t: source.requests(real_requests(prof, t, requests_needed(cfg), glue_source)) for t in tasks}
+    labels = {r.uid: r.label for rs in pools.values() for r in rs}
+    log(f"deploy {prof['name']}: tasks {tasks}, seed {plan['seed']}, comparisons {list(cfg['comparisons'])}, "
+        f"{cfg['repeats']} repeats, threads {cfg.get('threads')} on {cfg['device']}")
+    bench = Bench(source, pools, cfg, log).run(plan_points(cfg, tasks))
     by_kind = {(k, t): plan["units"].get(f"{m}/{t}", {}) for k, m in plan["methods"].items() for t in tasks}
-    frames = bench.frames(storage_rows(source.base_path, plan["dirs"]), tolerance(DTYPES[dtype]), labels, by_kind)
-    return frames, {"kind": "trained models", "profile": prof["name"], "key": plan["key"], "device": cfg["device"],
-            "config": cfg, "tasks": tasks, "tasks_missing": plan["missing"], "seed": plan["seed"], "dtype": dtype,
-            "max_length": max_len, "base_model": prof["model"]["name_or_path"], "methods": plan["methods"],
-            "units": plan["units"], "n_stream_requests": {t: len(v) for t, v in streams.items()},
-            "timing": "perf_counter around tokenise+pad, adapter switch, forward, device sync, logits to host",
-            **run_record(load_before, t_start)}
+    frames = result_frames(bench, storage_rows(source.base_path, plan["dirs"]), tolerance(DTYPES[dtype]), labels,
+                           by_kind)
+    return frames, {"kind": "trained models", "design": DESIGN, "profile": prof["name"], "key": plan["key"],
+                    "device": cfg["device"], "config": cfg, "tasks": tasks, "tasks_missing": plan["missing"],
+                    "seed": plan["seed"], "dtype": dtype, "max_length": max_len,
+                    "base_model": prof["model"]["name_or_path"], "methods": plan["methods"], "units": plan["units"],
+                    "shape": source.shape(), "n_pool_requests": {t: len(v) for t, v in pools.items()},
+                    **run_record(load_before, t_start, bench)}

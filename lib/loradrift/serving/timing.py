@@ -1,8 +1,20 @@
-"""Timing and its statistics: the timed stream, per-request latency summaries, and latency ratios
-between modes with bootstrap intervals over batches.
+"""Paired, interleaved timing and its statistics.
 
-Clock: ``time.perf_counter``. Per-request latency is the latency of the batch that carries it;
-throughput is requests / wall time of the whole timed stream (measured, not derived).
+A *point* (comparison x stream x batch size) serves the same windows of requests with every mode of
+the comparison, all loaded at once: for window ``w`` of repeat ``r`` the modes take turns in the
+order of the comparison rotated by ``r + w`` places (A B, B A, ... ; every mode in every position
+equally often), so each window gives one *pair* (one tuple) of times measured under the same
+conditions. Before the timed repeats every mode serves ``warmup`` windows untimed.
+
+Each timed call covers what a server does for a batch: tokenise and pad, switch adapter if needed,
+forward, bring the logits to the host. Clock: ``time.perf_counter`` with a device sync on a CPU;
+CUDA events on a GPU. A request's latency is the time from the start of its window until its batch
+is done (the batches before it in the window are its queue); throughput is requests over the summed
+service time of the mode's windows.
+
+Ratios (``paired_ratio``) are ratios of means: the mode's summed window times over the other's, with
+a percentile bootstrap that resamples the pairs (windows x repeats) jointly; beside it the geometric
+mean of the per-window ratios and each repeat's own ratio (the spread between repeats).
 """
 from __future__ import annotations
 
@@ -12,99 +24,124 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .modes import paired, ratio_pairs
+from .schedule import in_request_order, padding
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+class WallTimer:
+    """``time.perf_counter`` around the call, the device synchronised before the clock stops."""
+
+    kind = "perf_counter (+ device sync)"
+
+    def __init__(self, device: str = "cpu"):
+        self.cuda = str(device).startswith("cuda")
+
+    def __call__(self, fn: Callable):
+        t0 = time.perf_counter()
+        out = fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
 
 
-def time_stream(server: Callable, batches: list, warmup_batches: int = 2,
-                clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] = _sync) -> dict:
-    """Serve ``batches`` after ``warmup_batches`` untimed ones; per-batch latency, wall time, logits.
+class CudaEventTimer:
+    """CUDA events recorded before and after the call (host work in between is inside the interval)."""
 
-    The clock reads bracket the whole ``server(batch)`` call (encoding, any adapter switch, forward,
-    device sync, copy to host). The wall time spans the whole timed stream, so throughput is measured.
-    """
-    for i in range(warmup_batches):
-        server(batches[i % len(batches)])
-    sync()
-    if hasattr(server, "switches"):
-        server.switches = 0  # count only the switches inside the timed stream
-    lat, logits = [], []
-    start = clock()
+    kind = "CUDA events"
+
+    def __call__(self, fn: Callable):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        end.synchronize()
+        return out, start.elapsed_time(end) / 1e3
+
+
+def make_timer(device: str):
+    return CudaEventTimer() if str(device).startswith("cuda") else WallTimer(device)
+
+
+def serve_window(server, reqs: list, batches: list[list[int]], timer) -> tuple[list[float], np.ndarray]:
+    """Serve a window's batches in order: each batch's time (s) and the logits in the window's order."""
+    lat, outs = [], []
     for b in batches:
-        t0 = clock()
-        out = server(b)
-        sync()
-        lat.append(clock() - t0)
-        logits.append(out)
-    wall = clock() - start
-    return {"latency_s": np.array(lat), "sizes": np.array([len(b) for b in batches]), "wall_s": wall,
-            "logits": logits}
+        out, dt = timer(lambda b=b: server([reqs[i] for i in b]))
+        lat.append(dt)
+        outs.append(out.numpy())
+    return lat, in_request_order(batches, outs, len(reqs))
 
 
-def latency_summary(lat_s: np.ndarray, sizes: np.ndarray, wall_s: float) -> dict:
-    """Per-request latency percentiles (each request has its batch's latency) and measured throughput."""
-    per_req = np.repeat(np.asarray(lat_s) * 1e3, np.asarray(sizes))
-    return {"n_requests": int(np.sum(sizes)), "n_batches": int(len(lat_s)),
-            "latency_mean_ms": float(per_req.mean()), "latency_p50_ms": float(np.percentile(per_req, 50)),
-            "latency_p95_ms": float(np.percentile(per_req, 95)), "latency_p99_ms": float(np.percentile(per_req, 99)),
-            "latency_sd_ms": float(per_req.std(ddof=1)) if len(per_req) > 1 else float("nan"),
-            "throughput_rps": float(np.sum(sizes) / wall_s), "wall_s": float(wall_s)}
+def rotation(modes: list[str], k: int) -> list[str]:
+    """The modes rotated by ``k`` places: the serving order of pair ``k``."""
+    k %= len(modes)
+    return list(modes[k:]) + list(modes[:k])
 
 
-def batch_rows(mode: str, stream: str, bs: int, rep: int, batches, latency_s) -> list[dict]:
-    """One row per timed batch: its size, its tasks and its latency."""
-    return [{"mode": mode, "stream": stream, "batch_size": int(bs), "repeat": rep, "batch": i, "n": len(b),
-             "tasks": "+".join(sorted({r.task for r in b})), "latency_ms": float(lat) * 1e3}
-            for i, (b, lat) in enumerate(zip(batches, latency_s))]
+def time_point(servers: dict, wins: list[list], plans: dict[str, list], repeats: int, warmup: int, timer,
+               on_logits: Callable | None = None) -> list[dict]:
+    """Serve every window with every mode, rotated, ``repeats`` times after ``warmup`` untimed windows.
+
+    ``plans[mode][w]`` is the mode's batches of window ``w``. One row per timed batch: mode, repeat,
+    window, batch, its size, its tokens (real, padded), its place in the rotation, its time and the
+    time from the window's start to its end. ``on_logits(mode, window, logits)`` sees every repeat-0
+    window's logits in request order."""
+    modes, rows = list(servers), []
+    for w in range(min(warmup, len(wins))):
+        for m in modes:
+            serve_window(servers[m], wins[w], plans[m][w], timer)
+    for rep in range(repeats):
+        for w, reqs in enumerate(wins):
+            for pos, m in enumerate(rotation(modes, rep + w)):
+                lat, logits = serve_window(servers[m], reqs, plans[m][w], timer)
+                if rep == 0 and on_logits is not None:
+                    on_logits(m, reqs, logits)
+                done = np.cumsum(lat)
+                for i, b in enumerate(plans[m][w]):
+                    real, padded = padding(reqs, [b])
+                    rows.append({"mode": m, "repeat": rep, "window": w, "batch": i, "n": len(b),
+                                 "tokens_real": real, "tokens_padded": padded, "position": pos,
+                                 "latency_ms": 1e3 * lat[i], "done_ms": 1e3 * float(done[i])})
+    return rows
 
 
-def ratio_ci(num_lat, num_sizes, den_lat, den_sizes, paired: bool, n_boot: int = 2000, seed: int = 0,
-             level: float = 0.95) -> tuple[float, float, float]:
-    """Ratio of mean per-request latencies (num / den) with a percentile bootstrap interval over batches.
-
-    Paired (the two modes served the same batches in the same order): one resample of batch indices
-    for both. Unpaired: independent resamples.
-    """
-    a, na = np.asarray(num_lat, float), np.asarray(num_sizes, float)
-    b, nb = np.asarray(den_lat, float), np.asarray(den_sizes, float)
-    est = (a @ na / na.sum()) / (b @ nb / nb.sum())
-    rng = np.random.default_rng(seed)
-    if paired:
-        if len(a) != len(b):
-            raise ValueError("a paired ratio needs the same number of batches in both modes")
-        idx = rng.integers(0, len(a), (n_boot, len(a)))
-        ia = ib = idx
-    else:
-        ia = rng.integers(0, len(a), (n_boot, len(a)))
-        ib = rng.integers(0, len(b), (n_boot, len(b)))
-    ma = (a[ia] * na[ia]).sum(1) / na[ia].sum(1)
-    mb = (b[ib] * nb[ib]).sum(1) / nb[ib].sum(1)
-    lo, hi = np.percentile(ma / mb, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(est), float(lo), float(hi)
+# ---------------------------------------------------------------------------- statistics
+def paired_ratio(num, den, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Ratio of means sum(num) / sum(den) of paired times, with a percentile bootstrap over the pairs
+    (resampled jointly), and the geometric mean of the per-pair ratios."""
+    a, b = np.asarray(num, float), np.asarray(den, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError("a paired ratio needs two equally long, non-empty series of times")
+    idx = np.random.default_rng(seed).integers(0, len(a), (int(n_boot), len(a)))
+    boot = a[idx].sum(1) / b[idx].sum(1)
+    lo, hi = np.percentile(boot, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return {"ratio": float(a.sum() / b.sum()), "ci_low": float(lo), "ci_high": float(hi),
+            "gmean_ratio": float(np.exp(np.mean(np.log(a / b)))), "n_pairs": int(len(a))}
 
 
-def ratio_rows(rows: list[dict], n_boot: int = 2000) -> list[dict]:
-    """The latency ratios of every mode over its ``over`` modes (``modes.MODES``), at every stream and
-    batch size both modes served, with bootstrap intervals over batches."""
-    import pandas as pd
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return []
-    out = []
-    for num, den in ratio_pairs():
-        a_all, b_all = df[df["mode"] == num], df[df["mode"] == den]
-        for s in sorted(set(a_all["stream"]) & set(b_all["stream"])):
-            for bs in sorted(df["batch_size"].unique()):
-                a = a_all[(a_all["stream"] == s) & (a_all["batch_size"] == bs)].sort_values(["repeat", "batch"])
-                b = b_all[(b_all["stream"] == s) & (b_all["batch_size"] == bs)].sort_values(["repeat", "batch"])
-                if a.empty or b.empty:
-                    continue
-                pair = paired(num, den) and len(a) == len(b)
-                est, lo, hi = ratio_ci(a["latency_ms"], a["n"], b["latency_ms"], b["n"], pair, n_boot)
-                out.append({"numerator": num, "denominator": den, "stream": s, "batch_size": int(bs),
-                            "ratio": est, "ci_low": lo, "ci_high": hi, "paired": pair, "n_batches": len(a)})
-    return out
+def window_times(batches):
+    """Summed batch times per (comparison, stream, batch size, repeat, window, mode), one column per mode."""
+    keys = ["comparison", "stream", "batch_size", "repeat", "window"]
+    w = batches.groupby(keys + ["mode"], sort=True)["latency_ms"].sum().unstack("mode")
+    return w.reset_index()
+
+
+def repeat_ratios(times, num: str, den: str) -> np.ndarray:
+    """Each repeat's own ratio of summed times (num / den)."""
+    g = times.groupby("repeat")[[num, den]].sum()
+    return (g[num] / g[den]).to_numpy()
+
+
+def latency_summary(rows) -> dict:
+    """One mode at one point: per-request latency (its batch's end, from its window's start) percentiles,
+    throughput over the summed service time, each repeat's throughput, batch sizes and padding."""
+    done = np.repeat(rows["done_ms"].to_numpy(), rows["n"].to_numpy())
+    per_rep = rows.groupby("repeat").apply(lambda g: g["n"].sum() / (g["latency_ms"].sum() / 1e3),
+                                           include_groups=False)
+    n, served_s = int(rows["n"].sum()), float(rows["latency_ms"].sum()) / 1e3
+    return {"n_requests": n, "n_batches": int(len(rows)), "mean_batch": float(rows["n"].mean()),
+            "latency_mean_ms": float(done.mean()), "latency_p50_ms": float(np.percentile(done, 50)),
+            "latency_p95_ms": float(np.percentile(done, 95)), "latency_p99_ms": float(np.percentile(done, 99)),
+            "batch_ms_mean": float(rows["latency_ms"].mean()), "throughput_rps": n / served_s,
+            "throughput_repeat_min": float(per_rep.min()), "throughput_repeat_max": float(per_rep.max()),
+            "pad_fraction": float(1 - rows["tokens_real"].sum() / rows["tokens_padded"].sum()),
+            "served_s": served_s}

@@ -256,20 +256,31 @@ class VllmServer:
         return torch.from_numpy(parse_classify_outputs(self.llm.classify(prompts, lora_request=lrs, use_tqdm=False)))
 
 
-def _time_vllm(server, streams: dict, cfg: dict, log) -> tuple[list, list, dict]:
-    """The mixed-adapter stream at every batch size: latency rows, batch rows, logits by request."""
-    from .requests import mixed_batches
-    from .timing import batch_rows, latency_summary, time_stream
-    lat_rows, rows, got = [], [], {}
+def _time_vllm(server, pools: dict, cfg: dict, log, timer=None) -> tuple[list, list, dict]:
+    """The interleaved stream, length-bucketed across adapters (``schedule.mixed``), at every batch size:
+    latency rows, batch rows, logits by request (``timer``: CUDA events unless given)."""
+    import pandas as pd
+
+    from .schedule import interleaved_stream, mixed, windows
+    from .timing import latency_summary, make_timer, serve_window
+    timer, lat_rows, rows, got = timer or make_timer("cuda"), [], [], {}
     for bs in cfg["batch_sizes"]:
-        batches = mixed_batches(streams, int(bs), int(cfg["n_requests"]))
-        res = time_stream(server, batches, int(cfg["warmup_batches"]))
-        lat_rows.append({"mode": "vllm-multi", "stream": "multi", "batch_size": int(bs), "repeat": 0,
-                         **latency_summary(res["latency_s"], res["sizes"], res["wall_s"]), "head": cfg["head"]})
-        rows += batch_rows("vllm-multi", "multi", bs, 0, batches, res["latency_s"])
-        for b, out in zip(batches, res["logits"]):
-            for r, row in zip(b, out.numpy()):
-                got.setdefault(r.uid, row)
+        wins = windows(interleaved_stream(pools, int(cfg["windows"]) * int(cfg["window"]) * int(bs)), int(bs),
+                       int(cfg["window"]))
+        for w in wins[:int(cfg["warmup"])]:
+            serve_window(server, w, mixed(w, int(bs)), timer)
+        for k, w in enumerate(wins):
+            plan = mixed(w, int(bs))
+            lat, logits = serve_window(server, w, plan, timer)
+            done = np.cumsum(lat)
+            rows += [{"mode": "vllm-multi", "batch_size": int(bs), "repeat": 0, "window": k, "batch": i,
+                      "n": len(b), "tokens_real": sum(w[j].length for j in b),
+                      "tokens_padded": sum(w[j].length for j in b), "latency_ms": 1e3 * lat[i],
+                      "done_ms": 1e3 * done[i]} for i, b in enumerate(plan)]
+            got.update({r.uid: row for r, row in zip(w, logits)})
+        B = pd.DataFrame([r for r in rows if r["batch_size"] == int(bs)])
+        lat_rows.append({"mode": "vllm-multi", "stream": "interleaved", "batch_size": int(bs),
+                         **latency_summary(B), "head": cfg["head"]})
         log(f"  vllm-multi bs={bs}: p50 {lat_rows[-1]['latency_p50_ms']:.2f} ms, "
             f"{lat_rows[-1]['throughput_rps']:.1f} req/s")
     return lat_rows, rows, got
@@ -309,9 +320,9 @@ def vllm_config(prof: dict, **overrides) -> dict:
 
 
 def run_vllm(prof, tasks=None, glue_source=None, log=print, **overrides) -> dict:
-    """Time vLLM multi-LoRA on the interleaved (mixed-adapter) stream of every task and check its
-    predictions against the unmerged PEFT model. Settings: the profile's ``deploy.vllm`` (batch_sizes,
-    n_requests, warmup_batches, head, gpu_memory_utilization), keyword arguments override. Writes
+    """Time vLLM multi-LoRA on the interleaved stream of every task (length-bucketed mixed-adapter batches)
+    and check its predictions against the unmerged PEFT model. Settings: the profile's ``deploy.vllm``
+    (batch_sizes, window, windows, warmup, head, gpu_memory_utilization), keyword arguments override. Writes
     ``data/<profile>/deployment_vllm_*.csv`` and ``deployment_vllm_meta.json``. Raises LoraDriftError
     where vLLM cannot run."""
     import pandas as pd
@@ -321,7 +332,7 @@ def run_vllm(prof, tasks=None, glue_source=None, log=print, **overrides) -> dict
     from ..models import base_model_path, load_tokenizer
     from ..store import artifacts_dir, data_dir, write_csv, write_json
     from ..train import model_dir
-    from .requests import n_per_point, real_requests
+    from .requests import real_requests
     from .servers import TextEncoder
     from .settings import served_method
     ok, why = vllm_available()
@@ -339,12 +350,16 @@ def run_vllm(prof, tasks=None, glue_source=None, log=print, **overrides) -> dict
     rank = max(adapter_rank(units[t]) for t in tasks)  # the trained adapters' own ranks (variants, searched r)
     llm = make_engine(base, len(tasks), rank, prof["model"].get("dtype"), max_len, cfg["head"],
                       float(cfg["gpu_memory_utilization"]))
-    n_stream = max(n_per_point(int(cfg["n_requests"]), int(b)) for b in cfg["batch_sizes"])
+    n_stream = max(int(cfg["windows"]) * int(cfg["window"]) * int(b) for b in cfg["batch_sizes"])
+    encode = TextEncoder(tok, max_len, "cuda")
     streams = {t: real_requests(prof, t, n_stream, glue_source) for t in tasks}
+    for reqs in streams.values():   # token counts, for the length-bucketing scheduler
+        for r, n in zip(reqs, encode.lengths(reqs)):
+            r.length = n
     lat, rows, got = _time_vllm(VllmServer(llm, adapters, heads, tok, max_len, cfg["head"]), streams, cfg, log)
     del llm
     torch.cuda.empty_cache()
-    corr = _check_vllm(prof, units, streams, got, TextEncoder(tok, max_len, "cuda"), cfg["head"])
+    corr = _check_vllm(prof, units, streams, got, encode, cfg["head"])
     out = data_dir(prof["name"])
     for name, frame in (("latency", lat), ("batches", rows), ("correctness", corr)):
         write_csv(out / f"deployment_vllm_{name}.csv", pd.DataFrame(frame))
