@@ -184,9 +184,9 @@ def test_out_of_date_notes_follow_the_store_keys(monkeypatch):
     from loradrift.findings import outdated
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
     prof = load_profile("cpu-v1")
-    assert outdated(prof) == {"train": [], "drift": [], "deploy": []}
+    assert outdated(prof) == {"train": [], "drift": [], "deploy": ["settings"]}   # its block-timed benchmark
     changed = copy.deepcopy(prof)
-    changed["deploy"]["n_requests"] = 100
+    changed["deploy"]["repeats"] = 7
     assert outdated(changed)["deploy"] == ["settings"]
     changed = copy.deepcopy(prof)
     changed["drift"]["n_boot"] = 100

@@ -107,7 +107,10 @@ L4_TINY = {
     "sanity": {"n_examples": 8, "steps": 4},
     "search": {"n_trials": 1, "n_startup_trials": 1, "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}},
     "bench": {"batches": 2},
-    "deploy": {"batch_sizes": [1, 4], "n_requests": 4, "warmup_batches": 1, "repeats": 1, "bootstrap": 20},
+    "deploy": {"repeats": 1, "warmup": 1, "bootstrap": 20,
+               "comparisons": {"single": {"batch_sizes": [1, 4], "windows": {1: 2, 4: 1}},
+                               "adapters": {"batch_sizes": [1, 4], "windows": {1: 1, 4: 1}},
+                               "mixed": {"batch_sizes": [1, 4], "windows": {1: 1, 4: 1}}}},
     "drift": {"n_boot": 20, "n_perm": 5, "merge_check_examples": 4, "original_check_examples": 2,
               "original_pad_positions": 3, "ppl_chunks": 2, "ppl_chunk_len": 16, "intruder_k": 4},
 }

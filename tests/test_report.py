@@ -87,21 +87,26 @@ def test_headline_matches_the_run_records(monkeypatch):
     assert ("units" in study) == bool(stale)  # the column appears only while some units are stale
     if stale:
         assert set(study[study["units"] != "current"]["task"]) == {names[t] for t in stale}
-    if (COMMITTED / "deployment_meta.json").exists():
-        assert not serving.empty and serving["ratio [95% CI]"].str.contains("×").any()
+    assert serving.empty   # cpu-v1's block-timed benchmark is kept as a record, not read (the paired design replaced it)
 
 
-@pytest.mark.skipif(not (COMMITTED / "deployment_ratios.csv").exists(), reason="no committed serving results")
 def test_headline_serving_ratios_are_the_benchmarks_own(monkeypatch):
+    """The preface's serving rows are the benchmark's own ratios (checked on the cpu study's committed
+    benchmark; skipped until the paired design has been measured for it)."""
     import pandas as pd
+
+    from loradrift import serving
     monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
-    rat = pd.read_csv(COMMITTED / "deployment_ratios.csv")
-    srv = findings.headline_serving("cpu-v1")
+    data = COMMITTED.parent / "cpu"
+    if serving.load_results(data) is None:
+        pytest.skip("the cpu study's serving benchmark (paired design) is not committed yet")
+    rat = pd.read_csv(data / "deployment_ratios.csv")
+    srv = findings.headline_serving("cpu")
     lat = srv[(srv.kind == "latency") & srv.ratio.notna()]
     assert len(lat) > 3
     for r in lat.itertuples():
         src = rat[(rat.numerator == r.numerator) & (rat.denominator == r.denominator) & (rat.batch_size == r.batch_size)
-                  & (rat.stream == (r.task if isinstance(r.task, str) else "multi"))].iloc[0]
+                  & (rat.stream == (r.task if isinstance(r.task, str) else "interleaved"))].iloc[0]
         assert (r.ratio, r.ci_low, r.ci_high) == pytest.approx((src.ratio, src.ci_low, src.ci_high))
     shown = figures.headline_serving_table(srv)
     first = lat.iloc[0]

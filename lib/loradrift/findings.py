@@ -289,40 +289,7 @@ def headline_serving(prof=None):
     from . import serving
     cols = ["kind", "numerator", "denominator", "batch_size", "task", "ratio", "ci_low", "ci_high", "num", "den"]
     p = load_profile(prof)
-    D = serving.load_results(data_dir(p["name"]))
-    if D is None or D["ratios"].empty:
-        return pd.DataFrame(columns=cols)
-    rat, rows = D["ratios"], []
-
-    def latency(num, den, stream, bs, task=None):   # a task's own stream shows only where it was measured
-        r = rat[(rat.numerator == num) & (rat.denominator == den) & (rat.stream == stream) & (rat.batch_size == bs)]
-        if task is None or len(r):
-            rows.append({"kind": "latency", "numerator": num, "denominator": den, "batch_size": int(bs), "task": task,
-                         **{k: float(r[k].iloc[0]) if len(r) else math.nan for k in ("ratio", "ci_low", "ci_high")}})
-
-    sizes = D["meta"]["config"]["batch_sizes"]
-    for num, den in (("lora", "merged"), ("merged", "full")):
-        for bs in sorted({min(sizes), max(sizes)}):
-            for task in [t for t in p["tasks"] if t in set(rat.stream)]:
-                latency(num, den, task, bs, task)
-    multi = rat[rat.stream == "multi"]["batch_size"]
-    for num in ("multi", "mixed") if len(multi) else ():
-        for bs in sorted({int(multi.min()), int(multi.max())}):
-            latency(num, "routed-merged", "multi", bs)
-    lat = D["latency"]
-    if not lat.empty:
-        thr = lambda mode, bs: lat[(lat["mode"] == mode) & (lat.batch_size == bs)]["throughput_rps"]   # noqa: E731
-        for bs in sorted(set(lat[lat["mode"] == "mixed"]["batch_size"]) & set(lat[lat["mode"] == "merged"]["batch_size"])):
-            mx, mg = thr("mixed", bs).mean(), 1 / (1 / thr("merged", bs)).mean()
-            rows.append({"kind": "throughput", "numerator": "mixed", "denominator": "merged", "batch_size": int(bs),
-                         "ratio": mx / mg, "num": mx, "den": mg})
-    st = D["storage"]
-    if not st.empty and {"artifact", "bytes"} <= set(st.columns):
-        ad, fu = (st[st.artifact.str.contains(a)]["bytes"] for a in ("adapter", "full"))
-        if len(ad) and len(fu):
-            rows.append({"kind": "storage", "numerator": "adapter", "denominator": "full",
-                         "ratio": ad.mean() / fu.mean(), "num": ad.mean(), "den": fu.mean()})
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(serving.headline(serving.load_results(data_dir(p["name"])), p["tasks"]), columns=cols)
 
 
 # ---------------------------------------------------------------------------- limitations
