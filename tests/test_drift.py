@@ -71,6 +71,41 @@ def test_masked_pooling_invariant_to_padding(base_lm):
         np.testing.assert_allclose(alone[k][:, 0], batched[k][:, 0], atol=1e-5, rtol=1e-5)
 
 
+def test_extract_finds_sinks_on_the_decoder_layers_and_pools_without_them(base_lm):
+    """extract's sinks are the rule applied to the decoder layers' residual streams (read here with
+    hooks, one text at a time; lower median); ``masked`` leaves them out, ``masked_all`` keeps them;
+    given sinks replace the model's own."""
+    lm, tok = base_lm
+    ratio = 1.3  # the tiny random model has no real sinks: a low ratio gives it some
+    r = E.extract(lm.model, tok, TEXTS, max_length=32, original=False, sink_ratio=ratio, batch_tokens=10_000)
+    expected, states = [], []
+    with torch.no_grad():
+        for t in TEXTS:
+            seen = []
+            hooks = [layer.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+                     for layer in lm.model.layers]
+            out = lm.model(**tok(t, return_tensors="pt"), output_hidden_states=True)
+            for h in hooks:
+                h.remove()
+            norms = torch.stack([h[0].norm(dim=-1) for h in seen])  # [layers, T]
+            peak = (norms / norms.median(dim=1, keepdim=True).values).amax(0)
+            expected.append(torch.nonzero(peak > ratio).flatten().tolist())
+            states.append(out.last_hidden_state[0])
+    assert r["sinks"] == expected and 0 < sum(map(len, expected)) < r["tokens"]
+    for i, (h, s) in enumerate(zip(states, expected)):
+        keep = [p for p in range(len(h)) if p not in s] or list(range(len(h)))
+        np.testing.assert_allclose(r["masked"][-1, i], h[keep].mean(0).numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(r["masked_all"][-1, i], h.mean(0).numpy(), atol=1e-5, rtol=1e-5)
+    given = [[len(t.split()) - 1] for t in TEXTS]  # the last token of each text instead
+    g = E.extract(lm.model, tok, TEXTS, max_length=32, original=False, sink_ratio=ratio, sinks=given)
+    assert g["sinks"] == expected and g["sink_summary"]["differ_from_pooled"] == sum(e != x for e, x in zip(expected, given))
+    for i, h in enumerate(states):
+        keep = list(range(len(h) - 1)) or [0]
+        np.testing.assert_allclose(g["masked"][-1, i], h[keep].mean(0).numpy(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(LoraDriftError, match="one list of positions per text"):
+        E.extract(lm.model, tok, TEXTS, max_length=32, original=False, sinks=given[:2])
+
+
 def test_original_pooling_exact_and_sampled(base_lm):
     """pad_positions=None is the original's quantity: unmasked mean over the sample padded to its longest."""
     lm, tok = base_lm

@@ -4,9 +4,10 @@ and depth.
 For pooled states X [n, d] of a sample: the share of the centred variance held by the coordinate
 with the most (``top_share``: 1/d for isotropic data, 1 when one coordinate holds it all), which
 coordinate that is, and the Pearson correlation of that coordinate with 1/length (``length``: the
-example's real tokens). Before the sink rule (``masked_all``), the attention sink puts 97-98% of
-the variance of layers 12-28 into one coordinate of SmolLM2's mean pooling, correlated 0.98-0.99
-with 1/length: every Gram measure of those depths then compares sentence lengths. A (pooling, depth)
+example's real tokens). Before the sink rule (``masked_all``), the attention sink puts 98% of the
+variance of SST-2's layers 15-25 into one coordinate of SmolLM2's mean pooling (MRPC: 61-93%),
+correlated 0.97-0.98 with 1/length: every Gram measure of those depths then compares sentence
+lengths. After it (``masked``): 2-7%. A (pooling, depth)
 whose top share exceeds the profile's ``drift.dominance_threshold`` for the base or any fine-tuned
 model is flagged (``dominated``); `findings.dominance` gives the flags to wherever a measure is shown.
 """
