@@ -71,13 +71,19 @@ def test_masked_pooling_invariant_to_padding(base_lm):
         np.testing.assert_allclose(alone[k][:, 0], batched[k][:, 0], atol=1e-5, rtol=1e-5)
 
 
-def test_extract_finds_sinks_on_the_decoder_layers_and_pools_without_them(base_lm):
+def test_extract_finds_sinks_on_the_decoder_layers_and_pools_without_them(base_lm, monkeypatch):
     """extract's sinks are the rule applied to the decoder layers' residual streams (read here with
-    hooks, one text at a time; lower median); ``masked`` leaves them out, ``masked_all`` keeps them;
-    given sinks replace the model's own."""
+    hooks, one text at a time; lower median): not the embedding, not the final norm. ``masked``
+    leaves them out, ``masked_all`` keeps them; given sinks replace the model's own."""
     lm, tok = base_lm
     ratio = 1.3  # the tiny random model has no real sinks: a low ratio gives it some
+    seen_layers, rule, outs, states_of = [], E.sink_ratios, [], E.hidden_states
+    monkeypatch.setattr(E, "sink_ratios", lambda layers, mask: seen_layers.append(layers) or rule(layers, mask))
+    monkeypatch.setattr(E, "hidden_states", lambda *a, **k: outs.append(states_of(*a, **k)) or outs[-1])
     r = E.extract(lm.model, tok, TEXTS, max_length=32, original=False, sink_ratio=ratio, batch_tokens=10_000)
+    assert len(outs) == len(seen_layers) > 0  # per batch: the rule read that batch's decoder layers, in order
+    for hs, layers in zip(outs, seen_layers):
+        assert len(layers) == lm.config.num_hidden_layers and all(a is b for a, b in zip(layers, hs[1:-1]))
     expected, states = [], []
     with torch.no_grad():
         for t in TEXTS:
@@ -198,7 +204,8 @@ def test_config_rejects_unknown_setting():
 
 # ------------------------------------------------------------------------------------ the stage
 DRIFT_SMALL = {"n_boot": 20, "n_perm": 5, "merge_check_examples": 4, "original_check_examples": 2,
-               "original_pad_positions": 3, "ppl_chunks": 2, "ppl_chunk_len": 16, "intruder_k": 4}
+               "original_pad_positions": 3, "ppl_chunks": 2, "ppl_chunk_len": 16, "intruder_k": 4,
+               "intruder_thresholds": [0.4, 0.8]}
 
 
 @pytest.fixture(scope="session")
@@ -270,7 +277,7 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     assert (D.dominated == (D.top_share > tj["config"]["dominance_threshold"])).all()
     assert tj["sinks"]["base"]["examples"] == 24 and "differ_from_pooled" in tj["sinks"]["models"]["rte-lora-s1"]
     I = res["intruders"]
-    assert sorted(I.threshold.unique()) == [0.3, 0.5, 0.7, 0.9]
+    assert sorted(I.threshold.unique()) == [0.4, 0.8] and len(I) == 4 * 2 * 2 * 2  # models x layers x matrices x thresholds
     rep = drift.replication_table(res)
     assert set(rep["method"]) == {"full", "lora"}
     assert (root / "artifacts" / "tiny" / "drift" / "rte" / "base.npz").exists()
@@ -290,6 +297,22 @@ def test_run_drift_reuses_cached_representations(tiny_book, monkeypatch):
     monkeypatch.setattr("loradrift.models.load_finetuned",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
     assert drift.run_drift(prof, tasks=["rte"])["rte"] == "computed"
+
+
+def test_a_model_recomputed_beside_a_cached_base_uses_the_base_sinks(tiny_book):
+    """One fine-tuned model's cache deleted: it is recomputed (the base read from its cache gives
+    its sinks) to the same pooled states."""
+    root, prof = tiny_book
+    drift.run_drift(prof, tasks=["rte"])
+    cache = root / "artifacts" / "tiny" / "drift" / "rte"
+    with np.load(cache / "rte-lora-s2.npz") as z:
+        before = {k: z[k] for k in ("masked", "last")}
+    (cache / "rte-lora-s2.npz").unlink()
+    (root / "data" / "tiny" / "drift_rte.json").unlink()
+    assert drift.run_drift(prof, tasks=["rte"])["rte"] == "computed"
+    with np.load(cache / "rte-lora-s2.npz") as z:
+        for k, v in before.items():
+            np.testing.assert_allclose(z[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_corrupt_cache_names_the_fix(tiny_book):
@@ -469,6 +492,7 @@ def test_dominance_flags_reach_the_findings():
     lengths = np.random.default_rng(1).integers(3, 40, size=24)
     for rid in ("base", rids[0][0]):
         reps[rid]["masked_all"][2, :, 5] += 500.0 / lengths
+    reps[rids[1][0]]["last"][1, :, 3] += 500.0 / lengths  # in one fine-tuned model only
     for rid in reps:
         reps[rid]["lengths"] = lengths
     D = task_diagnostics("rte", reps, rids, cfg)
@@ -476,8 +500,9 @@ def test_dominance_flags_reach_the_findings():
     res = {"diagnostics": D}
     dom = findings.dominance(res, "rte")
     flagged = dom[dom.flagged]
-    assert flagged[["pooling", "depth_name"]].values.tolist() == [["masked_all", "layer_2"]]
-    assert flagged.base_share.iloc[0] > 0.9 and flagged.base_corr.iloc[0] > 0.9
+    assert flagged[["pooling", "depth_name"]].values.tolist() == [["last", "layer_1"], ["masked_all", "layer_2"]]
+    assert flagged.base_share.iloc[1] > 0.9 and flagged.base_corr.iloc[1] > 0.9
+    assert flagged.base_share.iloc[0] < 0.5 < flagged.max_share.iloc[0]  # flagged by the model, not the base
     assert findings.dominated(res, "rte", "masked_all", "layer_2") is True
     assert findings.dominated(res, "rte", "masked", "layer_2") is False
     assert findings.dominated(res, "rte", "masked", "layer_9") is None
