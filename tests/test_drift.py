@@ -273,7 +273,8 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     assert len(expl) == 7 * 2 and (expl.task == "rte").all() and np.allclose(expl["min_attainable_p"], 1 / 3)
     assert (expl["perm_p_bh"] >= expl["perm_p"] - 1e-12).all() and expl["perm_p_holm"].isna().all()
     D = res["diagnostics"]
-    assert len(D) == 5 * 4 * 4 and set(D.pooling) == {"masked", "masked_all", "last", "original"}  # (base + 4) x poolings x depths
+    assert len(D) == (4 + 4 * 3) * 4 and set(D.pooling) == {"masked", "masked_all", "last", "original"}
+    assert set(D[D.pooling == "masked_all"].model) == {"base"}  # (base: 3 poolings + masked_all, models: 3) x depths
     assert (D.dominated == (D.top_share > tj["config"]["dominance_threshold"])).all()
     assert tj["sinks"]["base"]["examples"] == 24 and "differ_from_pooled" in tj["sinks"]["models"]["rte-lora-s1"]
     I = res["intruders"]
@@ -462,8 +463,9 @@ def test_every_model_is_pooled_without_the_base_models_sinks(tiny_book):
     keep = [np.setdiff1d(np.arange(len(h)), s) if len(s) < len(h) else np.arange(len(h)) for h, s in zip(states, sinks)]
     with np.load(cache / "rte-full-s1.npz") as z:
         np.testing.assert_allclose(z["masked"][-1], [h[k].mean(0) for h, k in zip(states, keep)], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(z["masked_all"][-1], [h.mean(0) for h in states], rtol=1e-4, atol=1e-5)
-        assert z["lengths"].tolist() == [len(h) for h in states]
+        assert z["lengths"].tolist() == [len(h) for h in states] and "masked_all" not in z.files
+    with np.load(cache / "base.npz") as z:
+        assert {"masked", "masked_all", "last"} <= set(z.files)
 
 
 def test_top_coordinate_share_and_its_correlation_with_inverse_length():
@@ -491,12 +493,13 @@ def test_dominance_flags_reach_the_findings():
     reps, rids, cfg = synthetic_task()
     lengths = np.random.default_rng(1).integers(3, 40, size=24)
     for rid in ("base", rids[0][0]):
+        reps[rid]["masked_all"] = reps[rid]["masked"].copy()
         reps[rid]["masked_all"][2, :, 5] += 500.0 / lengths
     reps[rids[1][0]]["last"][1, :, 3] += 500.0 / lengths  # in one fine-tuned model only
     for rid in reps:
         reps[rid]["lengths"] = lengths
     D = task_diagnostics("rte", reps, rids, cfg)
-    assert len(D) == 5 * len(cfg["poolings"]) * 4
+    assert len(D) == (5 * len(cfg["poolings"]) + 2) * 4
     res = {"diagnostics": D}
     dom = findings.dominance(res, "rte")
     flagged = dom[dom.flagged]

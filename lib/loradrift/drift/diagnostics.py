@@ -37,13 +37,14 @@ def top_coordinate(X, lengths) -> dict:
 
 def task_diagnostics(task: str, reps: dict, rids: list, cfg: dict) -> pd.DataFrame:
     """The diagnostic of every configured pooling and depth for the base and each fine-tuned model of
-    a task -> one row per (model, pooling, depth), with ``dominated`` (top share above
-    ``cfg["dominance_threshold"]``). ``reps[id]`` holds the pooled states and ``lengths``."""
+    a task, and of ``masked_all`` wherever a model's states hold it (the base's always do) -> one row
+    per (model, pooling, depth), with ``dominated`` (top share above ``cfg["dominance_threshold"]``).
+    ``reps[id]`` holds the pooled states and ``lengths``."""
     lengths = reps["base"]["lengths"]
     names = depth_names(reps["base"]["masked"].shape[0] - 2)
     rows = []
     for rid, method, seed in [("base", "base", None), *rids]:
-        for pooling in cfg["poolings"]:
+        for pooling in dict.fromkeys([*cfg["poolings"], *(["masked_all"] if "masked_all" in reps[rid] else [])]):
             for d, depth in enumerate(names):
                 rows.append({"task": task, "model": rid, "method": method, "seed": seed, "pooling": pooling,
                              "depth": d, "depth_name": depth, **top_coordinate(reps[rid][pooling][d], lengths)})

@@ -206,7 +206,9 @@ def ensure_model(ctx: TaskContext, rid: str, method: str) -> tuple[dict, dict]:
     r, rec = base_record(ctx) if rid == "base" else model_record(ctx, rid, method)
     rec["key"], rec["t_max"] = key, r["t_max"]
     ctx.sinks = rec["sinks"] if rid == "base" else ctx.sinks
-    arrays = {**{k: r[k] for k in ctx.cfg["poolings"]}, "lengths": r["lengths"]}
+    # the base also keeps `masked_all` (sinks included), for the diagnostic's before-and-after (`diagnostics`)
+    keep = [*ctx.cfg["poolings"], *(["masked_all"] if rid == "base" else [])]
+    arrays = {**{k: r[k] for k in dict.fromkeys(keep)}, "lengths": r["lengths"]}
     save_reps(npz, arrays, {"key": key, "t_max": r["t_max"]})
     write_json(js, rec)
     return arrays, rec

@@ -2,7 +2,7 @@
 skip them when they are current), then the across-seed summary.
 
 Results: ``data/<profile>/drift_<task>.json`` (+ ``_layers.csv``, ``_pairs.csv``, ``_null.csv``,
-``_intruders.csv``), ``drift_summary.json``, ``drift_timing.json``. Everything is resumable: a task
+``_intruders.csv``, ``_diagnostics.csv``), ``drift_summary.json``, ``drift_timing.json``. Everything is resumable: a task
 whose key (`currency.task_key`) did not change is skipped without loading a model, and pooled
 states are cached per model (`records`).
 """

@@ -96,8 +96,9 @@ def task_measures(task: str, reps: dict, rids: list, cfg: dict, grams: Grams | N
     """Per-depth measures of one task -> (layers, pairs, null) DataFrames.
 
     layers: base vs each model at every depth, each configured pooling x measure, with a bootstrap
-    interval for the measures registered with one; plus the base's self-similarity under the
-    original's formula. pairs: model vs model (same method different seeds, and across the compared
+    interval for the measures registered with one and, for those registered with a null over
+    different examples (cosine), that null (``unmatched``); plus the base's self-similarity under
+    the original's formula. pairs: model vs model (same method different seeds, and across the compared
     methods) on the controls' pooling. null: base vs the first seed of each method with the example
     pairing shuffled.
 
