@@ -367,9 +367,9 @@ def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkey
 
 
 # ------------------------------------------------------------------------------------ wiring
-def _final_norm_means(backbone, tok, texts, max_length=32) -> np.ndarray:
-    """Masked-mean pooled output of the backbone's final RMSNorm, one example at a time (no padding),
-    read with a hook on the norm module itself: independent of drift.extract's layout."""
+def _final_norm_states(backbone, tok, texts, max_length=32) -> list[np.ndarray]:
+    """Per text, the final RMSNorm's output [T, D] (one text at a time, no padding), read with a hook
+    on the norm module itself: independent of drift.extract's layout."""
     out = []
     with torch.no_grad():
         for t in texts:
@@ -379,8 +379,20 @@ def _final_norm_means(backbone, tok, texts, max_length=32) -> np.ndarray:
                 backbone(input_ids=tok(t, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"])
             finally:
                 h.remove()
-            out.append(seen[0][0].mean(0))
-    return torch.stack(out).double().numpy()
+            out.append(seen[0][0].double().numpy())
+    return out
+
+
+def _sink_free_means(states, sinks) -> np.ndarray:
+    """``masked`` pooling from per-text states: the mean over the positions that are not sinks (all
+    of them when every position is one)."""
+    keep = [np.setdiff1d(np.arange(len(h)), s) if len(s) < len(h) else np.arange(len(h)) for h, s in zip(states, sinks)]
+    return np.stack([h[k].mean(0) for h, k in zip(states, keep)])
+
+
+def _final_norm_means(backbone, tok, texts, sinks) -> np.ndarray:
+    """Masked (sink-free) mean pooled output of the backbone's final RMSNorm."""
+    return _sink_free_means(_final_norm_states(backbone, tok, texts), sinks)
 
 
 def test_headline_drift_is_read_at_the_final_norm(tiny_book):
@@ -395,14 +407,17 @@ def test_headline_drift_is_read_at_the_final_norm(tiny_book):
     from loradrift.drift.settings import drift_config
     from loradrift.drift.stage import drift_sample
     from loradrift.models import load_finetuned, load_tokenizer
+    from loradrift.store import read_json
     from loradrift.train import model_dir
     root, path = tiny_book
     drift.run_drift(path, tasks=["rte"])
     drift.summarise(path)  # the summary made by this code, whatever an earlier test left
     p = load_profile(path)
     texts = drift_sample(p, "rte", drift_config(p))["texts"]
+    sinks = read_json(root / "artifacts" / "tiny" / "drift" / "rte" / "base.json")["sinks"]
     base_path = p["model"]["name_or_path"]
-    base = _final_norm_means(AutoModelForCausalLM.from_pretrained(base_path).model.eval(), load_tokenizer(base_path), texts)
+    base = _final_norm_means(AutoModelForCausalLM.from_pretrained(base_path).model.eval(), load_tokenizer(base_path),
+                             texts, sinks)
     res = drift.load_results(path)
     S = res["seeds"][(res["seeds"].pooling == "masked") & (res["seeds"].measure == "cka")]
     expected = {}
@@ -410,7 +425,7 @@ def test_headline_drift_is_read_at_the_final_norm(tiny_book):
         for s in (1, 2):
             rid = f"rte-{m}-s{s}"
             model, tok = load_finetuned(p, model_dir("tiny", rid), m, merge=True)
-            expected[rid] = 1 - linear_cka(base, _final_norm_means(E.backbone_of(model), tok, texts))
+            expected[rid] = 1 - linear_cka(base, _final_norm_means(E.backbone_of(model), tok, texts, sinks))
             row = S[S.model == rid].iloc[0]
             assert row["last"] == pytest.approx(expected[rid], rel=1e-3, abs=1e-7), rid
             # the test can tell the depths apart: the embedding's drift is a different number
@@ -420,21 +435,6 @@ def test_headline_drift_is_read_at_the_final_norm(tiny_book):
         prose = findings.drift_at(res, "rte", m, "masked", "cka")[0]
         assert prose == pytest.approx(np.mean([expected[f"rte-{m}-s{s}"] for s in (1, 2)]), rel=1e-3, abs=1e-7)
     assert findings.task_numbers(res, "rte").cka_lora == prose
-
-
-def _final_norm_states(backbone, tok, texts, max_length=32) -> list[np.ndarray]:
-    """Per text, the final RMSNorm's output [T, D] (one text at a time, read with a hook on the norm)."""
-    out = []
-    with torch.no_grad():
-        for t in texts:
-            seen = []
-            h = backbone.norm.register_forward_hook(lambda m, a, o: seen.append(o))
-            try:
-                backbone(input_ids=tok(t, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"])
-            finally:
-                h.remove()
-            out.append(seen[0][0].double().numpy())
-    return out
 
 
 def test_every_model_is_pooled_without_the_base_models_sinks(tiny_book):
@@ -460,9 +460,8 @@ def test_every_model_is_pooled_without_the_base_models_sinks(tiny_book):
     texts = drift_sample(q, "rte", drift_config(q))["texts"]
     model, tok = load_finetuned(q, model_dir("tiny", "rte-full-s1"), "full", merge=True)
     states = _final_norm_states(E.backbone_of(model), tok, texts)
-    keep = [np.setdiff1d(np.arange(len(h)), s) if len(s) < len(h) else np.arange(len(h)) for h, s in zip(states, sinks)]
     with np.load(cache / "rte-full-s1.npz") as z:
-        np.testing.assert_allclose(z["masked"][-1], [h[k].mean(0) for h, k in zip(states, keep)], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(z["masked"][-1], _sink_free_means(states, sinks), rtol=1e-4, atol=1e-5)
         assert z["lengths"].tolist() == [len(h) for h in states] and "masked_all" not in z.files
     with np.load(cache / "base.npz") as z:
         assert {"masked", "masked_all", "last"} <= set(z.files)
