@@ -279,6 +279,16 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     assert tj["sinks"]["base"]["examples"] == 24 and "differ_from_pooled" in tj["sinks"]["models"]["rte-lora-s1"]
     I = res["intruders"]
     assert sorted(I.threshold.unique()) == [0.4, 0.8] and len(I) == 4 * 2 * 2 * 2  # models x layers x matrices x thresholds
+    from loradrift.drift import findings
+    assert findings.intruder_threshold(res) == 0.4 and findings.intruder_threshold({"config": {"intruder_threshold": 0.5}}) == 0.5
+    per = I[I.threshold == 0.8].groupby(["method", "model"]).n_intruders.sum().groupby("method").mean()
+    assert findings.intruders(res, "rte", 0.8)["per_model"] == per.to_dict()
+    sweep = drift.results.intruder_sweep(res)
+    assert len(sweep) == 2 * 2 and sweep[sweep.threshold == 0.8].set_index("method")["mean"].to_dict() == per.to_dict()
+    matched, unmatched = findings.cosine_null(res, "rte", "full")
+    rows = cos[(cos.method == "full") & (cos.pooling == "masked") & (cos.depth_name == "final_norm")]
+    assert (matched, unmatched) == (pytest.approx(rows.value.mean()), pytest.approx(rows.unmatched.mean()))
+    assert matched > unmatched  # the same example is more alike than different ones
     rep = drift.replication_table(res)
     assert set(rep["method"]) == {"full", "lora"}
     assert (root / "artifacts" / "tiny" / "drift" / "rte" / "base.npz").exists()

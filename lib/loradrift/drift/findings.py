@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import original
 from .measures import MEASURES
-from .results import at_threshold, replication_table
+from .results import at_threshold, nearest_half, replication_table
 
 FINAL = "final_norm"
 
@@ -148,6 +148,13 @@ def merge_check(res, task) -> dict:
     return {"n": next(iter(mc.values()))["n_examples"],
             "max_abs": max(max(v["max_abs_diff_masked"], v["max_abs_diff_last"]) for v in mc.values()),
             "max_rel": max(max(v["max_rel_diff_masked"], v["max_rel_diff_last"]) for v in mc.values())}
+
+
+def intruder_threshold(res) -> float:
+    """The intruder threshold a chapter quotes: the sweep's threshold nearest 0.5 (``drift.intruder_thresholds``
+    of the results, or of the profile before there are any); results from before the sweep: their one threshold."""
+    cfg = res["config"]
+    return float(cfg["intruder_threshold"]) if "intruder_threshold" in cfg else nearest_half(cfg["intruder_thresholds"])
 
 
 def intruders(res, task, threshold: float | None = None) -> dict:

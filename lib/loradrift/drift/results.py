@@ -92,12 +92,19 @@ def intruder_table(res: dict, threshold: float | None = None) -> pd.DataFrame:
                    "lowest best-match cosine": ("min_max_sim", "min")}).reset_index())
 
 
+def nearest_half(thresholds) -> float:
+    """The threshold of a sweep nearest 0.5 (the single threshold before the sweep): the one a
+    chapter quotes by default."""
+    ts = np.sort(np.asarray(thresholds, dtype=float))
+    return float(ts[np.abs(ts - 0.5).argmin()])
+
+
 def at_threshold(intruders: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
-    """The intruder rows of one threshold of the sweep (default: the one nearest 0.5)."""
+    """The intruder rows of one threshold of the sweep (default: `nearest_half`)."""
     if intruders.empty or "threshold" not in intruders:
         return intruders
     ts = np.sort(intruders["threshold"].unique())
-    t = ts[np.abs(ts - 0.5).argmin()] if threshold is None else threshold
+    t = nearest_half(ts) if threshold is None else threshold
     if not np.isclose(ts, t).any():
         raise ValueError(f"intruder threshold {t} was not computed: the sweep holds {ts.tolist()}")
     return intruders[np.isclose(intruders["threshold"], t)]
