@@ -71,6 +71,47 @@ def test_masked_pooling_invariant_to_padding(base_lm):
         np.testing.assert_allclose(alone[k][:, 0], batched[k][:, 0], atol=1e-5, rtol=1e-5)
 
 
+def test_extract_finds_sinks_on_the_decoder_layers_and_pools_without_them(base_lm, monkeypatch):
+    """extract's sinks are the rule applied to the decoder layers' residual streams (read here with
+    hooks, one text at a time; lower median): not the embedding, not the final norm. ``masked``
+    leaves them out, ``masked_all`` keeps them; given sinks replace the model's own."""
+    lm, tok = base_lm
+    ratio = 1.3  # the tiny random model has no real sinks: a low ratio gives it some
+    seen_layers, rule, outs, states_of = [], E.sink_ratios, [], E.hidden_states
+    monkeypatch.setattr(E, "sink_ratios", lambda layers, mask: seen_layers.append(layers) or rule(layers, mask))
+    monkeypatch.setattr(E, "hidden_states", lambda *a, **k: outs.append(states_of(*a, **k)) or outs[-1])
+    r = E.extract(lm.model, tok, TEXTS, max_length=32, original=False, sink_ratio=ratio, batch_tokens=10_000)
+    assert len(outs) == len(seen_layers) > 0  # per batch: the rule read that batch's decoder layers, in order
+    for hs, layers in zip(outs, seen_layers):
+        assert len(layers) == lm.config.num_hidden_layers and all(a is b for a, b in zip(layers, hs[1:-1]))
+    expected, states = [], []
+    with torch.no_grad():
+        for t in TEXTS:
+            seen = []
+            hooks = [layer.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+                     for layer in lm.model.layers]
+            out = lm.model(**tok(t, return_tensors="pt"), output_hidden_states=True)
+            for h in hooks:
+                h.remove()
+            norms = torch.stack([h[0].norm(dim=-1) for h in seen])  # [layers, T]
+            peak = (norms / norms.median(dim=1, keepdim=True).values).amax(0)
+            expected.append(torch.nonzero(peak > ratio).flatten().tolist())
+            states.append(out.last_hidden_state[0])
+    assert r["sinks"] == expected and 0 < sum(map(len, expected)) < r["tokens"]
+    for i, (h, s) in enumerate(zip(states, expected)):
+        keep = [p for p in range(len(h)) if p not in s] or list(range(len(h)))
+        np.testing.assert_allclose(r["masked"][-1, i], h[keep].mean(0).numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(r["masked_all"][-1, i], h.mean(0).numpy(), atol=1e-5, rtol=1e-5)
+    given = [[len(t.split()) - 1] for t in TEXTS]  # the last token of each text instead
+    g = E.extract(lm.model, tok, TEXTS, max_length=32, original=False, sink_ratio=ratio, sinks=given)
+    assert g["sinks"] == expected and g["sink_summary"]["differ_from_pooled"] == sum(e != x for e, x in zip(expected, given))
+    for i, h in enumerate(states):
+        keep = list(range(len(h) - 1)) or [0]
+        np.testing.assert_allclose(g["masked"][-1, i], h[keep].mean(0).numpy(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(LoraDriftError, match="one list of positions per text"):
+        E.extract(lm.model, tok, TEXTS, max_length=32, original=False, sinks=given[:2])
+
+
 def test_original_pooling_exact_and_sampled(base_lm):
     """pad_positions=None is the original's quantity: unmasked mean over the sample padded to its longest."""
     lm, tok = base_lm
@@ -123,8 +164,8 @@ def test_forgetting_perplexity_matches_direct(base_lm, tmp_path):
 
 def test_weight_change_of_identical_model(base_lm):
     lm, _ = base_lm
-    rows = W.weight_change(lm.model, lm.model, ("q_proj", "v_proj"), k=4, threshold=0.5)
-    assert len(rows) == 2 * lm.config.num_hidden_layers
+    rows = W.weight_change(lm.model, lm.model, ("q_proj", "v_proj"), k=4, thresholds=[0.3, 0.9])
+    assert len(rows) == 2 * lm.config.num_hidden_layers * 2  # layers x matrices x thresholds
     assert all(r["n_intruders"] == 0 and r["rel_change"] == 0 for r in rows)
 
 
@@ -137,19 +178,22 @@ def test_weight_change_matches_measures(base_lm):
         for layer in ft.layers:
             w = layer.self_attn.q_proj.weight
             w += 0.5 * torch.randn(w.shape, generator=g) * w.std()
-    cache = {}
-    rows = W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache)
+    cache, sweep = {}, [0.3, 0.5, 0.7, 0.9]
+    rows = W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, thresholds=sweep, base_svd=cache)
     assert len(cache) == 2 * lm.config.num_hidden_layers
+    assert [r["threshold"] for r in rows[:4]] == sweep and len(rows) == 4 * len(cache)
     for r in rows:
         a = getattr(lm.model.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
         b = getattr(ft.layers[r["layer"] - 1].self_attn, r["matrix"]).weight.detach().numpy()
-        ref = W.intruder_dimensions(a, b, k=6, threshold=0.7)
+        ref = W.intruder_dimensions(a, b, k=6, threshold=r["threshold"])
         assert r["n_intruders"] == ref["n_intruders"]
         assert r["min_max_sim"] == pytest.approx(min(ref["max_sims"]), abs=1e-9)
+    q = [r["n_intruders"] for r in rows if r["matrix"] == "q_proj"]
+    assert all(a <= b for a, b in zip(q[::4], q[3::4])) and sum(q[3::4]) > sum(q[::4])  # more at higher thresholds
     assert any(r["rel_change"] > 0 for r in rows if r["matrix"] == "q_proj")
     assert all(r["rel_change"] == 0 for r in rows if r["matrix"] == "v_proj")
     # cached base SVDs give the same answer
-    assert W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, threshold=0.7, base_svd=cache) == rows
+    assert W.weight_change(lm.model, ft, ("q_proj", "v_proj"), k=6, thresholds=sweep, base_svd=cache) == rows
 
 
 def test_config_rejects_unknown_setting():
@@ -160,7 +204,8 @@ def test_config_rejects_unknown_setting():
 
 # ------------------------------------------------------------------------------------ the stage
 DRIFT_SMALL = {"n_boot": 20, "n_perm": 5, "merge_check_examples": 4, "original_check_examples": 2,
-               "original_pad_positions": 3, "ppl_chunks": 2, "ppl_chunk_len": 16, "intruder_k": 4}
+               "original_pad_positions": 3, "ppl_chunks": 2, "ppl_chunk_len": 16, "intruder_k": 4,
+               "intruder_thresholds": [0.4, 0.8]}
 
 
 @pytest.fixture(scope="session")
@@ -204,13 +249,16 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     assert status["rte"] == "computed" and status["sst2"].startswith("skipped")
     d = root / "data" / "tiny"
     for f in ("drift_rte.json", "drift_rte_layers.csv", "drift_rte_pairs.csv", "drift_rte_null.csv",
-              "drift_rte_intruders.csv", "drift_summary.json", "drift_timing.json"):
+              "drift_rte_intruders.csv", "drift_rte_diagnostics.csv", "drift_summary.json", "drift_timing.json"):
         assert (d / f).exists(), f
     res = drift.load_results(prof)
     assert res["tasks"] == ["rte"] and res["missing"] == ["sst2"]
     lay = res["layers"]
-    # 4 models x (2 poolings x 3 measures + the original's 2) x 4 depths, plus the base's self-similarity
-    assert len(lay) == 4 * 8 * 4 + 4
+    # 4 models x (masked's 4 measures + last's 5 + the original's 2) x 4 depths, plus the base's self-similarity
+    assert len(lay) == 4 * 11 * 4 + 4
+    cos = lay[lay.measure == "cosine"]
+    assert cos.unmatched.notna().all() and lay[lay.measure != "cosine"].unmatched.isna().all()
+    assert (lay[lay.measure == "procrustes"].lo.isna()).all()  # no interval: one SVD per replicate would be needed
     ok = lay.dropna(subset=["lo"])
     assert ((ok["lo"] <= ok["value"] + 1e-9) | ok["measure"].eq("debiased_cka")).all()
     tj = res["task_json"]["rte"]
@@ -220,8 +268,27 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     assert len(tj["forgetting"]["models"]) == 4
     assert set(res["pairs"]["kind"]) == {"within_full", "within_lora", "across"}
     tests = res["tests"]
-    assert len(tests) == 4 and np.allclose(tests["min_attainable_p"], 1 / 3)
-    assert (tests["perm_p_holm"] >= tests["perm_p"]).all()
+    prim, expl = tests[tests.family == "primary"], tests[tests.family == "exploratory"]
+    assert len(prim) == 3 and (prim.task == "sst2").all() and (prim.status == "too_few_seeds").all()  # no SST-2 yet
+    assert len(expl) == 7 * 2 and (expl.task == "rte").all() and np.allclose(expl["min_attainable_p"], 1 / 3)
+    assert (expl["perm_p_bh"] >= expl["perm_p"] - 1e-12).all() and expl["perm_p_holm"].isna().all()
+    D = res["diagnostics"]
+    assert len(D) == (4 + 4 * 3) * 4 and set(D.pooling) == {"masked", "masked_all", "last", "original"}
+    assert set(D[D.pooling == "masked_all"].model) == {"base"}  # (base: 3 poolings + masked_all, models: 3) x depths
+    assert (D.dominated == (D.top_share > tj["config"]["dominance_threshold"])).all()
+    assert tj["sinks"]["base"]["examples"] == 24 and "differ_from_pooled" in tj["sinks"]["models"]["rte-lora-s1"]
+    I = res["intruders"]
+    assert sorted(I.threshold.unique()) == [0.4, 0.8] and len(I) == 4 * 2 * 2 * 2  # models x layers x matrices x thresholds
+    from loradrift.drift import findings
+    assert findings.intruder_threshold(res) == 0.4 and findings.intruder_threshold({"config": {"intruder_threshold": 0.5}}) == 0.5
+    per = I[I.threshold == 0.8].groupby(["method", "model"]).n_intruders.sum().groupby("method").mean()
+    assert findings.intruders(res, "rte", 0.8)["per_model"] == per.to_dict()
+    sweep = drift.results.intruder_sweep(res)
+    assert len(sweep) == 2 * 2 and sweep[sweep.threshold == 0.8].set_index("method")["mean"].to_dict() == per.to_dict()
+    matched, unmatched = findings.cosine_null(res, "rte", "full")
+    rows = cos[(cos.method == "full") & (cos.pooling == "masked") & (cos.depth_name == "final_norm")]
+    assert (matched, unmatched) == (pytest.approx(rows.value.mean()), pytest.approx(rows.unmatched.mean()))
+    assert matched > unmatched  # the same example is more alike than different ones
     rep = drift.replication_table(res)
     assert set(rep["method"]) == {"full", "lora"}
     assert (root / "artifacts" / "tiny" / "drift" / "rte" / "base.npz").exists()
@@ -241,6 +308,22 @@ def test_run_drift_reuses_cached_representations(tiny_book, monkeypatch):
     monkeypatch.setattr("loradrift.models.load_finetuned",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
     assert drift.run_drift(prof, tasks=["rte"])["rte"] == "computed"
+
+
+def test_a_model_recomputed_beside_a_cached_base_uses_the_base_sinks(tiny_book):
+    """One fine-tuned model's cache deleted: it is recomputed (the base read from its cache gives
+    its sinks) to the same pooled states."""
+    root, prof = tiny_book
+    drift.run_drift(prof, tasks=["rte"])
+    cache = root / "artifacts" / "tiny" / "drift" / "rte"
+    with np.load(cache / "rte-lora-s2.npz") as z:
+        before = {k: z[k] for k in ("masked", "last")}
+    (cache / "rte-lora-s2.npz").unlink()
+    (root / "data" / "tiny" / "drift_rte.json").unlink()
+    assert drift.run_drift(prof, tasks=["rte"])["rte"] == "computed"
+    with np.load(cache / "rte-lora-s2.npz") as z:
+        for k, v in before.items():
+            np.testing.assert_allclose(z[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_corrupt_cache_names_the_fix(tiny_book):
@@ -294,9 +377,9 @@ def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkey
 
 
 # ------------------------------------------------------------------------------------ wiring
-def _final_norm_means(backbone, tok, texts, max_length=32) -> np.ndarray:
-    """Masked-mean pooled output of the backbone's final RMSNorm, one example at a time (no padding),
-    read with a hook on the norm module itself: independent of drift.extract's layout."""
+def _final_norm_states(backbone, tok, texts, max_length=32) -> list[np.ndarray]:
+    """Per text, the final RMSNorm's output [T, D] (one text at a time, no padding), read with a hook
+    on the norm module itself: independent of drift.extract's layout."""
     out = []
     with torch.no_grad():
         for t in texts:
@@ -306,8 +389,20 @@ def _final_norm_means(backbone, tok, texts, max_length=32) -> np.ndarray:
                 backbone(input_ids=tok(t, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"])
             finally:
                 h.remove()
-            out.append(seen[0][0].mean(0))
-    return torch.stack(out).double().numpy()
+            out.append(seen[0][0].double().numpy())
+    return out
+
+
+def _sink_free_means(states, sinks) -> np.ndarray:
+    """``masked`` pooling from per-text states: the mean over the positions that are not sinks (all
+    of them when every position is one)."""
+    keep = [np.setdiff1d(np.arange(len(h)), s) if len(s) < len(h) else np.arange(len(h)) for h, s in zip(states, sinks)]
+    return np.stack([h[k].mean(0) for h, k in zip(states, keep)])
+
+
+def _final_norm_means(backbone, tok, texts, sinks) -> np.ndarray:
+    """Masked (sink-free) mean pooled output of the backbone's final RMSNorm."""
+    return _sink_free_means(_final_norm_states(backbone, tok, texts), sinks)
 
 
 def test_headline_drift_is_read_at_the_final_norm(tiny_book):
@@ -322,14 +417,17 @@ def test_headline_drift_is_read_at_the_final_norm(tiny_book):
     from loradrift.drift.settings import drift_config
     from loradrift.drift.stage import drift_sample
     from loradrift.models import load_finetuned, load_tokenizer
+    from loradrift.store import read_json
     from loradrift.train import model_dir
     root, path = tiny_book
     drift.run_drift(path, tasks=["rte"])
     drift.summarise(path)  # the summary made by this code, whatever an earlier test left
     p = load_profile(path)
     texts = drift_sample(p, "rte", drift_config(p))["texts"]
+    sinks = read_json(root / "artifacts" / "tiny" / "drift" / "rte" / "base.json")["sinks"]
     base_path = p["model"]["name_or_path"]
-    base = _final_norm_means(AutoModelForCausalLM.from_pretrained(base_path).model.eval(), load_tokenizer(base_path), texts)
+    base = _final_norm_means(AutoModelForCausalLM.from_pretrained(base_path).model.eval(), load_tokenizer(base_path),
+                             texts, sinks)
     res = drift.load_results(path)
     S = res["seeds"][(res["seeds"].pooling == "masked") & (res["seeds"].measure == "cka")]
     expected = {}
@@ -337,7 +435,7 @@ def test_headline_drift_is_read_at_the_final_norm(tiny_book):
         for s in (1, 2):
             rid = f"rte-{m}-s{s}"
             model, tok = load_finetuned(p, model_dir("tiny", rid), m, merge=True)
-            expected[rid] = 1 - linear_cka(base, _final_norm_means(E.backbone_of(model), tok, texts))
+            expected[rid] = 1 - linear_cka(base, _final_norm_means(E.backbone_of(model), tok, texts, sinks))
             row = S[S.model == rid].iloc[0]
             assert row["last"] == pytest.approx(expected[rid], rel=1e-3, abs=1e-7), rid
             # the test can tell the depths apart: the embedding's drift is a different number
@@ -347,6 +445,82 @@ def test_headline_drift_is_read_at_the_final_norm(tiny_book):
         prose = findings.drift_at(res, "rte", m, "masked", "cka")[0]
         assert prose == pytest.approx(np.mean([expected[f"rte-{m}-s{s}"] for s in (1, 2)]), rel=1e-3, abs=1e-7)
     assert findings.task_numbers(res, "rte").cka_lora == prose
+
+
+def test_every_model_is_pooled_without_the_base_models_sinks(tiny_book):
+    """``masked`` pooling of a fine-tuned model leaves out the positions that are sinks *in the base
+    model* (the same tokens for every model), recomputed here from the final norm's output; a low
+    sink_ratio gives the tiny random model sinks, and the fine-tuned model's own differ from them."""
+    import copy
+
+    from loradrift.config import load_profile
+    from loradrift.drift.settings import drift_config
+    from loradrift.drift.stage import drift_sample
+    from loradrift.models import load_finetuned
+    from loradrift.store import read_json
+    from loradrift.train import model_dir
+    root, path = tiny_book
+    q = copy.deepcopy(load_profile(path))
+    q["drift"]["sink_ratio"] = 1.3
+    drift.run_drift(q, tasks=["rte"])
+    cache = root / "artifacts" / "tiny" / "drift" / "rte"
+    sinks = read_json(cache / "base.json")["sinks"]
+    rec = read_json(cache / "rte-full-s1.json")
+    assert sum(map(len, sinks)) > 0 and rec["sink_summary"]["differ_from_pooled"] > 0  # the test can tell them apart
+    texts = drift_sample(q, "rte", drift_config(q))["texts"]
+    model, tok = load_finetuned(q, model_dir("tiny", "rte-full-s1"), "full", merge=True)
+    states = _final_norm_states(E.backbone_of(model), tok, texts)
+    with np.load(cache / "rte-full-s1.npz") as z:
+        np.testing.assert_allclose(z["masked"][-1], _sink_free_means(states, sinks), rtol=1e-4, atol=1e-5)
+        assert z["lengths"].tolist() == [len(h) for h in states] and "masked_all" not in z.files
+    with np.load(cache / "base.npz") as z:
+        assert {"masked", "masked_all", "last"} <= set(z.files)
+
+
+def test_top_coordinate_share_and_its_correlation_with_inverse_length():
+    from loradrift.drift.diagnostics import top_coordinate
+    r = np.random.default_rng(0)
+    lengths = r.integers(3, 60, size=300)
+    X = r.normal(size=(300, 30))
+    X[:, 7] += 300.0 / lengths  # what a sink does to a mean over tokens
+    out = top_coordinate(X, lengths)
+    Xc = X - X.mean(0)
+    assert out["top_coord"] == 7
+    assert out["top_share"] == pytest.approx((Xc[:, 7] ** 2).sum() / (Xc ** 2).sum(), rel=1e-12) and out["top_share"] > 0.9
+    assert out["corr_inv_length"] == pytest.approx(np.corrcoef(X[:, 7], 1.0 / lengths)[0, 1], rel=1e-12)
+    assert out["corr_inv_length"] > 0.95
+    iso = top_coordinate(r.normal(size=(300, 30)), lengths)
+    assert iso["top_share"] < 0.1 and abs(iso["corr_inv_length"]) < 0.3
+    assert np.isnan(top_coordinate(np.ones((5, 3)), [1, 2, 3, 4, 5])["top_share"])
+
+
+def test_dominance_flags_reach_the_findings():
+    """A coordinate planted in the base's and one model's ``masked_all`` states at one depth: that
+    (pooling, depth) and only it is flagged; `findings.sink_fix` reads before (masked_all) and after (masked)."""
+    from loradrift.drift import findings
+    from loradrift.drift.diagnostics import task_diagnostics
+    reps, rids, cfg = synthetic_task()
+    lengths = np.random.default_rng(1).integers(3, 40, size=24)
+    for rid in ("base", rids[0][0]):
+        reps[rid]["masked_all"] = reps[rid]["masked"].copy()
+        reps[rid]["masked_all"][2, :, 5] += 500.0 / lengths
+    reps[rids[1][0]]["last"][1, :, 3] += 500.0 / lengths  # in one fine-tuned model only
+    for rid in reps:
+        reps[rid]["lengths"] = lengths
+    D = task_diagnostics("rte", reps, rids, cfg)
+    assert len(D) == (5 * len(cfg["poolings"]) + 2) * 4
+    res = {"diagnostics": D}
+    dom = findings.dominance(res, "rte")
+    flagged = dom[dom.flagged]
+    assert flagged[["pooling", "depth_name"]].values.tolist() == [["last", "layer_1"], ["masked_all", "layer_2"]]
+    assert flagged.base_share.iloc[1] > 0.9 and flagged.base_corr.iloc[1] > 0.9
+    assert flagged.base_share.iloc[0] < 0.5 < flagged.max_share.iloc[0]  # flagged by the model, not the base
+    assert findings.dominated(res, "rte", "masked_all", "layer_2") is True
+    assert findings.dominated(res, "rte", "masked", "layer_2") is False
+    assert findings.dominated(res, "rte", "masked", "layer_9") is None
+    fix = findings.sink_fix(res, "rte", depths=("layer_2",))
+    assert fix["before_min"] > 0.9 and fix["after_max"] < 0.5
+    assert findings.dominance({}, "rte").empty
 
 
 # ------------------------------------------------------------------------------------ the measures' Gram cache
@@ -369,15 +543,16 @@ def test_task_measures_build_each_gram_once():
     reps, rids, cfg = synthetic_task()
     grams, before = Grams(), Gram.built
     layers, pairs, null = task_measures("rte", reps, rids, cfg, grams=grams)
-    expected = (len(rids) + 1) * 4 * len(cfg["poolings"])  # (models + base) x depths x poolings
+    # (models + base) x depths x (masked and last: raw and standardised; original: raw); masked_all has no measure
+    expected = (len(rids) + 1) * 4 * (2 + 2 + 1)
     assert grams.builds == expected and Gram.built - before == expected
     assert len(grams) == 0  # dropped after each (depth, pooling)
-    assert len(layers) == 4 * 4 * 8 + 4 and len(null) == 2 * 4 * 2 and len(pairs) == 6 * 4 * 2
+    assert len(layers) == 4 * 4 * 11 + 4 and len(null) == 2 * 4 * 2 and len(pairs) == 6 * 4 * 2
     uncached = Gram.built
     task_measures("rte", reps, rids, cfg, grams=Grams(enabled=False))
-    # every measure builds its own: per depth, 4 models x (2 poolings x 8 + 4) + 2 (the base vs itself)
-    # + 6 pairs x 4 + 2 nulls x 4
-    assert Gram.built - uncached == 4 * (4 * 20 + 2 + 24 + 8)
+    # every measure builds its own: per depth, 4 models x (2 poolings x 3 Gram measures x (point 2 + bootstrap 2)
+    # + the original's 4) + 2 (the base vs itself) + 6 pairs x 4 + 2 nulls x 4 (Procrustes builds none)
+    assert Gram.built - uncached == 4 * (4 * (2 * 12 + 4) + 2 + 24 + 8)
 
 
 @pytest.mark.parametrize("shape", [(24, 40), (70, 20)])
@@ -403,7 +578,7 @@ def test_measures_benchmark_runs_both_paths():
     from loradrift.drift.bench import measures_speed
     prof = {"name": "x", "methods": {"full": {}, "lora": {}}, "seeds": [1, 2]}
     out = measures_speed(prof, n=20, d=30, depths=2, rounds=1, n_boot=10, n_perm=4)
-    assert out["gram_builds"]["after"] == (4 + 1) * 2 * 3 < out["gram_builds"]["before"]
+    assert out["gram_builds"]["after"] == (4 + 1) * 2 * (2 + 2 + 1) < out["gram_builds"]["before"]
     assert out["max_rel_diff"] == 0.0  # n < 1.5 d: the uncached path uses the Gram form too
     assert len(out["runs"]["before"]) == len(out["runs"]["after"]) == 2 and out["speedup"] > 0
 
@@ -419,20 +594,25 @@ def test_task_key_holds_every_setting(tiny_profile):
     p = load_profile(str(tiny_profile))
     base_key, base_summary = task_key(p, "rte"), summary_key(p, ["rte"])
     changes = {
-        "measures": {"measures": {"masked": ["cka", "debiased_cka"]}},
+        "measures": {"measures": {"masked": ["cka", "debiased_cka", "standardized_debiased_cka", "procrustes"]}},
         "poolings": {"poolings": ["masked", "last"], "measures": {"original": []}},
         "n_boot": {"n_boot": 999},
         "n_perm": {"n_perm": 7},
         "controls": {"controls": {"measures": ["cka"]}},
         "sample": {"max_examples": {"rte": 5}},
+        "sink rule": {"sink_ratio": 10},
+        "dominance threshold": {"dominance_threshold": 0.3},
+        "intruder sweep": {"intruder_thresholds": [0.5, 0.9]},
     }
     for what, over in changes.items():
         q = copy.deepcopy(p)
         q["drift"] = over
         assert task_key(q, "rte") != base_key, what
-    q = copy.deepcopy(p)
-    q["drift"] = {"claims": [["masked", "cka"]]}
-    assert task_key(q, "rte") == base_key and summary_key(q, ["rte"]) != base_summary
+    for over in ({"exploratory": [["masked", "cka"]]},
+                 {"primary": [{"task": "rte", "pooling": "last", "measure": "cka", "depth": "final_norm"}]}):
+        q = copy.deepcopy(p)
+        q["drift"] = over
+        assert task_key(q, "rte") == base_key and summary_key(q, ["rte"]) != base_summary, over
     assert task_key(p, "rte") == base_key  # nothing above changed the profile itself
 
 
@@ -441,6 +621,78 @@ def test_config_names_unregistered_measures():
         drift.drift_config({"name": "x", "drift": {"measures": {"masked": ["cka", "nope"]}}})
     with pytest.raises(LoraDriftError, match="not in drift.poolings"):
         drift.drift_config({"name": "x", "drift": {"poolings": ["masked", "last"]}})
+
+
+def test_primary_endpoints_are_checked_when_the_settings_load():
+    from loradrift.config import load_profile
+    ok = {"task": "sst2", "pooling": "last", "measure": "debiased_cka", "depth": "final_norm"}
+    assert ok in drift.drift_config({"name": "x"})["primary"] and drift.drift_config(load_profile("cpu"))["primary"]
+    cases = {
+        "at most 3": [ok, {**ok, "depth": "decoder_mean"}, {**ok, "pooling": "masked"}, {**ok, "measure": "cka"}],
+        "unknown task 'cola'": [{**ok, "task": "cola"}],
+        r"\(last, original_study_similarity\) is not among drift.measures": [{**ok, "measure": "original_study_similarity"}],
+        "depth 'layer_3'": [{**ok, "depth": "layer_3"}],
+        "a mapping of exactly": [{**ok, "extra": 1}],
+        "listed twice": [ok, ok],
+    }
+    for match, primary in cases.items():
+        with pytest.raises(LoraDriftError, match=match):
+            drift.drift_config({"name": "x", "drift": {"primary": primary}})
+    assert drift.drift_config({"name": "x", "drift": {"primary": []}})["primary"] == []
+
+
+def _seed_frame(spread=0.01, seed=0):
+    """Per-seed drift of 3 full and 3 lora models on two tasks for every (pooling, measure) of the
+    default settings: full drifts 0.1 more than lora; ``spread``: the seeds' sd."""
+    cfg = drift.drift_config({"name": "x"})
+    r, rows = np.random.default_rng(seed), []
+    for task in ("rte", "sst2"):
+        for pooling, meas in {*map(tuple, cfg["exploratory"]), *((e["pooling"], e["measure"]) for e in cfg["primary"])}:
+            for m, shift in (("full", 0.1), ("lora", 0.0)):
+                for s in range(3):
+                    v = 0.2 + shift + spread * r.normal(size=3)
+                    rows.append({"task": task, "model": f"{task}-{m}-s{s}", "method": m, "seed": s, "pooling": pooling,
+                                 "measure": meas, "last": v[0], "last_decoder": v[1], "mean": v[2]})
+    return pd.DataFrame(rows), cfg
+
+
+def test_seed_tests_holm_over_the_primary_endpoints_only():
+    from loradrift.drift.stats import bh, holm
+    from loradrift.drift.tables import seed_tests
+    sd, cfg = _seed_frame()
+    tests = pd.DataFrame(seed_tests(sd, ["rte", "sst2"], cfg))
+    prim, expl = tests[tests.family == "primary"], tests[tests.family == "exploratory"]
+    assert [tuple(r) for r in prim[["task", "pooling", "measure", "depth"]].to_numpy()] == \
+        [tuple(e.values()) for e in cfg["primary"]]
+    np.testing.assert_allclose(prim.perm_p_holm, holm(prim.perm_p))  # a family of 3, not of every test
+    np.testing.assert_allclose(prim.welch_p_holm, holm(prim.welch_p))
+    assert len(expl) == 2 * len(cfg["exploratory"]) * 2 - 3  # tasks x (pooling, measure) x 2 depths, less the primaries
+    np.testing.assert_allclose(expl.perm_p_bh, bh(expl.perm_p))
+    assert expl.perm_p_holm.isna().all() and prim.perm_p_bh.isna().all()
+    one = prim.iloc[0]
+    g = sd[(sd.task == "sst2") & (sd.pooling == one.pooling) & (sd.measure == one.measure)]
+    assert one["diff"] == pytest.approx(g[g.method == "full"]["last"].mean() - g[g.method == "lora"]["last"].mean())
+    assert (prim["diff"] > 0.05).all()  # full drifts more, by construction
+
+
+def test_seed_tests_when_models_do_not_move_or_a_task_is_missing():
+    """The bug: 'holm needs ... p-values without nan' when a method's models all drift the same
+    (e.g. they never left the base). Now: p = 1 and status no_variance; a primary endpoint without
+    results is listed with nan p-values and still counts in Holm's family."""
+    from loradrift.drift.tables import seed_tests
+    sd, cfg = _seed_frame(spread=0.0)
+    sd.loc[:, ["last", "last_decoder", "mean"]] = 0.0  # nothing moved
+    tests = pd.DataFrame(seed_tests(sd, ["rte", "sst2"], cfg))
+    assert (tests.status == "no_variance").all() and (tests.perm_p == 1).all() and (tests.welch_p == 1).all()
+    assert (tests.perm_p_holm.dropna() == 1).all()
+    partial = pd.DataFrame(seed_tests(sd[sd.task == "rte"].assign(last=lambda d: d["last"] + 0.1 * (d.method == "full")
+                                                                  + 0.01 * d.seed), ["rte"], cfg))
+    prim = partial[partial.family == "primary"]
+    assert (prim.status == "too_few_seeds").all() and prim.perm_p.isna().all() and prim.perm_p_holm.isna().all()
+    cfg["primary"] = [{"task": "rte", "pooling": "last", "measure": "cka", "depth": "final_norm"}] + cfg["primary"][:2]
+    prim = pd.DataFrame(seed_tests(sd[sd.task == "rte"].assign(last=lambda d: 0.1 * (d.method == "full") + 0.01 * d.seed),
+                                   ["rte"], cfg)).query("family == 'primary'")
+    assert prim.perm_p_holm.iloc[0] == pytest.approx(min(1.0, 3 * prim.perm_p.iloc[0]))  # m = 3 registered
 
 
 def test_a_new_measure_is_one_registration_and_one_setting(tiny_book, monkeypatch):
@@ -461,7 +713,7 @@ def test_a_new_measure_is_one_registration_and_one_setting(tiny_book, monkeypatc
 
     monkeypatch.setitem(M.MEASURES, "spread", M.Measure("spread", spread, similarity=False))  # 1: register
     q = copy.deepcopy(p)
-    q["drift"]["measures"] = {"masked": ["cka", "debiased_cka", "cosine", "spread"]}  # 2: the profile names it
+    q["drift"]["measures"] = {"masked": [*drift.drift_config(p)["measures"]["masked"], "spread"]}  # 2: the profile names it
     assert not drift.is_current(q, "rte")
     monkeypatch.setattr("loradrift.models.load_finetuned",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))

@@ -92,6 +92,21 @@ def naive_debiased_gram(K, L):
     return hsic(K, L) / math.sqrt(hsic(K, K) * hsic(L, L))
 
 
+def zscore(X):
+    """Every column centred and scaled to unit (population) variance."""
+    Xc = X - X.mean(0)
+    return Xc / Xc.std(0)
+
+
+def naive_procrustes(X, Y):
+    """Half the squared Procrustes distance, from scipy's orthogonal Procrustes solution."""
+    from scipy.linalg import orthogonal_procrustes
+    A, B = X - X.mean(0), Y - Y.mean(0)
+    A, B = A / np.linalg.norm(A), B / np.linalg.norm(B)
+    R, _ = orthogonal_procrustes(B, A)  # the orthogonal R minimising ||B R - A||_F
+    return np.linalg.norm(A - B @ R) ** 2 / 2
+
+
 def naive_original_gram(K, L):
     H = centring(K.shape[0])
     Kc, Lc = H @ K @ H, H @ L @ H
@@ -181,6 +196,82 @@ def test_pooling_rejects_empty_rows_and_upcasts_half_precision():
     m = torch.ones(2, 3, dtype=torch.long)
     assert E.masked_mean_pool(h16, m).dtype == torch.float32
     assert E.unmasked_mean_pool(h16).dtype == torch.float32
+
+
+def test_sink_free_pool_ignores_the_sink_positions_hidden_states():
+    """``masked`` pooling: the mean over the real tokens that are not sinks; whatever the sink
+    positions hold (even inf) does not reach the pooled vector; left and right padding agree."""
+    hidden, mask, lengths = padded_batch("right")
+    sinks = torch.zeros_like(mask, dtype=torch.bool)
+    sinks[0, 0] = sinks[0, 3] = sinks[2, 0] = True  # two sinks in example 0, one in example 2
+    pooled = E.sink_free_mean_pool(hidden, mask, sinks)
+    keep = mask.bool() & ~sinks
+    torch.testing.assert_close(pooled, torch.stack([hidden[i][keep[i]].mean(0) for i in range(3)]))
+    torch.testing.assert_close(pooled[1], hidden[1, :2].mean(0))  # no sink: the mean over every real token
+    poked = hidden.clone()
+    poked[sinks] = torch.tensor(float("inf"), dtype=torch.float64)
+    torch.testing.assert_close(E.sink_free_mean_pool(poked, mask, sinks), pooled)
+    assert not torch.allclose(E.masked_mean_pool(hidden, mask)[0], pooled[0])  # masked_all keeps them
+    T = hidden.shape[1]
+    left_h, left_m, left_s = torch.zeros_like(hidden), torch.zeros_like(mask), torch.zeros_like(sinks)
+    for i, n in enumerate(lengths):
+        left_h[i, T - n:], left_m[i, T - n:], left_s[i, T - n:] = hidden[i, :n], 1, sinks[i, :n]
+    torch.testing.assert_close(E.sink_free_mean_pool(left_h, left_m, left_s), pooled)
+
+
+def test_sink_free_pool_of_an_example_that_is_all_sinks_keeps_its_tokens():
+    hidden, mask, _ = padded_batch("right")
+    sinks = mask.bool().clone()
+    sinks[0] = False  # example 0 has no sink; examples 1 and 2 are sinks everywhere
+    torch.testing.assert_close(E.sink_free_mean_pool(hidden, mask, sinks), E.masked_mean_pool(hidden, mask))
+    assert E.pool_mask(mask, sinks).tolist() == mask.bool().tolist()
+
+
+def planted_layers(ratio, position=1, n_layers=3, T=6, D=8, seed=0):
+    """Decoder-layer states [1, T, D] with unit-norm tokens, one position scaled to ``ratio`` x
+    at the middle layer (so its norm there is ``ratio`` x the example's median)."""
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for k in range(n_layers):
+        h = torch.randn(1, T, D, generator=g, dtype=torch.float64)
+        h = h / h.norm(dim=-1, keepdim=True)
+        if k == n_layers // 2:
+            h[0, position] *= ratio
+        layers.append(h)
+    return layers
+
+
+def test_sink_rule_is_the_norm_ratio_at_any_decoder_layer():
+    mask = torch.ones(1, 6, dtype=torch.long)
+    ratios = E.sink_ratios(planted_layers(30.0), mask)
+    assert ratios[0, 1].item() == pytest.approx(30.0)  # its norm over the median norm (the others: 1)
+    assert torch.allclose(ratios[0, [0, 2, 3, 4, 5]], torch.ones(5))
+    for ratio, found in ((21.0, [1]), (19.0, []), (500.0, [1])):
+        sinks = E.sink_positions(planted_layers(ratio), mask, sink_ratio=20.0)
+        assert torch.nonzero(sinks[0]).flatten().tolist() == found, ratio
+    # position 4 planted instead: the rule names positions by norm, not by place
+    assert torch.nonzero(E.sink_positions(planted_layers(50.0, position=4), mask)[0]).flatten().tolist() == [4]
+
+
+def test_sink_rule_reads_real_tokens_only():
+    """Padding never is a sink and does not enter the median; a one-token example has no sink."""
+    layers = planted_layers(1.0)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    for h in layers:
+        h[0, 4:] *= 1e6  # huge padding
+    assert not E.sink_positions(layers, mask).any()
+    assert E.sink_ratios(layers, mask)[0, 4:].eq(0).all()
+    one = torch.tensor([[1, 0, 0, 0, 0, 0]])
+    assert not E.sink_positions(planted_layers(1000.0, position=0), one).any()
+
+
+def test_sink_summary_counts():
+    found = [[0], [0, 1], [], [0, 1, 2]]
+    ratios = [np.array([150.0, 1.0, 1.2]), np.array([120.0, 40.0, 1.1]), np.array([3.0, 1.0]),
+              np.array([25.0, 30.0, 21.0])]
+    out = E.sink_summary(found, ratios, 20.0, given=[[0], [0], [], [0, 1, 2]])
+    assert out == {"sink_ratio": 20.0, "examples": 4, "sinks": 6, "first_only": 1, "elsewhere": 2, "none": 1,
+                   "all_real_tokens": 1, "min_sink_ratio": 21.0, "max_other_ratio": 3.0, "differ_from_pooled": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +388,93 @@ def test_cosine():
         M.per_example_cosine(X, Y[:, :5])
 
 
+def test_unmatched_cosine_is_the_mean_over_pairs_of_different_examples():
+    r = rng(40)
+    X = r.normal(size=(15, 6)) + 2.0
+    Y = X + 0.3 * r.normal(size=X.shape)
+    brute = np.mean([M.per_example_cosine(X[[i]], Y[[j]])[0] for i in range(15) for j in range(15) if i != j])
+    assert M.unmatched_cosine(X, Y) == pytest.approx(brute, abs=1e-12)
+    assert M.MEASURES["cosine"].unmatched_value(X, Y) == pytest.approx(brute, abs=1e-12)
+    assert M.mean_cosine(X, Y) > M.unmatched_cosine(X, Y) > 0.5  # a shared direction: unrelated examples agree too
+    assert M.MEASURES["cka"].unmatched_value(X, Y) is None
+
+
+@pytest.mark.parametrize("n,d1,d2", SHAPES)
+def test_standardized_cka_is_cka_of_zscored_features(n, d1, d2):
+    r = rng(41)
+    X = r.normal(size=(n, d1)) * r.uniform(0.01, 100, size=d1) + 5.0
+    k = min(d1, d2)
+    Y = r.normal(size=(n, d2))
+    Y[:, :k] += X[:, :k] * r.uniform(0.1, 10, size=k)
+    assert M.standardized_cka(X, Y) == pytest.approx(naive_cka(zscore(X), zscore(Y)), abs=1e-10)
+    assert M.standardized_debiased_cka(X, Y) == pytest.approx(kornblith_debiased_cka(zscore(X), zscore(Y)), abs=1e-10)
+
+
+@pytest.mark.parametrize("fn", [M.standardized_cka, M.standardized_debiased_cka])
+def test_standardized_cka_invariances(fn):
+    """Per-coordinate scaling and shifts, and permuting coordinates, leave it unchanged (linear CKA
+    moves under the scaling); a rotation is not one of its invariances."""
+    r = rng(42)
+    X, Y = related(120, 20, seed=43)
+    base = fn(X, Y)
+    scale = r.uniform(0.001, 1000, size=20)
+    assert fn(X * scale + r.normal(size=20), Y) == pytest.approx(base, abs=1e-10)
+    assert fn(X[:, r.permutation(20)], Y) == pytest.approx(base, abs=1e-10)
+    assert abs(M.linear_cka(X * scale, Y) - M.linear_cka(X, Y)) > 0.05
+    assert fn(X, X) == pytest.approx(1.0, abs=1e-10)
+    X[:, 3] = 7.0  # a constant coordinate is left out, not divided by zero
+    assert np.isfinite(fn(X, Y))
+
+
+def dominated_pair(n=400, d=60, seed=44):
+    """X whose first coordinate holds ~97% of the centred variance, and Y: X's top coordinate kept,
+    every other coordinate replaced by independent noise of the same variance."""
+    r = rng(seed)
+    X = r.normal(size=(n, d))
+    X[:, 0] *= 45.0
+    Y = r.normal(size=(n, d)) * X.std(0)
+    Y[:, 0] = X[:, 0]
+    return X, Y
+
+
+def test_standardized_cka_does_not_collapse_onto_one_large_coordinate():
+    X, Y = dominated_pair()
+    Xc = X - X.mean(0)
+    assert (Xc ** 2).sum(0).max() / (Xc ** 2).sum() > 0.95
+    assert M.linear_cka(X, Y) > 0.99 and M.debiased_cka(X, Y) > 0.99  # blind to the other 59 coordinates
+    assert M.standardized_debiased_cka(X, Y) < 0.1  # they are noise: 1/60 of the standardised variance agrees
+    assert M.procrustes(X, Y) < 0.05  # Procrustes weighs by singular values: it collapses too (less)
+
+
+@pytest.mark.parametrize("n,d1,d2", [(60, 30, 30), (40, 12, 20), (30, 50, 45)])
+def test_procrustes_matches_scipy_orthogonal_procrustes(n, d1, d2):
+    r = rng(45)
+    X = r.normal(size=(n, d1)) + 1.0
+    Y = r.normal(size=(n, d2))
+    Y[:, :5] += 3 * X[:, :5]
+    d = max(d1, d2)
+    pad = lambda A: np.hstack([A, np.zeros((n, d - A.shape[1]))])  # noqa: E731
+    assert M.procrustes(X, Y) == pytest.approx(naive_procrustes(pad(X), pad(Y)), abs=1e-10)
+    assert 0 < M.procrustes(X, Y) < 1
+    assert M.procrustes(X, Y) == pytest.approx(M.procrustes(Y, X), abs=1e-12)
+
+
+def test_procrustes_invariances():
+    r = rng(46)
+    X = r.normal(size=(80, 25)) * r.uniform(0.1, 10, size=25)
+    Q = np.linalg.qr(r.normal(size=(25, 25)))[0]
+    assert M.procrustes(X, 3.0 * X @ Q + 11.0) == pytest.approx(0.0, abs=1e-12)  # rotation, scale, shift: 0
+    assert M.procrustes(X, X) == pytest.approx(0.0, abs=1e-12)
+    stretch = np.ones(25)
+    stretch[:3] = 10.0
+    assert M.procrustes(X, X * stretch) > 0.01  # not invariant to per-coordinate scaling
+    assert np.isnan(M.procrustes(X, np.ones_like(X)))
+    assert M.MEASURES["procrustes"].drift(0.2) == 0.2  # a distance
+
+
 def test_registry_and_input_checks():
-    assert set(M.MEASURES) == {"cka", "debiased_cka", "original_study_similarity", "cosine"}
+    assert set(M.MEASURES) == {"cka", "debiased_cka", "original_study_similarity", "cosine", "standardized_cka",
+                               "standardized_debiased_cka", "procrustes"}
     X = rng(13).normal(size=(10, 4))
     assert M.linear_cka(torch.from_numpy(X).float(), X) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError):
@@ -310,8 +486,16 @@ def test_registry_and_input_checks():
 # ---------------------------------------------------------------------------------------------
 # 3. uncertainty
 
-GRAM = ["cka", "debiased_cka", "original_study_similarity"]
-NAIVE_GRAM = {"cka": naive_cka_gram, "debiased_cka": naive_debiased_gram, "original_study_similarity": naive_original_gram}
+GRAM = ["cka", "debiased_cka", "original_study_similarity", "standardized_cka", "standardized_debiased_cka"]
+NAIVE_GRAM = {"cka": naive_cka_gram, "debiased_cka": naive_debiased_gram, "original_study_similarity": naive_original_gram,
+              "standardized_cka": naive_cka_gram, "standardized_debiased_cka": naive_debiased_gram}
+STANDARDIZED = {"standardized_cka": "cka", "standardized_debiased_cka": "debiased_cka"}
+
+
+def features(name, X):
+    """What a Gram measure's Gram is built from: the centred X, or z-scored for the standardised ones
+    (their bootstrap keeps the full sample's standardisation)."""
+    return zscore(X) if name in STANDARDIZED else X - X.mean(0)
 
 
 @pytest.mark.parametrize("name", GRAM)
@@ -325,10 +509,12 @@ def test_weighted_fast_path_with_unit_weights_is_the_measure(name, duplicates):
 
 @pytest.mark.parametrize("name", GRAM)
 def test_bootstrap_rows_mode_equals_recomputing_on_resampled_rows(name):
+    """The standardised measures: recomputed on the resampled rows of the full sample's z-scores."""
     X, Y = related(25, 35, seed=15)
     reps = S.bootstrap_replicates(X, Y, name, n_boot=30, seed=4, duplicates="rows", chunk=7)
     idx = S.bootstrap_indices(25, 30, seed=4)
-    naive = [M.MEASURES[name].fn(X[i], Y[i]) for i in idx]
+    fn, A, B = M.MEASURES[STANDARDIZED.get(name, name)].fn, features(name, X), features(name, Y)
+    naive = [fn(A[i], B[i]) for i in idx]
     np.testing.assert_allclose(reps, naive, atol=1e-10)
 
 
@@ -336,7 +522,7 @@ def test_bootstrap_rows_mode_equals_recomputing_on_resampled_rows(name):
 def test_bootstrap_distinct_mode_equals_naive_on_resampled_gram_without_copy_pairs(name):
     n = 12
     X, Y = related(n, 6, seed=16)
-    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    Xc, Yc = features(name, X), features(name, Y)
     K, L = Xc @ Xc.T, Yc @ Yc.T
     reps = S.bootstrap_replicates(X, Y, name, n_boot=10, seed=5, duplicates="distinct")
     for value, i in zip(reps, S.bootstrap_indices(n, 10, seed=5)):
@@ -410,8 +596,9 @@ def test_permutation_null_far_below_paired_value_for_near_identical(name):
     r = rng(22)
     X = r.normal(size=(200, 50)) + 1.0
     Y = X + 0.1 * r.normal(size=(200, 50))
-    paired = M.MEASURES[name].fn(X, Y)
-    null = S.permutation_null(X, Y, name, n_perm=100, seed=0)
+    sign = 1 if M.MEASURES[name].similarity else -1  # a distance: the null lies above
+    paired = sign * M.MEASURES[name].fn(X, Y)
+    null = sign * S.permutation_null(X, Y, name, n_perm=100, seed=0)
     assert null.shape == (100,)
     assert null.max() < paired
     assert paired - null.mean() > 20 * null.std()
@@ -456,7 +643,7 @@ def test_gram_reuse_gives_identical_measures(name, duplicates):
     Z = related(n, d, rho=0.3, seed=31)[1] + 5.0
     assert all(len(set(i)) < n for i in S.bootstrap_indices(n, 20, seed=3))  # copies in every resample
     out, grams = cached_run(name, X, [Y, Z], duplicates)
-    assert grams.builds == 3  # X, Y, Z: once each
+    assert grams.builds == 6  # X, Y, Z: once each, and once each standardised
     for i, W in enumerate([Y, Z]):
         point, reps, null = measured(name, X, W, duplicates)
         assert out[i][0] == point
@@ -570,6 +757,41 @@ def test_holm_hand_example_and_properties():
     assert (adj >= p).all() and (np.diff(adj[order]) >= 0).all()
     with pytest.raises(ValueError):
         S.holm([0.1, np.nan])
+
+
+def test_compare_groups_when_models_do_not_move():
+    """Both methods constant (e.g. models that never left the base): no nan reaches Holm."""
+    same = S.compare_groups([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    assert same["no_variance"] and same["welch_p"] == 1.0 and same["perm_p"] == 1.0 and same["hedges_g"] == 0.0
+    apart = S.compare_groups([0.2, 0.2, 0.2], [0.1, 0.1, 0.1])
+    assert apart["no_variance"] and apart["welch_t"] == math.inf and apart["welch_p"] == 0.0
+    assert apart["perm_p"] == pytest.approx(apart["min_attainable_p"])  # the honest p: the best the design allows
+    one = S.compare_groups([0.0, 0.0, 0.0], [0.1, 0.3, 0.2])  # one method constant: Welch is defined
+    assert not one["no_variance"] and 0 < one["welch_p"] < 1
+    with pytest.raises(ValueError, match="finite"):
+        S.compare_groups([0.1, np.nan, 0.2], [0.1, 0.2])
+
+
+def test_compare_groups_ten_seeds_exact():
+    out = S.compare_groups(np.arange(10.0) + 100, np.arange(10.0))
+    assert out["min_attainable_p"] == pytest.approx(2 / math.comb(20, 10))
+    assert out["perm_p"] == pytest.approx(out["min_attainable_p"])  # every relabeling enumerated
+
+
+def test_holm_over_a_registered_family_with_missing_tests():
+    np.testing.assert_allclose(S.holm_family([0.01, 0.04, 0.03]), S.holm([0.01, 0.04, 0.03]))
+    out = S.holm_family([0.01, np.nan], m=3)  # 3 registered, one without results, one not listed at all
+    assert np.isnan(out[1]) and out[0] == pytest.approx(0.03)
+    with pytest.raises(ValueError):
+        S.holm_family([0.1, 0.2], m=1)
+
+
+def test_bh_matches_scipy_and_keeps_nan():
+    p = np.array([0.01, 0.2, np.nan, 0.03, 0.04])
+    out = S.bh(p)
+    np.testing.assert_allclose(out[[0, 1, 3, 4]], stats.false_discovery_control([0.01, 0.2, 0.03, 0.04]))
+    np.testing.assert_allclose(out[[0, 3, 4, 1]], [0.04, 0.16 / 3, 0.16 / 3, 0.2])  # by hand: min over k >= i of m p_(k) / k
+    assert np.isnan(out[2])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """How fast the drift stage's measures are, with and without the Gram cache (`grams.Grams`).
 
 `measures_speed` times `tables.task_measures` (everything the stage does after extraction: every
-measure with its bootstrap interval, the model pairs and the permutation null) on synthetic pooled
+measure with its bootstrap interval, the model pairs and the permutation null; the standardised
+measures' Grams count as builds too) on synthetic pooled
 states of a task's shape: by default the cpu profile's largest task, SST-2 (872 examples, 576
 features, 32 depths), its methods x seeds (6 models) and the base, its poolings, measures, controls,
 bootstrap and permutation counts. The path before the cache (``Grams(enabled=False)``: every measure

@@ -2,9 +2,10 @@
 
 - A task's results (``drift_<task>.json`` and its CSVs) record the key of every setting that
   changes them: the model, the data settings, the task's sample, every drift setting of the profile
-  except the summary-only ``claims`` (so measures, poolings, bootstrap and permutation counts...),
+  except the summary-only ``primary`` and ``exploratory`` (so measures, poolings, the sink rule, the
+  dominance threshold, bootstrap and permutation counts...),
   and each trained unit it reads (its config hash and when it finished).
-- ``drift_summary.json`` records the key of the claims it tests and of the tasks' keys it summarises.
+- ``drift_summary.json`` records the key of the endpoints it tests and of the tasks' keys it summarises.
 - A model's cached pooled states (``artifacts/``) record the key of what extraction depends on.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..store import is_current as _store_is_current
 from ..store import key, read_or, recorded_key, result_path
 from .settings import SUMMARY_ONLY, drift_config
 
-TABLES = ("layers", "pairs", "null", "intruders")
+TABLES = ("layers", "pairs", "null", "intruders", "diagnostics")
 
 
 def task_rids(prof: dict, task: str) -> list[tuple[str, str, int]]:
@@ -36,8 +37,9 @@ def extract_settings(prof: dict, cfg: dict, task: str) -> dict:
     return {"task": task, "model": prof["model"], "data": {k: v for k, v in prof["data"].items() if k != "source"},
             "max_examples": cfg["max_examples"].get(task), "sample_seed": cfg["sample_seed"],
             "original_pad_positions": cfg["original_pad_positions"], "ppl": [cfg["ppl_chunks"], cfg["ppl_chunk_len"]],
-            "intruders": [cfg["intruder_k"], cfg["intruder_threshold"], cfg["intruder_modules"]],
-            "merge_check_examples": cfg["merge_check_examples"], "poolings": cfg["poolings"]}
+            "intruders": [cfg["intruder_k"], cfg["intruder_thresholds"], cfg["intruder_modules"]],
+            "merge_check_examples": cfg["merge_check_examples"], "poolings": cfg["poolings"],
+            "sink_ratio": cfg["sink_ratio"]}
 
 
 def task_settings(prof: dict, task: str, cfg: dict | None = None) -> dict:
@@ -72,9 +74,9 @@ def is_current(prof: dict, task: str, expected: str | None = None) -> bool:
 
 
 def summary_key(prof: dict, tasks: list[str], cfg: dict | None = None) -> str:
-    """What drift_summary.json depends on: the claims it tests and the results of the tasks it reads."""
+    """What drift_summary.json depends on: the endpoints it tests and the results of the tasks it reads."""
     cfg = cfg or drift_config(prof)
-    return key({"claims": cfg["claims"], "compare": cfg["compare"],
+    return key({"primary": cfg["primary"], "exploratory": cfg["exploratory"], "compare": cfg["compare"],
                 "tasks": {t: recorded_key(result_path(prof["name"], "drift", task=t)) for t in tasks}})
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import original
 from .measures import MEASURES
-from .results import replication_table
+from .results import at_threshold, nearest_half, replication_table
 
 FINAL = "final_norm"
 
@@ -103,14 +103,25 @@ def test(res, task, measure="cka", summary="last", pooling="masked") -> dict:
 
 
 def tests_overview(res) -> dict:
-    """Over every seed-level test: how many, the smallest attainable permutation p, how often the
-    first method drifted more, and how many survive Holm's adjustment (Welch, permutation, both)."""
+    """Over the seed-level tests: how many (``n``; ``n_primary`` of them pre-registered), the smallest
+    attainable permutation p, how often the first method drifted more, and how many primary tests
+    survive Holm's adjustment over the primary family (Welch, permutation, both). Summaries from
+    before the families (every test Holm-adjusted) count every test as primary."""
     T = res["tests"]
     if T.empty:
-        return {"n": 0, **dict.fromkeys(("min_p", "a_more", "holm_welch", "holm_perm", "holm_both"))}
-    return {"n": len(T), "min_p": float(T.min_attainable_p.min()), "a_more": int((T["diff"] > 0).sum()),
-            "holm_welch": int((T.welch_p_holm < 0.05).sum()), "holm_perm": int((T.perm_p_holm < 0.05).sum()),
-            "holm_both": int(((T.welch_p_holm < 0.05) & (T.perm_p_holm < 0.05)).sum())}
+        return {"n": 0, **dict.fromkeys(("n_primary", "min_p", "a_more", "holm_welch", "holm_perm", "holm_both"))}
+    P = T[T.family == "primary"] if "family" in T else T
+    return {"n": len(T), "n_primary": len(P), "min_p": _num(T.min_attainable_p.min()),
+            "a_more": int((T["diff"] > 0).sum()),
+            "holm_welch": int((P.welch_p_holm < 0.05).sum()), "holm_perm": int((P.perm_p_holm < 0.05).sum()),
+            "holm_both": int(((P.welch_p_holm < 0.05) & (P.perm_p_holm < 0.05)).sum())}
+
+
+def primary_tests(res) -> pd.DataFrame:
+    """The pre-registered primary endpoints' tests (``drift.primary``), in their registered order,
+    Holm-adjusted over them only; empty before there is a summary."""
+    T = res["tests"]
+    return T[T.family == "primary"].reset_index(drop=True) if "family" in T else T.iloc[:0]
 
 
 def n_seeds(res) -> int:
@@ -139,9 +150,17 @@ def merge_check(res, task) -> dict:
             "max_rel": max(max(v["max_rel_diff_masked"], v["max_rel_diff_last"]) for v in mc.values())}
 
 
-def intruders(res, task) -> dict:
-    """Per method: intruders per model, median relative weight change; and the adapted matrices per model."""
-    I = res["intruders"]
+def intruder_threshold(res) -> float:
+    """The intruder threshold a chapter quotes: the sweep's threshold nearest 0.5 (``drift.intruder_thresholds``
+    of the results, or of the profile before there are any); results from before the sweep: their one threshold."""
+    cfg = res["config"]
+    return float(cfg["intruder_threshold"]) if "intruder_threshold" in cfg else nearest_half(cfg["intruder_thresholds"])
+
+
+def intruders(res, task, threshold: float | None = None) -> dict:
+    """Per method: intruders per model at one threshold of the sweep (default: the one nearest 0.5),
+    median relative weight change; and the adapted matrices per model."""
+    I = at_threshold(res["intruders"], threshold)
     i = I[I.task == task] if not I.empty else I
     if i.empty:
         return {"per_model": {}, "rel_change": {}, "matrices": None}
@@ -171,6 +190,58 @@ def timing(res) -> dict:
             "idle_min": tim.get("total_cpu_s", float("nan")) / cores / 60, "cores": tim.get("cores"),
             "tasks": tim.get("tasks", []), "max_load": max(loads) if loads else None,
             "threads": sorted({str((e or {}).get("torch_threads")) for e in tim.get("environment", {}).values()})}
+
+
+# ------------------------------------------------------------------------------------ dominance, sinks, cosine null
+def dominance(res, task=None) -> pd.DataFrame:
+    """Per task, pooling and depth: the top coordinate's share of the centred variance in the base's
+    pooled states (``base_share``) and its correlation with 1/length (``base_corr``), the largest
+    share over the base and every fine-tuned model (``max_share``), and ``flagged``: that largest
+    share is above the profile's ``drift.dominance_threshold`` (a measure of that pooling and depth
+    compares what one coordinate holds, e.g. sentence length; mark it where it is shown)."""
+    D = res.get("diagnostics", pd.DataFrame())
+    if D.empty:
+        return pd.DataFrame(columns=["task", "pooling", "depth", "depth_name", "base_share", "base_corr",
+                                     "max_share", "flagged"])
+    D = D[D.task == task] if task else D
+    keys = ["task", "pooling", "depth", "depth_name"]
+    base = D[D.model == "base"].set_index(keys)[["top_share", "corr_inv_length"]]
+    out = D.groupby(keys).agg(max_share=("top_share", "max"), flagged=("dominated", "any"))
+    return (base.rename(columns={"top_share": "base_share", "corr_inv_length": "base_corr"}).join(out)
+            .reset_index().sort_values(["task", "pooling", "depth"], kind="stable").reset_index(drop=True))
+
+
+def dominated(res, task, pooling, depth=FINAL) -> bool | None:
+    """Is the (pooling, depth) of a task flagged by `dominance`? None without a diagnostic."""
+    D = dominance(res, task)
+    g = D[(D.pooling == pooling) & (D.depth_name == depth)]
+    return bool(g.flagged.iloc[0]) if len(g) else None
+
+
+def sink_fix(res, task, depths=tuple(f"layer_{i}" for i in range(15, 26))) -> dict:
+    """The base's top-coordinate share over ``depths`` (default layers 15-25) before the sink rule
+    (``masked_all``) and after it (``masked``): {before_min, before_max, after_min, after_max,
+    before_corr_min: the smallest |correlation with 1/length| before}; None where missing."""
+    D = dominance(res, task)
+    out = {}
+    for when, pooling in (("before", "masked_all"), ("after", "masked")):
+        g = D[(D.pooling == pooling) & D.depth_name.isin(depths)]
+        out[f"{when}_min"], out[f"{when}_max"] = (_num(g.base_share.min()), _num(g.base_share.max())) if len(g) \
+            else (None, None)
+        out[f"{when}_corr_min"] = _num(g.base_corr.abs().min()) if len(g) else None
+    return out
+
+
+def cosine_null(res, task, method, pooling="masked", depth=FINAL) -> tuple:
+    """(matched, unmatched): the mean cosine between the base's and ``method``'s pooled states of the
+    same example, and of different examples (`measures.unmatched_cosine`), mean over seeds; (None,
+    None) when missing."""
+    L = res["layers"]
+    g = L[(L.task == task) & (L.method == method) & (L.pooling == pooling) & (L.measure == "cosine")
+          & (L.depth_name == depth)] if not L.empty else L
+    if g.empty:
+        return None, None
+    return float(g.value.mean()), _num(g.unmatched.mean()) if "unmatched" in g else None
 
 
 # ------------------------------------------------------------------------------------ everything for one task

@@ -99,6 +99,16 @@ class Gram:
         return self.Xc @ self.Xc.T
 
     @cached_property
+    def standardized(self) -> Gram:
+        """The representation with every coordinate z-scored (centred, unit variance), as a `Gram` of
+        the same kind (a cached Gram's is kept with it and counted by its cache). A coordinate whose
+        standard deviation is below 1e-10 of the largest (constant up to rounding) becomes 0."""
+        sd = np.sqrt((self.Xc ** 2).mean(0))
+        keep = sd > 1e-10 * sd.max() if sd.size and sd.max() > 0 else np.zeros_like(sd, dtype=bool)
+        Z = np.where(keep, self.Xc / np.where(keep, sd, 1.0), 0.0)
+        return Gram(Z, cached=self.cached, on_build=self._on_build)
+
+    @cached_property
     def fro2(self) -> float:  # ||Kc||_F^2
         return float((self.K * self.K).sum())
 

@@ -23,7 +23,8 @@ import numpy as np
 from .grams import Gram, Permutations, Resamples, as64, hsic_unbiased, pair
 
 __all__ = ["MEASURES", "Measure", "as64", "debiased_cka", "get_measure", "linear_cka", "mean_cosine",
-           "original_study_similarity", "pair", "per_example_cosine", "register_measure"]
+           "original_study_similarity", "pair", "per_example_cosine", "procrustes", "register_measure",
+           "standardized_cka", "standardized_debiased_cka", "unmatched_cosine"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Measure:
     permuted: Callable | None = None   # fast null: (X, Y, perms: Permutations) -> [P]
     min_examples: int = 1
     grams: bool = False                # fn and the fast paths take `Gram`s (cached ones are reused)
+    unmatched: Callable | None = None  # (X, Y) -> the measure over pairs of *different* examples (a null)
 
     def drift(self, value):
         """How far apart: 1 - similarity, or the distance itself."""
@@ -51,6 +53,10 @@ class Measure:
     def value(self, X, Y):
         """The measure of X and Y (arrays or `Gram`s)."""
         return self.fn(*self.operands(X, Y))
+
+    def unmatched_value(self, X, Y):
+        """The measure over pairs of different examples (its registered null), or None without one."""
+        return None if self.unmatched is None else float(self.unmatched(*self.operands(X, Y)))
 
 
 MEASURES: dict[str, Measure] = {}
@@ -182,6 +188,62 @@ def mean_cosine(X, Y) -> float:
     return float(per_example_cosine(X, Y).mean())
 
 
+def unmatched_cosine(X, Y) -> float:
+    """The null of `mean_cosine`: the mean cosine between row i of X and row j of Y over every pair
+    of *different* examples (i != j), exactly (no sampling). Pooled states share a large common
+    direction, so unrelated examples already have a high cosine; a matched cosine means little
+    until it is read against this one."""
+    X, Y = pair(X, Y)
+    n = X.shape[0]
+    if n < 2:
+        raise ValueError("unmatched cosine needs at least 2 examples")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        Xn, Yn = (Z / np.linalg.norm(Z, axis=1, keepdims=True) for Z in (X, Y))
+    return float((Xn.sum(0) @ Yn.sum(0) - (Xn * Yn).sum()) / (n * (n - 1)))
+
+
+def standardized_cka(X, Y) -> float:
+    """Linear CKA of the standardised representations: every coordinate z-scored first
+    (`grams.Gram.standardized`).
+
+    Linear CKA weighs each direction by its squared variance, so a coordinate holding most of the
+    variance (as the attention sink's does in an unfixed mean pooling) decides it alone; after
+    z-scoring every coordinate weighs the same. Invariant to per-coordinate scaling and shifts of
+    either side (and to permuting coordinates), not to rotations. A plug-in estimator: standardising
+    raises the effective dimension, and with it the upward bias for n not far above d; see
+    `standardized_debiased_cka`. Bootstrap replicates keep the full sample's standardisation.
+    """
+    G, H = grams_of(X, Y)
+    return linear_cka(G.standardized, H.standardized)
+
+
+def standardized_debiased_cka(X, Y) -> float:
+    """Debiased CKA (`debiased_cka`) of the standardised representations (see `standardized_cka`)."""
+    G, H = grams_of(X, Y)
+    return debiased_cka(G.standardized, H.standardized)
+
+
+def procrustes(X, Y) -> float:
+    """Orthogonal Procrustes distance of the centred, Frobenius-normalised representations.
+
+        X~ = Xc / ||Xc||_F,  Y~ = Yc / ||Yc||_F
+        procrustes(X, Y) = 1 - ||X~^T Y~||_*  =  min over Q with orthonormal columns of ||X~ - Y~ Q||_F^2 / 2
+
+    (||.||_* the nuclear norm, the sum of singular values; for d1 != d2 the smaller side is padded
+    with zero columns). In [0, 1]: 0 exactly when Y is X rotated or reflected (up to a shift and an
+    isotropic scale), 1 when X~^T Y~ = 0. Half the squared Procrustes distance of Ding, Denain &
+    Steinhardt (2021), whose square root is a metric. It weighs directions by their singular values,
+    not by their squares as CKA does, so a few large coordinates decide it less. One d1 x d2 SVD per
+    call (float64, exact to rounding near 0): no bootstrap fast path, so the stage gives it no interval.
+    """
+    X, Y = pair(X, Y)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    nx, ny = np.linalg.norm(Xc), np.linalg.norm(Yc)
+    if nx == 0 or ny == 0:
+        return float("nan")
+    return float(1.0 - np.linalg.svd((Xc / nx).T @ (Yc / ny), compute_uv=False).sum())
+
+
 # ------------------------------------------------------------------------------------ fast paths
 # Bootstrap replicate b draws rows idx_b of X and Y with replacement. Its Gram matrices are
 # K[idx_b][:, idx_b], and every quantity the Gram-based measures need is a linear or quadratic form
@@ -296,6 +358,16 @@ def _debiased_permuted(X, Y, perms: Permutations):
     return h / (n * (n - 3)) / math.sqrt(denom) if denom > 0 else np.full(len(perms.perms), np.nan)
 
 
+def _on_standardized(weighted):
+    """A Gram fast path applied to both sides' standardised Grams."""
+    return lambda G, H, draws, c, duplicates: weighted(G.standardized, H.standardized, draws, c, duplicates)
+
+
+def _standardized(X, Y) -> tuple[Gram, Gram]:
+    G, H = grams_of(X, Y)
+    return G.standardized, H.standardized
+
+
 def _cosine_resampled(X, Y, draws: Resamples, duplicates="distinct"):
     return per_example_cosine(X, Y)[draws.idx].mean(1)
 
@@ -313,4 +385,12 @@ register_measure(Measure("debiased_cka", debiased_cka, resampled=_gram_resampled
 register_measure(Measure("original_study_similarity", original_study_similarity,
                          resampled=_gram_resampled(_original_weighted),
                          permuted=lambda X, Y, perms: _cka_permuted(X, Y, perms, original=True), grams=True))
-register_measure(Measure("cosine", mean_cosine, resampled=_cosine_resampled, permuted=_cosine_permuted))
+register_measure(Measure("standardized_cka", standardized_cka, resampled=_gram_resampled(_on_standardized(_cka_weighted)),
+                         permuted=lambda X, Y, perms: _cka_permuted(*_standardized(X, Y), perms), grams=True))
+register_measure(Measure("standardized_debiased_cka", standardized_debiased_cka,
+                         resampled=_gram_resampled(_on_standardized(_debiased_weighted)),
+                         permuted=lambda X, Y, perms: _debiased_permuted(*_standardized(X, Y), perms),
+                         min_examples=4, grams=True))
+register_measure(Measure("procrustes", procrustes, similarity=False, interval=False, min_examples=2))
+register_measure(Measure("cosine", mean_cosine, resampled=_cosine_resampled, permuted=_cosine_permuted,
+                         unmatched=unmatched_cosine))

@@ -55,8 +55,8 @@ def load_reps(path: Path) -> tuple[dict, dict]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise LoraDriftError(f"cached representations {path} are unreadable or corrupt "
                              f"({type(e).__name__}: {e}); {fix}") from e
-    for k in ("masked", "last"):
-        if k not in arrays or arrays[k].ndim != 3:
+    for k, ndim in (("masked", 3), ("last", 3), ("lengths", 1)):
+        if k not in arrays or arrays[k].ndim != ndim:
             raise LoraDriftError(f"cached representations {path} lack a valid {k!r} array; {fix}")
     return arrays, meta
 
@@ -97,6 +97,7 @@ class TaskContext:
         self.prof, self.cfg, self.task, self.base, self.sample = prof, cfg, task, base, sample
         self.settings, self.cache_dir, self.wikitext = settings, cache_dir, wikitext
         self.chunks = self.t_max = None
+        self.sinks = None  # the base model's sink positions per example: every model is pooled without them
         self.max_length = int(prof["data"]["max_length"])
 
     def prepare(self):
@@ -110,20 +111,25 @@ class TaskContext:
 
     def extract(self, backbone, tok, texts, **kw):
         return extract(backbone, tok, texts, max_length=self.max_length, batch_tokens=self.cfg["batch_tokens"],
-                       t_max=self.t_max, precision=self.cfg.get("precision", "fp32"), **kw)
+                       t_max=self.t_max, precision=self.cfg.get("precision", "fp32"), sink_ratio=self.cfg["sink_ratio"],
+                       **kw)
 
-    def extract_sample(self, backbone, tok) -> dict:
+    def extract_sample(self, backbone, tok, base: bool = False) -> dict:
+        """The sample's pooled states; a fine-tuned model's ``masked`` pooling leaves out the base's sinks."""
+        if not base and self.sinks is None:
+            raise RuntimeError("the base model's record must be read before a fine-tuned model's (its sinks)")
         return self.extract(backbone, tok, self.sample["texts"], original="original" in self.cfg["poolings"],
-                            pad_positions=self.cfg["original_pad_positions"])
+                            pad_positions=self.cfg["original_pad_positions"], sinks=None if base else self.sinks)
 
 
 # ------------------------------------------------------------------------------------ one model
 def _merge_check(ctx: TaskContext, model, tok) -> tuple[object, dict]:
     """An adapter model read unmerged and merged on the first examples: (merged model, the differences)."""
-    sub = ctx.sample["texts"][: ctx.cfg["merge_check_examples"]]
-    un = ctx.extract(backbone_of(model), tok, sub, original=False)
+    k = ctx.cfg["merge_check_examples"]
+    sub, sinks = ctx.sample["texts"][:k], ctx.sinks[:k]
+    un = ctx.extract(backbone_of(model), tok, sub, original=False, sinks=sinks)
     model = model.merge_and_unload().eval()
-    me = ctx.extract(backbone_of(model), tok, sub, original=False)
+    me = ctx.extract(backbone_of(model), tok, sub, original=False, sinks=sinks)
     return model, {"n_examples": len(sub),
                    **{f"max_abs_diff_{k}": float(np.abs(un[k] - me[k]).max()) for k in ("masked", "last")},
                    **{f"max_rel_diff_{k}": float(np.abs(un[k] - me[k]).max() / np.abs(me[k]).max())
@@ -143,11 +149,12 @@ def model_record(ctx: TaskContext, rid: str, method: str) -> tuple[dict, dict]:
         bb = backbone_of(model)
         reps = ctx.extract_sample(bb, tok)
     rec["extract"].update(tokens=reps["tokens"], tokens_run=reps["tokens_run"])
+    rec["sink_summary"] = reps["sink_summary"]
     with timed(rec, "ppl_time"):
         rec["chunk_nll"] = chunk_nll(bb, ctx.base.head, ctx.chunks).tolist()
     with timed(rec, "weights_time"):
         rec["weights"] = weight_change(ctx.base.backbone, bb, cfg["intruder_modules"], cfg["intruder_k"],
-                                       cfg["intruder_threshold"], ctx.base.svd)
+                                       cfg["intruder_thresholds"], ctx.base.svd)
     return reps, rec
 
 
@@ -167,8 +174,9 @@ def base_record(ctx: TaskContext) -> tuple[dict, dict]:
     """The base model's pooled states, the check of the sampled padding, and its forgetting losses."""
     rec = {"id": "base", "method": "base"}
     with timed(rec, "extract"):
-        reps = ctx.extract_sample(ctx.base.backbone, ctx.base.tok)
+        reps = ctx.extract_sample(ctx.base.backbone, ctx.base.tok, base=True)
     rec["extract"].update(tokens=reps["tokens"], tokens_run=reps["tokens_run"])
+    rec["sinks"], rec["sink_summary"] = reps["sinks"], reps["sink_summary"]
     if "original" in reps and ctx.cfg["original_pad_positions"] is not None and ctx.cfg["original_check_examples"]:
         rec["original_pooling_check"] = _pooling_check(ctx, reps)
     with timed(rec, "ppl_time"):
@@ -190,13 +198,17 @@ def ensure_model(ctx: TaskContext, rid: str, method: str) -> tuple[dict, dict]:
                                  "`python -m loradrift drift`") from e
         if meta.get("key") == key and rec.get("key") == key:
             print(f"[drift {ctx.task}] {rid}: cached")
+            ctx.sinks = rec["sinks"] if rid == "base" else ctx.sinks
             return arrays, rec
         print(f"[drift {ctx.task}] {rid}: cache is stale (model, sample or settings changed); recomputing")
     ctx.prepare()
     print(f"[drift {ctx.task}] {rid}: extracting {len(ctx.sample['texts'])} examples", flush=True)
     r, rec = base_record(ctx) if rid == "base" else model_record(ctx, rid, method)
     rec["key"], rec["t_max"] = key, r["t_max"]
-    arrays = {k: r[k] for k in ctx.cfg["poolings"]}
+    ctx.sinks = rec["sinks"] if rid == "base" else ctx.sinks
+    # the base also keeps `masked_all` (sinks included), for the diagnostic's before-and-after (`diagnostics`)
+    keep = [*ctx.cfg["poolings"], *(["masked_all"] if rid == "base" else [])]
+    arrays = {**{k: r[k] for k in dict.fromkeys(keep)}, "lengths": r["lengths"]}
     save_reps(npz, arrays, {"key": key, "t_max": r["t_max"]})
     write_json(js, rec)
     return arrays, rec

@@ -36,6 +36,7 @@ def load_results(profile: dict | str) -> dict:
             "compare": drift_config(prof)["compare"], "seeds_configured": len(prof["seeds"]),
             "config": task_json[tasks[0]]["config"] if tasks else drift_config(prof),
             "layers": cat("layers"), "pairs": cat("pairs"), "null": cat("null"), "intruders": cat("intruders"),
+            "diagnostics": cat("diagnostics"),
             "task_json": task_json, "summary": summary, "seeds": pd.DataFrame(summary.get("seed_drifts", [])),
             "tests": pd.DataFrame(summary.get("tests", [])),
             "timing": read_or(path("drift_timing"), {}) if tasks else {}}
@@ -77,9 +78,11 @@ def seed_table(res: dict, pooling: str = "masked") -> pd.DataFrame:
                  mean=("mean", "mean"), mean_sd=("mean", "std")).reset_index()
 
 
-def intruder_table(res: dict) -> pd.DataFrame:
-    """Per task, method and matrix: intruders per model, layers, median relative change, lowest best-match cosine."""
-    i = res["intruders"]
+def intruder_table(res: dict, threshold: float | None = None) -> pd.DataFrame:
+    """Per task, method and matrix: intruders per model, layers, median relative change, lowest best-match
+    cosine; at one ``threshold`` of the sweep (default: the one nearest 0.5; results from before the
+    sweep have a single threshold and no ``threshold`` column)."""
+    i = at_threshold(res["intruders"], threshold)
     return (i.groupby(["task", "method", "matrix", "model"]).agg(
                 intruders=("n_intruders", "sum"), layers=("n_intruders", "size"),
                 median_rel_change=("rel_change", "median"), min_max_sim=("min_max_sim", "min"))
@@ -87,6 +90,35 @@ def intruder_table(res: dict) -> pd.DataFrame:
                 **{"intruders per model": ("intruders", "mean"), "layers": ("layers", "first"),
                    "median relative change": ("median_rel_change", "mean"),
                    "lowest best-match cosine": ("min_max_sim", "min")}).reset_index())
+
+
+def nearest_half(thresholds) -> float:
+    """The threshold of a sweep nearest 0.5 (the single threshold before the sweep): the one a
+    chapter quotes by default."""
+    ts = np.sort(np.asarray(thresholds, dtype=float))
+    return float(ts[np.abs(ts - 0.5).argmin()])
+
+
+def at_threshold(intruders: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+    """The intruder rows of one threshold of the sweep (default: `nearest_half`)."""
+    if intruders.empty or "threshold" not in intruders:
+        return intruders
+    ts = np.sort(intruders["threshold"].unique())
+    t = nearest_half(ts) if threshold is None else threshold
+    if not np.isclose(ts, t).any():
+        raise ValueError(f"intruder threshold {t} was not computed: the sweep holds {ts.tolist()}")
+    return intruders[np.isclose(intruders["threshold"], t)]
+
+
+def intruder_sweep(res: dict) -> pd.DataFrame:
+    """Per task, method and threshold of the sweep: intruders per model (summed over the adapted
+    matrices), mean and sd over the method's models."""
+    i = res["intruders"]
+    if i.empty or "threshold" not in i:
+        return pd.DataFrame()
+    per_model = i.groupby(["task", "method", "threshold", "model"]).n_intruders.sum().reset_index()
+    return (per_model.groupby(["task", "method", "threshold"]).n_intruders
+            .agg(mean="mean", sd="std", models="size").reset_index())
 
 
 def forgetting_table(res: dict) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 skip them when they are current), then the across-seed summary.
 
 Results: ``data/<profile>/drift_<task>.json`` (+ ``_layers.csv``, ``_pairs.csv``, ``_null.csv``,
-``_intruders.csv``), ``drift_summary.json``, ``drift_timing.json``. Everything is resumable: a task
+``_intruders.csv``, ``_diagnostics.csv``), ``drift_summary.json``, ``drift_timing.json``. Everything is resumable: a task
 whose key (`currency.task_key`) did not change is skipped without loading a model, and pooled
 states are cached per model (`records`).
 """
@@ -24,6 +24,7 @@ from .extract import depth_names
 from .forgetting import forgetting_rows, wikitext_path
 from .records import Base, TaskContext, ensure_model, timed
 from .settings import drift_config
+from .diagnostics import task_diagnostics
 from .tables import seed_drifts, seed_noise, seed_tests, task_measures
 
 
@@ -87,9 +88,10 @@ def run_task(prof: dict, cfg: dict, task: str, key: str, base: Base, glue_source
         print(f"[drift {task}] measures")
         with timed(rec, "measures"):
             tables = task_measures(task, reps, rids, cfg)
+            diagnostics = task_diagnostics(task, reps, rids, cfg)
         intruders = pd.DataFrame([{"task": task, "model": rid, "method": m, "seed": s, **w}
                                   for rid, m, s in rids for w in recs[rid]["weights"]])
-        for name, df in zip(TABLES, (*tables, intruders)):
+        for name, df in zip(TABLES, (*tables, intruders, diagnostics), strict=True):
             write_csv(result_path(prof["name"], "drift_table", task=task, table=name), df)
         record = _task_record(prof, cfg, task, key, sample, reps, recs, rids, rec)
     record["timing"]["this_call"] = rec["this_call"]
@@ -112,6 +114,10 @@ def _task_record(prof, cfg, task, key, sample, reps, recs, rids, rec) -> dict:
         "n_layers": n_layers, "depths": depth_names(n_layers), "hidden_size": int(reps["base"]["masked"].shape[2]),
         "models": [{"id": r, "method": m, "seed": s} for r, m, s in rids],
         "merge_check": {rid: recs[rid]["merge_check"] for rid, _, _ in rids if "merge_check" in recs[rid]},
+        "sinks": {"rule": f"residual norm > {cfg['sink_ratio']} x the example's median at some decoder layer "
+                          "(found on the base model; left out of `masked` pooling for every model)",
+                  "base": recs["base"]["sink_summary"],
+                  "models": {rid: recs[rid]["sink_summary"] for rid, _, _ in rids}},
         "original_pooling_check": recs["base"].get("original_pooling_check"),
         "forgetting": {"text": str(wikitext_path(cfg).name), "chunks": cfg["ppl_chunks"],
                        "chunk_len": cfg["ppl_chunk_len"], "base_chunk_nll": recs["base"]["chunk_nll"],
@@ -141,10 +147,12 @@ def summarise(prof: dict | str, cfg: dict | None = None) -> dict | None:
     sd["test_accuracy"] = [runs[m]["test"]["accuracy"] if m in runs else None for m in sd["model"]]
     tests = seed_tests(sd, tasks, cfg)
     summary = {"profile": name, "key": summary_key(prof, tasks, cfg), "tasks": tasks,
-               "seed_drifts": sd.to_dict("records"), "tests": tests, "holm_family": len(tests),
-               "seed_noise": seed_noise(read("pairs")),
-               "note": "drift = 1 - similarity (masked-mean pooling); 'last' = final-norm output, 'mean' = "
-                       "mean over decoder layers; p-values two-sided; Holm over every test listed"}
+               "seed_drifts": sd.to_dict("records"), "tests": tests, "primary": cfg["primary"],
+               "holm_family": len(cfg["primary"] or []), "seed_noise": seed_noise(read("pairs")),
+               "note": "drift = 1 - similarity (a distance: its value); depth final_norm = the final-norm output "
+                       "(column 'last'), decoder_mean = the mean over the decoder layers ('mean'); p-values "
+                       "two-sided; family 'primary' (pre-registered in drift.primary): Holm over those only; "
+                       "family 'exploratory': unadjusted p and Benjamini-Hochberg q within the exploratory tests"}
     write_json(path("drift_summary"), summary)
     write_json(path("drift_timing"), _timing({t: read_json(path("drift", task=t)) for t in tasks}, name))
     return summary

@@ -1,6 +1,6 @@
 """Uncertainty and tests: bootstrap intervals and permutation nulls over examples (through each
 measure's registered fast path), and the across-seed comparison (Welch t, exact permutation test,
-Hedges' g, Holm's adjustment).
+Hedges' g, Holm's adjustment over the primary endpoints, Benjamini-Hochberg over the exploratory tests).
 """
 from __future__ import annotations
 
@@ -125,26 +125,41 @@ def hedges_g(a, b) -> float:
 
 
 def compare_groups(a, b, n_resamples=None) -> dict:
-    """Compare per-seed values a (method A) with b (method B); typically 3 seeds each.
+    """Compare per-seed values a (method A) with b (method B).
 
     Returns a dict with n_a, n_b, mean_a, sd_a, mean_b, sd_b (sd with ddof=1), diff (mean_a -
     mean_b), welch_t and welch_p (two-sided, unequal variances), perm_p (two-sided permutation test
-    of the difference of means; exact over all relabelings when n_resamples is None),
-    min_attainable_p (2 / C(n_a + n_b, n_a): the smallest perm_p the design allows, 0.1 for 3 vs 3,
-    so a 3-vs-3 permutation test can never reach p < 0.05) and hedges_g.
+    of the difference of means; exact over all C(n_a + n_b, n_a) relabelings when n_resamples is
+    None: 184,756 for 10 vs 10, under a second), min_attainable_p (2 / C(n_a + n_b, n_a): the
+    smallest perm_p the design allows: 0.1 for 3 vs 3, 1.1e-5 for 10 vs 10), hedges_g and
+    no_variance.
+
+    ``no_variance``: both groups constant (e.g. models that did not move from the base). Welch's t
+    is then undefined: with equal means the result is t = 0 and p = 1 (nothing differs); with
+    different means t = +-inf and p = 0 (the limit); the exact permutation p stays what it is
+    (1, or the smallest attainable), and is the one to read.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) < 2 or len(b) < 2:
         raise ValueError("each group needs at least 2 values")
-    welch = stats.ttest_ind(a, b, equal_var=False)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("per-seed values must be finite (drop the nan ones first)")
+    no_variance = bool(np.ptp(a) == 0 and np.ptp(b) == 0)
+    diff = float(a.mean() - b.mean())
+    if no_variance:  # scipy's own answer here depends on rounding in its mean (nan, or a huge finite t)
+        welch_t, welch_p = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
+    else:
+        welch = stats.ttest_ind(a, b, equal_var=False)
+        welch_t, welch_p = float(welch.statistic), float(welch.pvalue)
     perm = stats.permutation_test(
         (a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
         permutation_type="independent", alternative="two-sided",
         n_resamples=np.inf if n_resamples is None else n_resamples, vectorized=True, random_state=0)
     return {"n_a": len(a), "n_b": len(b), "mean_a": float(a.mean()), "sd_a": float(a.std(ddof=1)),
-            "mean_b": float(b.mean()), "sd_b": float(b.std(ddof=1)), "diff": float(a.mean() - b.mean()),
-            "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue), "perm_p": float(perm.pvalue),
-            "min_attainable_p": min(1.0, 2.0 / math.comb(len(a) + len(b), len(a))), "hedges_g": hedges_g(a, b)}
+            "mean_b": float(b.mean()), "sd_b": float(b.std(ddof=1)), "diff": diff,
+            "welch_t": welch_t, "welch_p": welch_p, "perm_p": float(perm.pvalue),
+            "min_attainable_p": min(1.0, 2.0 / math.comb(len(a) + len(b), len(a))), "hedges_g": hedges_g(a, b),
+            "no_variance": no_variance}
 
 
 def holm(pvalues) -> np.ndarray:
@@ -161,4 +176,26 @@ def holm(pvalues) -> np.ndarray:
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out = np.empty(m)
     out[order] = adjusted
+    return out
+
+
+def holm_family(pvalues, m: int | None = None) -> np.ndarray:
+    """Holm over a pre-registered family of ``m`` tests (default: as many as given) of which some
+    may be missing (nan, e.g. a task without results): a missing test counts as p = 1, so the others
+    are adjusted for the whole family, and stays nan in the output."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = len(p) if m is None else m
+    if m < len(p):
+        raise ValueError(f"a family of {m} tests cannot hold {len(p)} p-values")
+    full = np.concatenate([np.where(np.isnan(p), 1.0, p), np.ones(m - len(p))])
+    return np.where(np.isnan(p), np.nan, holm(full)[:len(p)])
+
+
+def bh(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg q-values (scipy's `false_discovery_control`), in the input order; nan stays nan."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(len(p), np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
     return out

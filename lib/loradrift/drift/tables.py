@@ -2,16 +2,17 @@
 across-seed tests of the summary. Plain computation on pooled states and DataFrames (no files)."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
 from .extract import depth_names
 from .grams import Grams
 from .measures import MEASURES, get_measure
-from .settings import base_vs_model
-from .stats import bootstrap_ci, compare_groups, holm, permutation_null
+from .settings import DEPTHS, EXPLORATORY_DEPTHS, base_vs_model
+from .stats import bh, bootstrap_ci, compare_groups, holm_family, permutation_null
 
-SUMMARIES = ("last", "mean")  # drift at the final-norm output; averaged over the decoder layers
 SELF = ("original", "original_study_similarity")  # the original formula's ceiling: the base vs itself
 
 
@@ -52,6 +53,7 @@ def _depth_values(values: dict, rep, d: int, pooling: str, rids, cfg) -> None:
             values["layers", rid, pooling, meas, d] = (
                 bootstrap_ci(base, rep(rid), m, n_boot=cfg["n_boot"], alpha=cfg["alpha"], seed=cfg["boot_seed"])
                 if m.interval else (float(m.value(base, rep(rid))), None, None))
+            values["unmatched", rid, pooling, meas, d] = m.unmatched_value(base, rep(rid))
     if pooling == SELF[0] and SELF in base_vs_model(cfg):
         values["self", d] = MEASURES[SELF[1]].value(base, base)
     if pooling != ctl["pooling"]:
@@ -69,12 +71,13 @@ def _rows(task, values, rids, cfg, names) -> tuple[list, list, list]:
     """The (layers, pairs, null) rows from `_depth_values`, in the tables' order."""
     ctl, depths = cfg["controls"], list(enumerate(names))
     layers = [{"task": task, "model": rid, "method": method, "seed": seed, "pooling": pooling, "measure": meas,
-               "depth": d, "depth_name": depth, **dict(zip(("value", "lo", "hi"), values["layers", rid, pooling, meas, d]))}
+               "depth": d, "depth_name": depth, **dict(zip(("value", "lo", "hi"), values["layers", rid, pooling, meas, d])),
+               "unmatched": values["unmatched", rid, pooling, meas, d]}
               for rid, method, seed in rids for pooling, meas in base_vs_model(cfg) for d, depth in depths]
     if SELF in base_vs_model(cfg):
         layers += [{"task": task, "model": "base", "method": "base", "seed": None, "pooling": SELF[0],
                     "measure": SELF[1], "depth": d, "depth_name": depth, "value": values["self", d],
-                    "lo": None, "hi": None} for d, depth in depths]
+                    "lo": None, "hi": None, "unmatched": None} for d, depth in depths]
     pairs = [{"task": task, "kind": kind, "a": x, "b": y, "pooling": ctl["pooling"], "measure": meas, "depth": d,
               "depth_name": depth, "value": values["pairs", x, y, meas, d]}
              for kind, x, y in control_pairs(rids, cfg["compare"]) for d, depth in depths for meas in ctl["measures"]]
@@ -93,8 +96,9 @@ def task_measures(task: str, reps: dict, rids: list, cfg: dict, grams: Grams | N
     """Per-depth measures of one task -> (layers, pairs, null) DataFrames.
 
     layers: base vs each model at every depth, each configured pooling x measure, with a bootstrap
-    interval for the measures registered with one; plus the base's self-similarity under the
-    original's formula. pairs: model vs model (same method different seeds, and across the compared
+    interval for the measures registered with one and, for those registered with a null over
+    different examples (cosine), that null (``unmatched``); plus the base's self-similarity under
+    the original's formula. pairs: model vs model (same method different seeds, and across the compared
     methods) on the controls' pooling. null: base vs the first seed of each method with the example
     pairing shuffled.
 
@@ -136,22 +140,44 @@ def seed_drifts(layers: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def seed_tests(sd: pd.DataFrame, tasks, cfg: dict) -> list[dict]:
-    """The claims: per task, (pooling, measure) and summary, the compared methods' per-seed drift
-    (Welch, exact permutation test, Hedges' g), Holm-adjusted over every test listed."""
+def _endpoint_test(sd: pd.DataFrame, task: str, pooling: str, meas: str, depth: str, cfg: dict, family: str) -> dict:
+    """One seed-level test: the compared methods' per-seed drift at ``depth`` (`settings.DEPTHS`),
+    nan values left out; ``status`` ok, no_variance (both methods constant) or too_few_seeds (fewer
+    than 2 finite values on a side: no p-values)."""
     a, b = cfg["compare"]
-    tests = []
+    col = DEPTHS[depth]
+    g = sd[(sd["task"] == task) & (sd["pooling"] == pooling) & (sd["measure"] == meas)] if not sd.empty else sd
+    va, vb = (g[g["method"] == m][col].dropna().to_numpy() if not g.empty else np.array([]) for m in (a, b))
+    row = {"task": task, "pooling": pooling, "measure": meas, "depth": depth, "summary": col, "family": family,
+           "claim": f"{a} drift != {b} drift ({task}, {pooling}, {meas}, {depth})"}
+    if len(va) < 2 or len(vb) < 2:
+        return {**row, "status": "too_few_seeds", "n_a": len(va), "n_b": len(vb), "welch_p": np.nan, "perm_p": np.nan}
+    out = compare_groups(va, vb)
+    return {**row, "status": "no_variance" if out["no_variance"] else "ok", **out}
+
+
+def seed_tests(sd: pd.DataFrame, tasks, cfg: dict) -> list[dict]:
+    """The seed-level tests of the compared methods' drift (Welch, exact permutation test, Hedges' g).
+
+    family "primary": the profile's pre-registered endpoints (``drift.primary``, at most 3), each
+    listed even without results (p nan), Holm-adjusted over the registered family only
+    (``welch_p_holm``, ``perm_p_holm``). family "exploratory": every task with results x
+    ``drift.exploratory`` (pooling, measure) x `settings.EXPLORATORY_DEPTHS`, less the primary ones,
+    with unadjusted p-values and Benjamini-Hochberg q-values within the exploratory family
+    (``welch_p_bh``, ``perm_p_bh``). A test with fewer than 2 seeds on a side is listed (primary) or
+    left out (exploratory)."""
+    primary = [(e["task"], e["pooling"], e["measure"], e["depth"]) for e in cfg["primary"] or []]
+    tests = [_endpoint_test(sd, *e, cfg, "primary") for e in primary]
     for task in tasks:
-        for pooling, meas in cfg["claims"]:
-            g = sd[(sd["task"] == task) & (sd["pooling"] == pooling) & (sd["measure"] == meas)]
-            for summary in SUMMARIES:
-                va, vb = g[g["method"] == a][summary].to_numpy(), g[g["method"] == b][summary].to_numpy()
-                if len(va) >= 2 and len(vb) >= 2:
-                    tests.append({"task": task, "pooling": pooling, "measure": meas, "summary": summary,
-                                  "claim": f"{a} drift != {b} drift ({meas}, {summary})", **compare_groups(va, vb)})
-    if tests:
-        for t, hw, hp in zip(tests, holm([t["welch_p"] for t in tests]), holm([t["perm_p"] for t in tests])):
-            t["welch_p_holm"], t["perm_p_holm"] = float(hw), float(hp)
+        for (pooling, meas), depth in itertools.product(cfg["exploratory"], EXPLORATORY_DEPTHS):
+            if (task, pooling, meas, depth) not in primary:
+                t = _endpoint_test(sd, task, pooling, meas, depth, cfg, "exploratory")
+                tests += [t] if t["status"] != "too_few_seeds" else []
+    for family, adjust, suffix in (("primary", lambda p: holm_family(p, len(primary)), "holm"), ("exploratory", bh, "bh")):
+        rows = [t for t in tests if t["family"] == family]
+        for col in ("welch_p", "perm_p"):
+            for t, q in zip(rows, adjust([t[col] for t in rows]) if rows else []):
+                t[f"{col}_{suffix}"] = float(q)
     return tests
 
 

@@ -37,12 +37,14 @@ def intruder_dimensions(W_base, W_ft, k: int = 10, threshold: float = 0.5) -> di
 
 
 def weight_change(base_backbone, ft_backbone, modules=("q_proj", "v_proj"), k: int = 10,
-                  threshold: float = 0.5, base_svd: dict | None = None) -> list[dict]:
-    """Intruder dimensions and relative change ||W_ft - W_base||_F / ||W_base||_F per layer and matrix.
+                  thresholds=(0.3, 0.5, 0.7, 0.9), base_svd: dict | None = None) -> list[dict]:
+    """Intruder dimensions over a sweep of thresholds, and the relative change ||W_ft - W_base||_F /
+    ||W_base||_F, per layer and matrix: one row per (layer, matrix, threshold).
 
     Intruders as in `intruder_dimensions` (same definition; a test checks they agree), with the
     base matrices' left singular vectors computed once and kept in ``base_svd`` (a dict the caller
-    may reuse across fine-tuned models).
+    may reuse across fine-tuned models). ``min_max_sim`` and ``rel_change`` do not depend on the
+    threshold (repeated on each of the matrix's rows); the SVDs are computed once per matrix.
     """
     base_svd = {} if base_svd is None else base_svd
     rows = []
@@ -55,7 +57,7 @@ def weight_change(base_backbone, ft_backbone, modules=("q_proj", "v_proj"), k: i
             if (i, name) not in base_svd:
                 base_svd[(i, name)] = np.linalg.svd(wb, full_matrices=False)[0]
             max_sims, _ = _max_sims(base_svd[(i, name)], wf, k)
-            rows.append({"layer": i, "matrix": name, "n_intruders": int((max_sims < threshold).sum()),
-                         "min_max_sim": float(max_sims.min()),
-                         "rel_change": float(np.linalg.norm(wf - wb) / np.linalg.norm(wb))})
+            rel = float(np.linalg.norm(wf - wb) / np.linalg.norm(wb))
+            rows += [{"layer": i, "matrix": name, "threshold": float(t), "n_intruders": int((max_sims < t).sum()),
+                      "min_max_sim": float(max_sims.min()), "rel_change": rel} for t in thresholds]
     return rows
