@@ -159,6 +159,9 @@ def validate(prof: dict, where: str) -> dict:
     problems += _group_problems(prof)
     if problems:
         raise LoraDriftError(f"profile {where}: " + "; ".join(problems))
+    if "drift" in prof:   # the drift settings (pre-registered endpoints included) are checked when the profile loads
+        from .drift.settings import drift_config
+        drift_config(prof)
     return prof
 
 

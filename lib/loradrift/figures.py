@@ -187,6 +187,10 @@ def tuned_table(tvu):
         for r in tvu.itertuples()])
 
 
+DRIFT_LABELS = {"cka": "1−CKA", "debiased_cka": "1−debiased CKA",
+                "standardized_debiased_cka": "1−debiased CKA (z-scored)"}
+
+
 def headline_table(study):
     """``findings.headline_study`` as the preface shows it: one row per task, a column per method and
     measure; ``units`` only while some units are stale."""
@@ -198,9 +202,11 @@ def headline_table(study):
         row = {"task": task_name(task), "metric": g["metric"].iloc[0], "units": g["units"].iloc[0]}
         row |= {f"{method_label(r.method)} test": "n/a" if missing(r.test_mean) else pm(r.test_mean, r.test_sd)
                 for r in g.itertuples()}
-        row |= {f"{method_label(r.method)} 1−CKA": sig(r.drift, 2) for r in g.itertuples()}
+        drift = DRIFT_LABELS.get(g["measure"].iloc[0], f"1−{g['measure'].iloc[0]}")
+        row |= {f"{method_label(r.method)} {drift}": sig(r.drift, 2) for r in g.itertuples()}
         p, holm = g["perm_p"].iloc[0], g["perm_p_holm"].iloc[0]
-        rows.append(row | {"p (FT vs LoRA drift)": "n/a" if missing(p) else f"{p:.2f} (Holm {holm:.2f})"})
+        rows.append(row | {"p (FT vs LoRA drift)": "n/a" if missing(p) else
+                           f"{p:.2f}" + ("" if missing(holm) else f" (Holm {holm:.2f})")})
     t = pd.DataFrame(rows)
     return t.drop(columns="units") if t.empty or (t["units"] == "current").all() else t
 

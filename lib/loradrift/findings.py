@@ -246,37 +246,53 @@ def outdated(prof=None) -> dict:
 
 
 # ---------------------------------------------------------------------------- the preface's headline
+def _headline_endpoint(cfg: dict, task: str, tests) -> tuple[str, str, str]:
+    """(pooling, measure, depth) the preface quotes for a task: its first pre-registered primary endpoint
+    when the results have one, else (results from before the registration) masked-mean 1 - CKA at the final norm."""
+    if "family" in tests:
+        for e in cfg.get("primary") or []:
+            if e["task"] == task:
+                return e["pooling"], e["measure"], e["depth"]
+    return "masked", "cka", "final_norm"
+
+
 def headline_study(prof=None):
-    """Per task x method of the profile: the test metric (``test_mean``, ``test_sd`` over seeds), the drift
-    at the final-norm output (``drift``: 1 − linear CKA with the base model, masked-mean pooling, mean over
-    seeds) and the task's exact permutation test of the methods' drift (``perm_p``, ``perm_p_holm``);
-    ``units``: current, stale or partly stale (a study re-run in pieces). NaN where a stage has not run."""
+    """Per task x compared method (``drift.compare``): the test metric (``test_mean``, ``test_sd`` over
+    seeds), the drift at the task's headline endpoint (``drift``: 1 - the similarity with the base model,
+    mean over seeds; ``pooling``, ``measure``, ``depth``: its first primary endpoint, else masked-mean linear
+    CKA at the final norm) and that endpoint's exact permutation test of the methods' drift (``perm_p``,
+    ``perm_p_holm``: Holm over the primary endpoints); ``units``: current, stale or partly stale. NaN where
+    a stage has not run."""
     import pandas as pd
 
     from . import drift
+    from .drift.settings import DEPTHS, drift_config
     p = load_profile(prof)
     runs = runs_frame(p)
     summ = summary_frame(runs)
     res = drift.load_results(p)
-    sd, tests = res["seeds"], res["tests"]
+    sd, tests, cfg = res["seeds"], res["tests"], drift_config(p)
     first = lambda s: s.iloc[0] if len(s) else math.nan   # noqa: E731
+    cols = ["task", "metric", "units", "method", "test_mean", "test_sd", "pooling", "measure", "depth", "drift",
+            "perm_p", "perm_p_holm"]
     rows = []
     for task in [t for t in p["tasks"] if not summ.empty and t in set(summ.task)]:
         status = set(runs[runs.task == task]["status"])
         state = "current" if status == {"done"} else "stale" if status == {"stale"} else "partly stale"
-        t = tests[(tests.task == task) & (tests.pooling == "masked") & (tests.measure == "cka")
-                  & (tests.summary == "last")] if not tests.empty else tests
-        for m in p["methods"]:
+        pooling, measure, depth = _headline_endpoint(cfg, task, tests)
+        t = tests[(tests.task == task) & (tests.pooling == pooling) & (tests.measure == measure)
+                  & (tests.summary == DEPTHS[depth])] if not tests.empty else tests
+        for m in [m for m in cfg["compare"] if m in set(summ[summ.task == task].method)]:
             s = summ[(summ.task == task) & (summ.method == m)]
-            g = sd[(sd.task == task) & (sd.method == m) & (sd.pooling == "masked") & (sd.measure == "cka")] \
+            g = sd[(sd.task == task) & (sd.method == m) & (sd.pooling == pooling) & (sd.measure == measure)] \
                 if not sd.empty else sd
             rows.append({"task": task, "metric": summ[summ.task == task]["metric"].iloc[0], "units": state,
                          "method": m, "test_mean": first(s["mean"]), "test_sd": first(s["sd"]),
-                         "drift": g["last"].mean() if len(g) else math.nan,
+                         "pooling": pooling, "measure": measure, "depth": depth,
+                         "drift": g[DEPTHS[depth]].mean() if len(g) else math.nan,
                          "perm_p": first(t["perm_p"]) if len(t) else math.nan,
-                         "perm_p_holm": first(t["perm_p_holm"]) if len(t) else math.nan})
-    return pd.DataFrame(rows, columns=["task", "metric", "units", "method", "test_mean", "test_sd", "drift",
-                                       "perm_p", "perm_p_holm"])
+                         "perm_p_holm": first(t["perm_p_holm"]) if len(t) and "perm_p_holm" in t else math.nan})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def headline_serving(prof=None):

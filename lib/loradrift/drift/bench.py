@@ -62,7 +62,7 @@ def measures_speed(profile: str | dict = "cpu", n: int = 872, d: int = 576, dept
     """
     prof = load_profile(profile) if isinstance(profile, str) else profile
     cfg = drift_config({**prof, "drift": {**(prof.get("drift") or {}), **drift_settings}})
-    rids = [(f"bench-{m}-s{s}", m, s) for m in prof["methods"] for s in prof["seeds"]]
+    rids = [(f"bench-{m}-s{s}", m, s) for m in drift_config(prof)["compare"] for s in prof["seeds"][:3]]
     reps = synthetic_states(n, d, depths, ["base"] + [r for r, _, _ in rids], cfg["poolings"], seed)
     paths = {"before": lambda: Grams(enabled=False), "after": Grams}
     runs, builds, tables = {p: [] for p in paths}, {}, {}

@@ -17,10 +17,12 @@ SELF = ("original", "original_study_similarity")  # the original formula's ceili
 
 
 def control_pairs(rids, compare) -> list[tuple[str, str, str]]:
-    """(kind, a, b): two seeds of one method (``within_<method>``), and a model of each compared method (``across``)."""
+    """(kind, a, b): two seeds of one compared method (``within_<method>``), and a model of each compared
+    method (``across``). Other methods (a sweep's variants) get no pairs: the controls are about the comparison."""
     by_method = {}
     for rid, m, _ in rids:
-        by_method.setdefault(m, []).append(rid)
+        if m in compare:
+            by_method.setdefault(m, []).append(rid)
     pairs = [(f"within_{m}", ids[i], ids[j]) for m, ids in by_method.items()
              for i in range(len(ids)) for j in range(i + 1, len(ids))]
     a, b = compare
