@@ -26,6 +26,7 @@ def test_every_chart_gets_its_own_div_with_a_static_fallback():
     assert ida != idb
     for h, i, png in ((a, ida, "AAAA"), (b, idb, "BBBB")):
         assert f'<div id="{i}"><img src="data:image/png;base64,{png}"' in h   # PNG until vega-embed replaces it
+        assert f'<div class="loradrift-chart" style="overflow-x:auto"><div id="{i}">' in h   # scrolls, never cut off
         assert f'vegaEmbed("#{i}"' in h
         assert "<script src" not in h and 'type="text/javascript" src=' not in h   # no bare UMD script tags
 
@@ -85,10 +86,32 @@ def test_enlarged_text_sizes_reach_every_part_and_keep_a_charts_own():
     assert spec["axis"] == {"labelFontSize": 15, "titleFontSize": 16.5}
     assert spec["header"]["labelFontSize"] == 15 and spec["title"]["fontSize"] == 19.5
     assert spec["legend"]["orient"] == "bottom" and spec["legend"]["labelFontSize"] == 7   # the chart's own
-    assert spec["legend"]["symbolSize"] == 225
+    assert spec["legend"]["symbolSize"] == 225 and spec["legend"]["labelLimit"] == 240
 
 
 def test_printed_size_is_the_shrink_to_the_text_width():
     assert charts.printed_font_pt(10, charts.PDF_TEXT_WIDTH_PT, 1) == pytest.approx(10)
     assert charts.printed_font_pt(10, 2 * charts.PDF_TEXT_WIDTH_PT, 2) == pytest.approx(5)
     assert charts.printed_font_pt(10, 100, 2) == pytest.approx(20)   # a small picture is not enlarged
+
+
+def _legend(chart) -> tuple[list[str], set[str]]:
+    """The opacity of each legend symbol and the legends' labels, from the chart's SVG."""
+    import vl_convert as vlc
+    svg = vlc.vegalite_to_svg(chart.to_dict())
+    labels = set(re.findall(r'role-legend-label.*?<text[^>]*>([^<]+)</text>', svg))
+    return re.findall(r'role-legend-symbol.*?<path[^>]*?opacity="([^"]+)"', svg), labels
+
+
+@pytest.mark.skipif(not (charts.__file__ and (__import__("pathlib").Path(__file__).parents[1] / "data" / "cpu" / "drift_summary.json").exists()),
+                    reason="no committed drift results")
+def test_drift_charts_keep_a_solid_legend(monkeypatch):
+    """A translucent band or bar layered under lines must not fade (or remove) the method legend."""
+    from loradrift import figures
+    from loradrift.drift import load_results, results
+    monkeypatch.delenv("LORADRIFT_ROOT", raising=False)
+    res = load_results("cpu")
+    for chart in (figures.drift_layers(res), figures.drift_tradeoff(res, results.forgetting_table(res))):
+        ops, labels = _legend(chart)
+        assert {"full", "lora"} <= labels, labels                   # the method legend is there
+        assert ops and all(float(o) >= 0.7 for o in ops), ops   # 0.7: vega's own for filled points

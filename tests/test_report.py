@@ -398,6 +398,8 @@ def test_sig_keeps_its_significant_figures_and_one_notation():
     assert report.sig_column([1.7e-4, 0.0089], 2) == ["1.7 × 10⁻⁴", "8.9 × 10⁻³"]   # one small value: all m × 10ⁿ
     assert report.sig_column([0.5, 0.0089, None], 2) == ["0.50", "0.0089", "n/a"]
     assert report.written(2e-05) == "2 × 10⁻⁵" and report.written(0.0204) == "0.0204" and report.written(3.0) == "3"
+    # prose values are printable: Quarto writes an inline value as its repr, so a no-break space would read '\xa0'
+    assert all(s.isprintable() for s in (report.sig(1.7e-4), report.sci(0.5), report.written(2e-5)))
 
 
 def test_signed_values_never_read_minus_zero():
@@ -421,15 +423,15 @@ def test_a_table_shows_words_not_python():
     rows, sep = _cells(_markdown(df))
     assert rows[0] == ["95% CI low", "paired", "max \\|Δlogit\\|", "tokens run", "measure", "diff", "model MiB",
                        "unit test n", "kind"]   # the escaped '|' keeps the header's columns
-    assert rows[1] == ["0.950", "yes", "0", "171,052", "linear CKA", "-1.00 × 10⁻⁵", "513.140", "408", "identical"]
-    assert rows[2] == ["1.020", "no", "3.20 × 10⁻⁶", "3", "debiased CKA", "5.00 × 10⁻¹", "1.780", "–", "–"]
+    assert rows[1] == ["0.950", "yes", "0", "171,052", "linear CKA", "-1.00\u00a0×\u00a010⁻⁵", "513.140", "408", "identical"]
+    assert rows[2] == ["1.020", "no", "3.20\u00a0×\u00a010⁻⁶", "3", "debiased CKA", "5.00\u00a0×\u00a010⁻¹", "1.780", "–", "–"]
     assert [c.strip().endswith(":") for c in sep] == [True, False, True, True, False, True, True, True, False]
 
 
 def test_a_table_rounds_without_minus_zero_and_as_written_keeps_settings():
     import pandas as pd
     rows, _ = _cells(_markdown(pd.DataFrame({"delta": [-0.00004, 0.0123]}), digits=4))
-    assert [r[0] for r in rows[1:]] == ["-4.00 × 10⁻⁵", "1.23 × 10⁻²"]   # not '-0.0000': its value, in one notation
+    assert [r[0] for r in rows[1:]] == ["-4.00\u00a0×\u00a010⁻⁵", "1.23\u00a0×\u00a010⁻²"]   # not '-0.0000': its value, in one notation
     rows, _ = _cells(_markdown(pd.DataFrame({"delta": [-0.4, 0.0123]}), digits=4))
     assert [r[0] for r in rows[1:]] == ["-0.4000", "0.0123"]
     rows, _ = _cells(_markdown(pd.DataFrame({"lr": [2e-05], "on": [True]}), as_written=True))

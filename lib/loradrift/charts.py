@@ -55,13 +55,15 @@ _N_CHARTS = [0]
 
 def chart_html(chart, png_b64: str) -> str:
     """vega-embed HTML for one chart, in a div of its own (unique on a page, stable across renders),
-    holding the static PNG until the interactive chart replaces it."""
+    holding the static PNG until the interactive chart replaces it, inside a box that scrolls sideways."""
     _N_CHARTS[0] += 1
     spec = json.dumps(chart.to_dict(), sort_keys=True)
     div = f"vis-{_N_CHARTS[0]}-{hashlib.md5(spec.encode()).hexdigest()[:8]}"
     html = chart.to_html(fullhtml=False, output_div=div, template=TEMPLATE)
     img = f'<img src="data:image/png;base64,{png_b64}" alt="chart (static)" style="max-width:100%">'
-    return html.replace(f'<div id="{div}"></div>', f'<div id="{div}">{img}</div>', 1)
+    # in a column narrower than the chart (a narrow window), the chart scrolls sideways instead of being cut off
+    return html.replace(f'<div id="{div}"></div>',
+                        f'<div class="loradrift-chart" style="overflow-x:auto"><div id="{div}">{img}</div></div>', 1)
 
 
 def with_fonts(spec: dict, factor: float) -> dict:
@@ -70,6 +72,7 @@ def with_fonts(spec: dict, factor: float) -> dict:
     for part, sizes in FONT_PX.items():
         cfg[part] = {**{k: round(v * factor, 1) for k, v in sizes.items()}, **(cfg.get(part) or {})}
     cfg["legend"].setdefault("symbolSize", round(100 * factor ** 2))
+    cfg["legend"].setdefault("labelLimit", round(160 * factor))   # vega's 160 px, or longer labels get cut
     return {**spec, "config": cfg}
 
 

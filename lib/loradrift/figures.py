@@ -107,7 +107,7 @@ def test_chart(runs, majority: dict):
     """Test metric per seed (points) and mean (bar) per task and method; the majority baseline dashed."""
     import altair as alt
     df = runs.assign(majority=runs["task"].map({t: v["score"] for t, v in majority.items()}))
-    bars = alt.Chart().mark_bar(opacity=0.35).encode(
+    bars = alt.Chart().mark_bar(fillOpacity=0.35).encode(
         x=alt.X("method:N", title=None), y=alt.Y("mean(test_score):Q", title="test metric"), color="method:N")
     pts = alt.Chart().mark_point(filled=True, size=60).encode(
         x="method:N", y="test_score:Q", color="method:N",
@@ -135,8 +135,8 @@ def curves_chart(train, val):
     def panel(df, mark, y):
         return mark(alt.Chart(df)).encode(y=y, **enc).properties(width=200, height=150) \
             .facet(row=alt.Row("task:N", title=None)).resolve_scale(x="independent")
-    left = panel(train, lambda c: c.mark_line(opacity=0.7), alt.Y("loss:Q", title="training loss"))
-    right = panel(val, lambda c: c.mark_line(point=True, opacity=0.7),
+    left = panel(train, lambda c: c.mark_line(strokeOpacity=0.7), alt.Y("loss:Q", title="training loss"))
+    right = panel(val, lambda c: c.mark_line(point=True, strokeOpacity=0.7),
                   alt.Y("metric:Q", title="validation metric", scale=alt.Scale(zero=False)))
     return alt.hconcat(left, right)
 
@@ -313,7 +313,7 @@ def latency_chart(lat, title: str | None = None):
                  alt.Tooltip("latency_p95_ms:Q", format=".2f"), alt.Tooltip("latency_p99_ms:Q", format=".2f"),
                  alt.Tooltip("latency_mean_ms:Q", format=".2f"), alt.Tooltip("throughput_rps:Q", format=".1f"),
                  "switches"])
-    bar = base.mark_rule(opacity=0.5).encode(y="latency_p50_ms:Q", y2="latency_p95_ms:Q")
+    bar = base.mark_rule(strokeOpacity=0.5).encode(y="latency_p50_ms:Q", y2="latency_p95_ms:Q")
     # two panels a row: four streams side by side were wider than a page
     ch = alt.layer(bar, line).properties(width=200, height=150).facet(
         facet=alt.Facet("stream:N", title=None), columns=2)
@@ -388,10 +388,12 @@ def drift_layers(res: dict):
     x = alt.X("depth:Q", title="depth", axis=alt.Axis(tickMinStep=1), scale=alt.Scale(nice=False))
     y = alt.Y("drift:Q", title="1 − similarity", scale=alt.Scale(type="log"))
     base_chart = alt.Chart(d).transform_filter(sel)
-    band = base_chart.mark_area(opacity=0.15).encode(x=x, y=alt.Y("drift_lo:Q", scale=alt.Scale(type="log")),
-                                                       y2="drift_hi:Q", color="method:N", detail="curve:N")
+    # fillOpacity, not opacity: a mark's opacity would fade the shared legend's symbols too
+    band = base_chart.mark_area(fillOpacity=0.15).encode(x=x, y=alt.Y("drift_lo:Q", scale=alt.Scale(type="log")),
+                                                         y2="drift_hi:Q", color="method:N", detail="curve:N")
     line = base_chart.mark_line(strokeWidth=1.2).encode(
-        x=x, y=y, color=alt.Color("method:N", title="method"), detail="curve:N",
+        x=x, y=y, color=alt.Color("method:N", title="method", legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=3)),
+        detail="curve:N",
         tooltip=["curve", "depth_name", alt.Tooltip("value:Q", title="similarity", format=".6f"),
                  alt.Tooltip("lo:Q", format=".6f"), alt.Tooltip("hi:Q", format=".6f")])
     null_line = alt.Chart(nl).transform_filter(sel).mark_line(strokeDash=[2, 2], color="grey").encode(x=x, y=y)
@@ -400,7 +402,7 @@ def drift_layers(res: dict):
         layers_ = [band.transform_filter(alt.datum.measure == meas), line.transform_filter(alt.datum.measure == meas)]
         if meas != "cosine":
             layers_.append(null_line.transform_filter(alt.datum.measure == meas))
-        charts.append(alt.layer(*layers_).properties(width=160, height=200, title=title))
+        charts.append(alt.layer(*layers_).properties(width=150, height=200, title=title))
     # narrow panels and the legend below them: the three fit a page's text column
     return alt.hconcat(*charts).add_params(task_p, pool_p).configure_legend(orient="bottom")
 
@@ -464,7 +466,7 @@ def drift_tradeoff(res: dict, forgetting):
     left = alt.Chart(m).mark_point(size=70, filled=True).encode(
         x=alt.X("delta_nll:Q", title="forgetting: Δ WikiText loss (nats/token)"),
         y=alt.Y("test_score:Q", title="test metric", scale=alt.Scale(zero=False)), **enc)
-    left = alt.layer(alt.Chart(m).mark_rule(opacity=0.6).encode(
+    left = alt.layer(alt.Chart(m).mark_rule(strokeOpacity=0.6).encode(   # strokeOpacity: the legend stays solid
         x="delta_nll_lo:Q", x2="delta_nll_hi:Q", y="test_score:Q", color="method:N"), left)
     right = alt.Chart(m).mark_point(size=70, filled=True).encode(
         x=alt.X("last:Q", title="drift at final norm (1 − CKA)"),
@@ -506,3 +508,57 @@ def drift_tests_display(tests):
 
 def drift_intruders_display(tot):
     return tot.assign(**{"median relative change": sig_column(tot["median relative change"])})
+
+
+# ---- the original study (appendix)
+def original_settings_table(optima: dict, applied: dict):
+    """The original's tuned values (analysis/*_optimal.yaml) beside what its training applied: 'yaml → used'."""
+    import pandas as pd
+    arrow = lambda tuned, used: f"{written(tuned, 2)} → {written(used, 2)}"  # noqa: E731
+    rows = []
+    for (task, method), v in optima.items():
+        lora = method == "lora"
+        rows.append({"task": task, "method": method_label(method), "learning rate": v["learning_rate"],
+                     "epochs": v["num_train_epochs"], "batch (effective)":
+                         f'{v["per_device_train_batch_size"]} ({v["per_device_train_batch_size"] * applied["grad_accumulation"]})',
+                     "warm-up": arrow(v["warmup_ratio"], applied["lora_warmup_ratio"]) if lora else written(v["warmup_ratio"], 2),
+                     "weight decay": arrow(v["weight_decay"], applied["weight_decay"]),
+                     "LoRA α": v.get("lora_alpha", "–"),
+                     "LoRA dropout": arrow(v["lora_dropout"], applied["lora_dropout"]) if lora else "–"})
+    t = pd.DataFrame(rows)
+    return t.assign(**{"learning rate": sig_column(t["learning rate"])})   # one notation for the column
+
+
+def original_performance_table(performance: dict):
+    """Each seed's score and mean ± sd (ddof=1) per task and method, on the split that also chose the epoch."""
+    import statistics
+
+    import pandas as pd
+    rows = []
+    for task, by in performance.items():
+        metric = "f1" if task == "mrpc" else "accuracy"
+        for method, ms in by.items():
+            v = ms[metric]
+            rows.append({"task": task, "method": method_label(method), "metric": metric,
+                         "seeds 42, 1337, 2024": ", ".join(f"{x:.3f}" for x in v),
+                         "mean ± sd": pm(statistics.mean(v), statistics.stdev(v))})
+    return pd.DataFrame(rows)
+
+
+def original_drift_table(red):
+    """``original.drift_reduction``: mean drift of each method, the reduction per seed and mean ± sd, its p."""
+    return red.assign(**{
+        "full FT drift": red["full"].map(lambda x: f"{x:.3f}"), "LoRA drift": red["lora"].map(lambda x: f"{x:.3f}"),
+        "reduction per seed (%)": red["per_seed"].map(lambda v: ", ".join(signed(x, 2, plus=False) for x in v)),
+        "reduction (%)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(red["mean"], red["sd"])],
+        "one-sided p": sig_column(red["p"], 2)})[
+        ["task", "full FT drift", "LoRA drift", "reduction per seed (%)", "reduction (%)", "one-sided p"]]
+
+
+def original_serving_table(rows: list[dict]):
+    """The original's serving headline per configuration group: mean latency (sd over configurations), derived req/s."""
+    import pandas as pd
+    return pd.DataFrame([{"configuration": r["original_name"], "as": r["mode"], "configurations": r["configs"],
+                          "latency ms": r["latency_ms"] if missing(r["latency_sd"]) else pm(r["latency_ms"], r["latency_sd"], 2),
+                          "req/s (1000 / latency)": f'{r["throughput_rps"]:.2f}'} for r in rows])
+

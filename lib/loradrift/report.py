@@ -62,8 +62,8 @@ def outdated_note(stage: str, prof_name: str | None = None) -> None:
     if not items:
         return
     if stage == "train":
-        what = (f"{len(items)} training unit(s) ({', '.join(items)}) were made with values the profile no "
-                "longer has; they are shown until re-trained")
+        what = (f"{plural(len(items), 'training unit')} ({', '.join(items)}) {'was' if len(items) == 1 else 'were'} "
+                "made with values the profile no longer has; shown until re-trained")
     elif stage == "drift":
         what = (f"the drift results of {', '.join(map(task_name, items))} were computed with other drift "
                 "settings or from training units that have since been re-trained")
@@ -168,7 +168,7 @@ def table(df, digits: int = 3, index: bool = False, as_written: bool = False):
     if index:
         df = df.reset_index()
     # a '|' in a header or a cell would end the pipe table's column: write it as the escaped '\|'
-    pipe = lambda v: v.replace("|", "\\|") if isinstance(v, str) else v  # noqa: E731
+    pipe = lambda v: _together(v.replace("|", "\\|")) if isinstance(v, str) else v  # noqa: E731
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
     text = (lambda col: [None if _absent(v) else _as_written(v) for v in col]) if as_written else \
         (lambda col: column(col, digits))
@@ -177,6 +177,12 @@ def table(df, digits: int = 3, index: bool = False, as_written: bool = False):
     md = _min_col_widths(shown.to_markdown(index=False, disable_numparse=True,
                                            colalign=["right" if n else "left" for n in numeric]))
     _display({"text/markdown": md, "text/plain": shown.to_string(index=False)})
+
+
+def _together(text: str) -> str:
+    for a, b in KEEP_TOGETHER:
+        text = text.replace(a, b)
+    return text
 
 
 def _as_written(v) -> str:
@@ -202,8 +208,8 @@ def _min_col_widths(md: str, line_chars: int = 72) -> str:
     seps = lines[1].strip().strip("|").split("|")
     if any(len(r) != len(seps) for r in rows):
         return md   # not a table this function wrote: leave it as it is
-    def words(cell):   # a number with its ± or × 10ⁿ reads as one word
-        return cell.replace(" ± ", "±").replace(" × ", "×").split() or [""]
+    def words(cell):   # a number with its ± or × 10ⁿ reads as one word (no-break spaces join, too)
+        return cell.replace(" ± ", "±").replace(" × ", "×").split(" ") or [""]
     longest = [max(len(w) for r in rows for w in words(r[k])) for k in range(len(seps))]
     dashes = [len(c) for c in seps]
     total = sum(dashes)
@@ -245,6 +251,10 @@ def fmt(x, digits: int = 3) -> str:
 
 
 _SUP = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+TIMES = " × "
+# in a table cell m × 10ⁿ is held together by no-break spaces (never in prose: Quarto's inline values
+# come out as Python's repr, which writes a no-break space as '\xa0')
+KEEP_TOGETHER = ((" × ", "\u00a0×\u00a0"),)
 
 
 def sig(x, digits: int = 3, na: str = "n/a") -> str:
@@ -270,7 +280,7 @@ def sci(x, digits: int = 3, na: str = "n/a") -> str:
     if x == 0:
         return "0"
     m, e = f"{x:.{digits - 1}e}".split("e")
-    return f"{m} × 10{str(int(e)).translate(_SUP)}"
+    return f"{m}{TIMES}10{str(int(e)).translate(_SUP)}"
 
 
 def written(x, digits: int = 4, na: str = "–") -> str:
@@ -282,7 +292,7 @@ def written(x, digits: int = 4, na: str = "–") -> str:
     if "e" not in text:
         return text
     m, e = text.split("e")
-    return f"{m} × 10{str(int(e)).translate(_SUP)}"
+    return f"{m}{TIMES}10{str(int(e)).translate(_SUP)}"
 
 
 def sig_column(values, digits: int = 3, na: str = "n/a") -> list[str]:
