@@ -13,7 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = yaml.safe_load((ROOT / "_quarto.yml").read_text())
-CHAPTERS = [ROOT / c for c in BOOK["book"]["chapters"]]
+# every chapter and appendix that runs code (a page of prose only, such as the references, has no frozen output)
+CHAPTERS = [ROOT / c for c in BOOK["book"]["chapters"] + BOOK["book"].get("appendices", [])
+            if "```{python}" in (ROOT / c).read_text()]
 
 
 def frozen(source: Path) -> dict:

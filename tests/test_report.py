@@ -78,11 +78,15 @@ def test_headline_matches_the_run_records(monkeypatch):
         row = study[study.task == names[t]].iloc[0]
         assert row["metric"] == metric and row["LoRA test"].startswith(f"{mean:.3f} ± ")
     summ = json.loads((COMMITTED / "drift_summary.json").read_text()) if (COMMITTED / "drift_summary.json").exists() else {}
-    for t in summ.get("tests", []):
-        if t["pooling"] == "masked" and t["measure"] == "cka" and t["summary"] == "last":
-            row = study[study.task.str.lower().str.replace("-", "") == t["task"]].iloc[0]
-            assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
-            assert row["full FT 1−CKA"] == report.sig(t["mean_a"], 2) and row["LoRA 1−CKA"] == report.sig(t["mean_b"], 2)
+    tests = {t["task"]: t for t in summ.get("tests", [])
+             if t["pooling"] == "masked" and t["measure"] == "cka" and t["summary"] == "last"}
+    order = [t.lower().replace("-", "") for t in study.task]
+    for col, key in (("full FT 1−CKA", "mean_a"), ("LoRA 1−CKA", "mean_b")):   # one notation per column
+        if tests:
+            assert list(study[col]) == report.sig_column([tests[t][key] if t in tests else None for t in order], 2)
+    for task, t in tests.items():
+        row = study[study.task.str.lower().str.replace("-", "") == task].iloc[0]
+        assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
     stale = {r["task"] for r in findings.runs_frame("cpu-v1").query("status != 'done'").to_dict("records")}
     assert ("units" in study) == bool(stale)  # the column appears only while some units are stale
     if stale:
@@ -123,18 +127,6 @@ def test_listing_joins_items_for_prose():
     assert report.listing([]) == "" and report.listing(["MRPC"]) == "MRPC"
     assert report.listing(["MRPC", "SST-2"]) == "MRPC and SST-2"
     assert report.listing(iter(["RTE", "MRPC", "SST-2"])) == "RTE, MRPC and SST-2"
-
-
-def test_every_chart_gets_its_own_div_with_a_static_fallback():
-    import altair as alt
-    import pandas as pd
-    ch = alt.Chart(pd.DataFrame({"x": [1, 2]})).mark_point().encode(x="x")
-    a, b = report.chart_html(ch, "AAAA"), report.chart_html(ch, "BBBB")
-    ida, idb = (re.search(r'<div id="(vis-[^"]+)">', h).group(1) for h in (a, b))
-    assert ida != idb
-    for h, i, png in ((a, ida, "AAAA"), (b, idb, "BBBB")):
-        assert f'<div id="{i}"><img src="data:image/png;base64,{png}"' in h   # PNG until vega-embed replaces it
-        assert f'vegaEmbed("#{i}"' in h
 
 
 def test_untuned_units_are_kept_beside_the_study():
@@ -370,12 +362,12 @@ def test_search_findings_count_trials_gains_and_applied_values(tiny_profile):
     gains = figures.gains_table(search_findings.gains(prof, res)).set_index("method")
     assert gains.loc["lora", "applied"] == "yes" and gains.loc["full", "applied"] == "no"
     chosen = figures.chosen_table(search_findings.chosen(res)).set_index(["method", "parameter"])
-    assert chosen.loc[("lora", "learning_rate"), "chosen"] == "0.01" and chosen.loc[("lora", "learning_rate"), "untuned"] == "0.005"
-    assert chosen.loc[("lora", "num_train_epochs"), "chosen"] == 2              # an integer stays as written
-    assert chosen.loc[("full", "learning_rate"), "original"] == "9.663e-06"    # the original's typed-in choice
+    assert chosen.loc[("lora", "learning rate"), "chosen"] == "0.01" and chosen.loc[("lora", "learning rate"), "untuned"] == "0.005"
+    assert chosen.loc[("lora", "epochs"), "chosen"] == 2                       # an integer stays as written
+    assert chosen.loc[("full", "learning rate"), "original"] == "9.663 × 10⁻⁶"  # the original's typed-in choice
     res[0]["best_params"]["max_grad_norm"] = 0.5                                # no untuned value, no original
     chosen = figures.chosen_table(search_findings.chosen(res)).set_index(["method", "parameter"])
-    assert tuple(chosen.loc[("lora", "max_grad_norm")]) == ("rte", "–", "0.5", "–")
+    assert tuple(chosen.loc[("lora", "max grad norm")]) == ("rte", "–", "0.5", "–")
 
 
 def test_a_pipe_in_a_table_does_not_split_its_column(monkeypatch):
@@ -387,3 +379,79 @@ def test_a_pipe_in_a_table_does_not_split_its_column(monkeypatch):
     header, sep, row = md.splitlines()[:3]
     assert header.count(" | ") == row.count(" | ") == 1  # two columns, the pipes inside them escaped
     assert "max \\|Δ\\|" in header and "a\\|b" in row
+
+
+# ---------------------------------------------------------------------------- numbers and tables as shown
+def _markdown(df, **kw):
+    shown = []
+    orig = report._display
+    report._display = lambda b: shown.append(b["text/markdown"])
+    try:
+        report.table(df, **kw)
+    finally:
+        report._display = orig
+    return shown[0]
+
+
+def _cells(md):
+    rows = [re.split(r"(?<!\\)\|", ln.strip()[1:-1]) for ln in md.splitlines()]
+    return [[c.strip() for c in r] for r in rows[:1] + rows[2:]], rows[1]
+
+
+def test_sig_keeps_its_significant_figures_and_one_notation():
+    assert report.sig(0.002, 2) == "0.0020" and report.sig(0.5) == "0.500" and report.sig(1234) == "1234"
+    assert report.sig(12345) == "1.23 × 10⁴" and report.sci(0.00891) == "8.91 × 10⁻³" and report.sci(0) == "0"
+    assert report.sig_column([1.7e-4, 0.0089], 2) == ["1.7 × 10⁻⁴", "8.9 × 10⁻³"]   # one small value: all m × 10ⁿ
+    assert report.sig_column([0.5, 0.0089, None], 2) == ["0.50", "0.0089", "n/a"]
+    assert report.written(2e-05) == "2 × 10⁻⁵" and report.written(0.0204) == "0.0204" and report.written(3.0) == "3"
+    # prose values are printable: Quarto writes an inline value as its repr, so a no-break space would read '\xa0'
+    assert all(s.isprintable() for s in (report.sig(1.7e-4), report.sci(0.5), report.written(2e-5)))
+
+
+def test_signed_values_never_read_minus_zero():
+    assert report.signed(-0.0001) == "0.000" and report.signed(-0.0001, plus=False) == "0.000"
+    assert report.signed(0.016) == "+0.016" and report.signed(-0.017) == "-0.017"
+    assert report.signed(float("nan")) == "n/a"
+
+
+def test_counts_and_shares_read_as_prose():
+    assert report.plural(["2"], "thread") == "2 threads" and report.plural(1, "time") == "1 time"
+    assert report.plural(["1", "2"], "thread") == "1 and 2 threads" and report.plural(None, "thread") == "n/a"
+    assert report.at_least(1.0, "predictions") == "all predictions"
+    assert report.at_least(0.995, "predictions") == "at least 99.5% of the predictions"
+
+
+def test_a_table_shows_words_not_python():
+    import pandas as pd
+    df = pd.DataFrame({"ci_low": [0.95, 1.02], "paired": [True, False], "max |Δlogit|": [0.0, 3.2e-6],
+                       "tokens run": [171052, 3], "measure": ["cka", "debiased_cka"], "diff": [-0.00001, 0.5],
+                       "model MB": [513.14, 1.78], "unit test n": [408.0, float("nan")], "kind": ["identical", None]})
+    rows, sep = _cells(_markdown(df))
+    assert rows[0] == ["95% CI low", "paired", "max \\|Δlogit\\|", "tokens run", "measure", "diff", "model MiB",
+                       "unit test n", "kind"]   # the escaped '|' keeps the header's columns
+    assert rows[1] == ["0.950", "yes", "0", "171,052", "linear CKA", "-1.00\u00a0×\u00a010⁻⁵", "513.140", "408", "identical"]
+    assert rows[2] == ["1.020", "no", "3.20\u00a0×\u00a010⁻⁶", "3", "debiased CKA", "5.00\u00a0×\u00a010⁻¹", "1.780", "–", "–"]
+    assert [c.strip().endswith(":") for c in sep] == [True, False, True, True, False, True, True, True, False]
+
+
+def test_a_table_rounds_without_minus_zero_and_as_written_keeps_settings():
+    import pandas as pd
+    rows, _ = _cells(_markdown(pd.DataFrame({"delta": [-0.00004, 0.0123]}), digits=4))
+    assert [r[0] for r in rows[1:]] == ["-4.00\u00a0×\u00a010⁻⁵", "1.23\u00a0×\u00a010⁻²"]   # not '-0.0000': its value, in one notation
+    rows, _ = _cells(_markdown(pd.DataFrame({"delta": [-0.4, 0.0123]}), digits=4))
+    assert [r[0] for r in rows[1:]] == ["-0.4000", "0.0123"]
+    rows, _ = _cells(_markdown(pd.DataFrame({"lr": [2e-05], "on": [True]}), as_written=True))
+    assert rows[1] == ["2e-05", "yes"]
+
+
+def test_display_tables_format_their_numbers_once():
+    import pandas as pd
+    s = figures.sanity_table({"full": {"final_loss": 3.2e-5, "passed": True, "seconds": 368.3555},
+                              "lora": {"final_loss": 0.0123, "passed": False, "seconds": 244.39}})
+    assert list(s["final loss"]) == ["3.2 × 10⁻⁵", "0.012"] and list(s["seconds"]) == [368, 244]
+    summ = pd.DataFrame({"task": ["rte", "rte"], "method": ["full", "lora"], "trainable": [134516160, 470016],
+                         "total": [134516160, 134986176], "train_s": [267.674, 100.2], "tokens_per_s": [188.25, 600.7],
+                         "pad_fraction": [0.113, 0.1]})
+    c = figures.cost_table(summ)
+    assert list(c["trainable %"]) == ["100%", "0.35%"] and list(c["train s"]) == [268, 100]
+    assert list(c["tokens/s"]) == [188, 601]

@@ -8,7 +8,7 @@ drift; deployment.
 """
 from __future__ import annotations
 
-from .report import missing, pm, sig
+from .report import missing, pm, sig, sig_column, signed, written
 
 METHOD_LABELS = {"full": "full FT", "lora": "LoRA"}   # display names; any other method shows as its name
 
@@ -19,9 +19,18 @@ def method_label(method: str) -> str:
 
 
 def as_written(x, digits: int = 4):
-    """A setting as a table shows it with ``as_written``: floats to ``digits`` significant figures,
-    other values as they are, '–' where there is none."""
-    return "–" if missing(x) else f"{x:.{digits}g}" if isinstance(x, float) else x
+    """A setting as a table shows it with ``as_written``: floats to ``digits`` significant figures
+    (small ones as m × 10ⁿ), other values as they are, '–' where there is none."""
+    return "–" if missing(x) else written(x, digits) if isinstance(x, float) else x
+
+
+# a training setting's display name (the profile's keys otherwise, '_' as spaces)
+PARAM_LABELS = {"per_device_train_batch_size": "batch size", "num_train_epochs": "epochs", "lora_r": "LoRA r",
+                "lora_alpha": "LoRA α", "lora_dropout": "LoRA dropout", "warmup_ratio": "warm-up ratio"}
+
+
+def param_label(key: str) -> str:
+    return PARAM_LABELS.get(key, key.replace("_", " "))
 
 
 def ratio_ci(ratio, lo, hi) -> str:
@@ -55,9 +64,10 @@ def sanity_chart(sanity: dict):
 
 
 def sanity_table(sanity: dict):
+    """Each method's final training loss (2 significant figures), whether it passed, and its seconds."""
     import pandas as pd
-    return pd.DataFrame([{"method": m, "final loss": s["final_loss"], "passed (< 0.1)": s["passed"],
-                          "seconds": s["seconds"]} for m, s in sanity.items()])
+    return pd.DataFrame([{"method": method_label(m), "final loss": sig(s["final_loss"], 2), "passed (< 0.1)": s["passed"],
+                          "seconds": round(s["seconds"])} for m, s in sanity.items()])
 
 
 def environment_table(env: dict):
@@ -80,20 +90,24 @@ def runtime_table(study_time: dict):
 def settings_table(settings):
     """``findings.unit_settings`` as written in a profile (3 significant figures)."""
     import pandas as pd
-    g = lambda x: f"{x:.3g}"   # noqa: E731
-    return pd.DataFrame([{
+    g = lambda x: written(x, 3)   # noqa: E731
+    t = pd.DataFrame([{
         "task": r.task, "method": r.method, "values": "searched" if r.searched else "profile",
         "learning rate": g(r.learning_rate), "epochs": r.epochs, "batch": r.batch, "warm-up": g(r.warmup_ratio),
         "weight decay": g(r.weight_decay),
         "LoRA r / α / dropout": "–" if missing(r.lora_r) else f"{r.lora_r:g} / {r.lora_alpha:g} / {g(r.lora_dropout)}"}
         for r in settings.itertuples()])
+    # one notation per column: all m × 10ⁿ where any value needs it
+    for col, key in (("learning rate", "learning_rate"), ("warm-up", "warmup_ratio"), ("weight decay", "weight_decay")):
+        t[col] = sig_column(settings[key], 3)
+    return t
 
 
 def test_chart(runs, majority: dict):
     """Test metric per seed (points) and mean (bar) per task and method; the majority baseline dashed."""
     import altair as alt
     df = runs.assign(majority=runs["task"].map({t: v["score"] for t, v in majority.items()}))
-    bars = alt.Chart().mark_bar(opacity=0.35).encode(
+    bars = alt.Chart().mark_bar(fillOpacity=0.35).encode(
         x=alt.X("method:N", title=None), y=alt.Y("mean(test_score):Q", title="test metric"), color="method:N")
     pts = alt.Chart().mark_point(filled=True, size=60).encode(
         x="method:N", y="test_score:Q", color="method:N",
@@ -121,8 +135,8 @@ def curves_chart(train, val):
     def panel(df, mark, y):
         return mark(alt.Chart(df)).encode(y=y, **enc).properties(width=200, height=150) \
             .facet(row=alt.Row("task:N", title=None)).resolve_scale(x="independent")
-    left = panel(train, lambda c: c.mark_line(opacity=0.7), alt.Y("loss:Q", title="training loss"))
-    right = panel(val, lambda c: c.mark_line(point=True, opacity=0.7),
+    left = panel(train, lambda c: c.mark_line(strokeOpacity=0.7), alt.Y("loss:Q", title="training loss"))
+    right = panel(val, lambda c: c.mark_line(point=True, strokeOpacity=0.7),
                   alt.Y("metric:Q", title="validation metric", scale=alt.Scale(zero=False)))
     return alt.hconcat(left, right)
 
@@ -130,8 +144,8 @@ def curves_chart(train, val):
 def cost_table(summ):
     """Trainable parameters (and their share), training seconds, tokens per second, pad share."""
     c = summ[["task", "method", "trainable", "total", "train_s", "tokens_per_s", "pad_fraction"]].copy()
-    c["trainable %"] = 100 * c["trainable"] / c["total"]
-    c["trainable"] = c["trainable"].map(lambda v: f"{v:,}")
+    c["trainable %"] = [f"{sig(100 * a / b, 2)}%" for a, b in zip(c["trainable"], c["total"])]
+    c["train_s"], c["tokens_per_s"] = c["train_s"].round().astype(int), c["tokens_per_s"].round().astype(int)
     return c.drop(columns="total").rename(columns={"train_s": "train s", "tokens_per_s": "tokens/s",
                                                    "pad_fraction": "pad share"})
 
@@ -144,9 +158,9 @@ def search_space_table(space: dict):
             return "{" + ", ".join(map(str, spec["choices"])) + "}"
         if spec["type"] == "fixed":
             return str(spec["value"])
-        return f'[{spec["low"]:g}, {spec["high"]:g}]' + (" log" if spec.get("log") else "")
+        return f'[{written(spec["low"])}, {written(spec["high"])}]' + (" log" if spec.get("log") else "")
     params = sorted({k for m in space for k in space[m]})
-    return pd.DataFrame([{"parameter": k, **{m: rng(space[m][k]) if k in space[m] else "–" for m in space}}
+    return pd.DataFrame([{"parameter": param_label(k), **{m: rng(space[m][k]) if k in space[m] else "–" for m in space}}
                          for k in params])
 
 
@@ -163,13 +177,13 @@ def search_history_chart(hist):
 
 def importances_table(imp):
     """Short headers that can wrap, so the table fits a PDF page."""
-    short = {"per_device_train_batch_size": "batch size", "num_train_epochs": "epochs"}
-    return imp.rename(columns=lambda c: short.get(c, c.replace("_", " ")))
+    return imp.rename(columns=param_label)
 
 
 def chosen_table(chosen):
     """``search_findings.chosen`` as written (4 significant figures); show with ``as_written=True``."""
-    return chosen.assign(**{c: chosen[c].map(as_written) for c in ("untuned", "chosen", "original")})
+    shown = chosen.assign(**{c: chosen[c].map(as_written) for c in ("untuned", "chosen", "original")})
+    return shown.assign(parameter=shown["parameter"].map(param_label)) if "parameter" in shown else shown
 
 
 def gains_table(gains):
@@ -183,7 +197,7 @@ def tuned_table(tvu):
     return pd.DataFrame([{
         "task": r.task, "method": r.method, "metric": r.metric, "untuned": pm(r.untuned_mean, r.untuned_sd),
         "searched": pm(r.searched_mean, r.searched_sd) if r.retrained else "not re-trained yet",
-        "difference [95% CI]": f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.retrained else "n/a"}
+        "difference [95% CI]": f"{signed(r.diff)} [{signed(r.ci_low)}, {signed(r.ci_high)}]" if r.retrained else "n/a"}
         for r in tvu.itertuples()])
 
 
@@ -203,11 +217,13 @@ def headline_table(study):
         row |= {f"{method_label(r.method)} test": "n/a" if missing(r.test_mean) else pm(r.test_mean, r.test_sd)
                 for r in g.itertuples()}
         drift = DRIFT_LABELS.get(g["measure"].iloc[0], f"1−{g['measure'].iloc[0]}")
-        row |= {f"{method_label(r.method)} {drift}": sig(r.drift, 2) for r in g.itertuples()}
+        row |= {f"{method_label(r.method)} {drift}": r.drift for r in g.itertuples()}
         p, holm = g["perm_p"].iloc[0], g["perm_p_holm"].iloc[0]
         rows.append(row | {"p (FT vs LoRA drift)": "n/a" if missing(p) else
                            f"{p:.2f}" + ("" if missing(holm) else f" (Holm {holm:.2f})")})
     t = pd.DataFrame(rows)
+    for c in [c for c in t.columns if any(c.endswith(lab) for lab in DRIFT_LABELS.values())]:   # one notation per column
+        t[c] = sig_column(t[c], 2)
     return t.drop(columns="units") if t.empty or (t["units"] == "current").all() else t
 
 
@@ -237,7 +253,7 @@ def headline_serving_table(srv):
         if r.kind == "throughput":
             return f"{r.ratio:.2f}× ({r.num:.1f} / {r.den:.1f} req/s)"
         if r.kind == "storage":
-            return f"{r.num / 1e6:.1f} MB / {r.den / 1e6:.0f} MB"
+            return f"{r.num / 2**20:.1f} MiB / {r.den / 2**20:.0f} MiB"
         return (f"{task_name(r.task)} " if isinstance(r.task, str) else "") + ratio_ci(r.ratio, r.ci_low, r.ci_high)
     rows = []
     for r in srv.itertuples():
@@ -267,7 +283,7 @@ def precision_table(check):
     rows = [{"method": method_label(r.method), "quantity": r.quantity,
              "fp32": pm(r.mean_a, r.sd_a, 4), "bf16": pm(r.mean_b, r.sd_b, 4),
              "bf16 − fp32 [95% CI]": "n/a" if missing(r.ci_low) else
-             f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]",
+             f"{signed(r.diff, 4)} [{signed(r.ci_low, 4)}, {signed(r.ci_high, 4)}]",
              "same seed: largest difference": sig(r.max_paired_diff, 2), "seeds": f"{r.n_a} / {r.n_b}"}
             for r in check.itertuples()]
     return pd.DataFrame(rows)
@@ -309,8 +325,10 @@ def latency_chart(lat, title: str | None = None):
         tooltip=["mode", "panel", "batch_size", "n_requests", alt.Tooltip("latency_p50_ms:Q", format=".2f"),
                  alt.Tooltip("latency_p99_ms:Q", format=".2f"), alt.Tooltip("throughput_rps:Q", format=".1f"),
                  alt.Tooltip("pad_fraction:Q", format=".2f")])
-    bar = base.mark_rule(opacity=0.5).encode(y="latency_p50_ms:Q", y2="latency_p99_ms:Q")
-    ch = alt.layer(bar, line).properties(width=170, height=170).facet(column=alt.Column("panel:N", title=None))
+    bar = base.mark_rule(strokeOpacity=0.5).encode(y="latency_p50_ms:Q", y2="latency_p99_ms:Q")
+    # two panels a row: four side by side were wider than a page
+    ch = alt.layer(bar, line).properties(width=200, height=150).facet(
+        facet=alt.Facet("panel:N", title=None), columns=2)
     return ch.properties(title=title) if title else ch
 
 
@@ -326,7 +344,7 @@ def throughput_chart(lat):
         color=alt.Color("mode:N", sort=list(MODES)),
         tooltip=["mode", "panel", "batch_size", alt.Tooltip("throughput_rps:Q", format=".1f"),
                  alt.Tooltip("pad_fraction:Q", format=".2f")]
-    ).properties(width=170, height=170).facet(column=alt.Column("panel:N", title=None))
+    ).properties(width=200, height=150).facet(facet=alt.Facet("panel:N", title=None), columns=2)
 
 
 RATIO_PAIRS = ["merged-aa / merged", "merged / full", "lora / merged", "lora / full", "multi / routed-lora",
@@ -385,10 +403,12 @@ def drift_layers(res: dict):
     x = alt.X("depth:Q", title="depth", axis=alt.Axis(tickMinStep=1), scale=alt.Scale(nice=False))
     y = alt.Y("drift:Q", title="1 − similarity", scale=alt.Scale(type="log"))
     base_chart = alt.Chart(d).transform_filter(sel)
-    band = base_chart.mark_area(opacity=0.15).encode(x=x, y=alt.Y("drift_lo:Q", scale=alt.Scale(type="log")),
-                                                       y2="drift_hi:Q", color="method:N", detail="curve:N")
+    # fillOpacity, not opacity: a mark's opacity would fade the shared legend's symbols too
+    band = base_chart.mark_area(fillOpacity=0.15).encode(x=x, y=alt.Y("drift_lo:Q", scale=alt.Scale(type="log")),
+                                                         y2="drift_hi:Q", color="method:N", detail="curve:N")
     line = base_chart.mark_line(strokeWidth=1.2).encode(
-        x=x, y=y, color=alt.Color("method:N", title="method"), detail="curve:N",
+        x=x, y=y, color=alt.Color("method:N", title="method", legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=3)),
+        detail="curve:N",
         tooltip=["curve", "depth_name", alt.Tooltip("value:Q", title="similarity", format=".6f"),
                  alt.Tooltip("lo:Q", format=".6f"), alt.Tooltip("hi:Q", format=".6f")])
     null_line = alt.Chart(nl).transform_filter(sel).mark_line(strokeDash=[2, 2], color="grey").encode(x=x, y=y)
@@ -397,8 +417,9 @@ def drift_layers(res: dict):
         layers_ = [band.transform_filter(alt.datum.measure == meas), line.transform_filter(alt.datum.measure == meas)]
         if meas != "cosine":
             layers_.append(null_line.transform_filter(alt.datum.measure == meas))
-        charts.append(alt.layer(*layers_).properties(width=210, height=220, title=title))
-    return alt.hconcat(*charts).add_params(task_p, pool_p)
+        charts.append(alt.layer(*layers_).properties(width=150, height=200, title=title))
+    # narrow panels and the legend below them: the three fit a page's text column
+    return alt.hconcat(*charts).add_params(task_p, pool_p).configure_legend(orient="bottom")
 
 
 def drift_controls(res: dict):
@@ -425,9 +446,9 @@ def drift_controls(res: dict):
         color=alt.Color("curve:N", title=None), strokeDash=alt.StrokeDash("style:N", legend=None, scale=alt.Scale(
             domain=["base", "pair", "null"], range=[[1, 0], [5, 3], [1, 2]])),
         tooltip=["curve", "depth", alt.Tooltip("value:Q", title="similarity", format=".6f")])
-    charts = [ch.transform_filter(alt.datum.measure == m).properties(width=300, height=230, title=t)
+    charts = [ch.transform_filter(alt.datum.measure == m).properties(width=270, height=210, title=t)
               for m, t in (("cka", "linear CKA"), ("debiased_cka", "debiased CKA"))]
-    return alt.hconcat(*charts).add_params(task_p)
+    return alt.hconcat(*charts).add_params(task_p).configure_legend(orient="bottom", columns=3)
 
 
 def drift_intruders(res: dict, threshold: float):
@@ -460,7 +481,7 @@ def drift_tradeoff(res: dict, forgetting):
     left = alt.Chart(m).mark_point(size=70, filled=True).encode(
         x=alt.X("delta_nll:Q", title="forgetting: Δ WikiText loss (nats/token)"),
         y=alt.Y("test_score:Q", title="test metric", scale=alt.Scale(zero=False)), **enc)
-    left = alt.layer(alt.Chart(m).mark_rule(opacity=0.6).encode(
+    left = alt.layer(alt.Chart(m).mark_rule(strokeOpacity=0.6).encode(   # strokeOpacity: the legend stays solid
         x="delta_nll_lo:Q", x2="delta_nll_hi:Q", y="test_score:Q", color="method:N"), left)
     right = alt.Chart(m).mark_point(size=70, filled=True).encode(
         x=alt.X("last:Q", title="drift at final norm (1 − CKA)"),
@@ -470,36 +491,89 @@ def drift_tradeoff(res: dict, forgetting):
 
 def drift_replication_display(rep):
     """The replication table as displayed: their quantity as mean ± sd, drifts to 3 significant figures."""
-    from .report import pm, sig
     t = rep.copy()
     t["ours, their quantity"] = [pm(m, s) for m, s in zip(t["ours, their quantity"], t["ours, their quantity sd"])]
     t = t.drop(columns=["ours, their quantity sd"])
     for c in ("1 - CKA (masked)", "1 - debiased CKA (masked)", "1 - CKA, final norm", "1 - debiased CKA, final norm"):
-        t[c] = t[c].map(sig)
-    return t
+        t[c] = sig_column(t[c])   # one notation per column
+    return t.rename(columns=lambda c: c.replace("1 - ", "1 − "))
 
 
 def drift_seeds_display(st):
-    """Per-seed drift as displayed: mean ± sd over seeds (3 and 2 significant figures)."""
-    from .report import sig
+    """Per-seed drift as displayed: mean ± sd over seeds (3 and 2 significant figures), one notation per column."""
     t = st[["task", "measure", "method", "seeds"]].copy()
     for c, label in (("last", "drift, last"), ("mean", "drift, mean over layers")):
-        t[label] = [f"{sig(m)} ± {sig(s, 2)}" for m, s in zip(st[c], st[f"{c}_sd"])]
+        means, sds = list(st[c]), list(st[f"{c}_sd"])
+        both = sig_column(means + sds)   # the sd in the notation its mean needs
+        sd2 = sig_column(means + sds, 2)
+        t[label] = [f"{m} ± {s}" for m, s in zip(both[:len(means)], sd2[len(means):])]
     return t
 
 
 def drift_tests_display(tests):
     """The seed-level tests as displayed: short headers, drifts to 3 significant figures."""
-    from .report import sig
     t = tests[["task", "measure", "summary", "mean_a", "mean_b", "diff", "hedges_g", "welch_p", "welch_p_holm",
                "perm_p", "perm_p_holm", "min_attainable_p"]].rename(columns={
         "mean_a": "FT", "mean_b": "LoRA", "hedges_g": "Hedges g", "welch_p": "Welch p", "welch_p_holm": "Welch p (Holm)",
         "perm_p": "perm. p", "perm_p_holm": "perm. p (Holm)", "min_attainable_p": "min p"})
     for c in ("FT", "LoRA", "diff"):
-        t[c] = t[c].map(sig)
+        t[c] = sig_column(t[c])   # one notation per column
     return t
 
 
 def drift_intruders_display(tot):
-    from .report import sig
-    return tot.assign(**{"median relative change": tot["median relative change"].map(sig)})
+    return tot.assign(**{"median relative change": sig_column(tot["median relative change"])})
+
+
+# ---- the original study (appendix)
+def original_settings_table(optima: dict, applied: dict):
+    """The original's tuned values (analysis/*_optimal.yaml) beside what its training applied: 'yaml → used'."""
+    import pandas as pd
+    arrow = lambda tuned, used: f"{written(tuned, 2)} → {written(used, 2)}"  # noqa: E731
+    rows = []
+    for (task, method), v in optima.items():
+        lora = method == "lora"
+        rows.append({"task": task, "method": method_label(method), "learning rate": v["learning_rate"],
+                     "epochs": v["num_train_epochs"], "batch (effective)":
+                         f'{v["per_device_train_batch_size"]} ({v["per_device_train_batch_size"] * applied["grad_accumulation"]})',
+                     "warm-up": arrow(v["warmup_ratio"], applied["lora_warmup_ratio"]) if lora else written(v["warmup_ratio"], 2),
+                     "weight decay": arrow(v["weight_decay"], applied["weight_decay"]),
+                     "LoRA α": v.get("lora_alpha", "–"),
+                     "LoRA dropout": arrow(v["lora_dropout"], applied["lora_dropout"]) if lora else "–"})
+    t = pd.DataFrame(rows)
+    return t.assign(**{"learning rate": sig_column(t["learning rate"])})   # one notation for the column
+
+
+def original_performance_table(performance: dict):
+    """Each seed's score and mean ± sd (ddof=1) per task and method, on the split that also chose the epoch."""
+    import statistics
+
+    import pandas as pd
+    rows = []
+    for task, by in performance.items():
+        metric = "f1" if task == "mrpc" else "accuracy"
+        for method, ms in by.items():
+            v = ms[metric]
+            rows.append({"task": task, "method": method_label(method), "metric": metric,
+                         "seeds 42, 1337, 2024": ", ".join(f"{x:.3f}" for x in v),
+                         "mean ± sd": pm(statistics.mean(v), statistics.stdev(v))})
+    return pd.DataFrame(rows)
+
+
+def original_drift_table(red):
+    """``original.drift_reduction``: mean drift of each method, the reduction per seed and mean ± sd, its p."""
+    return red.assign(**{
+        "full FT drift": red["full"].map(lambda x: f"{x:.3f}"), "LoRA drift": red["lora"].map(lambda x: f"{x:.3f}"),
+        "reduction per seed (%)": red["per_seed"].map(lambda v: ", ".join(signed(x, 2, plus=False) for x in v)),
+        "reduction (%)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(red["mean"], red["sd"])],
+        "one-sided p": sig_column(red["p"], 2)})[
+        ["task", "full FT drift", "LoRA drift", "reduction per seed (%)", "reduction (%)", "one-sided p"]]
+
+
+def original_serving_table(rows: list[dict]):
+    """The original's serving headline per configuration group: mean latency (sd over configurations), derived req/s."""
+    import pandas as pd
+    return pd.DataFrame([{"configuration": r["original_name"], "as": r["mode"], "configurations": r["configs"],
+                          "latency ms": r["latency_ms"] if missing(r["latency_sd"]) else pm(r["latency_ms"], r["latency_sd"], 2),
+                          "req/s (1000 / latency)": f'{r["throughput_rps"]:.2f}'} for r in rows])
+

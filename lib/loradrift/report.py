@@ -10,7 +10,6 @@ named in a note (``store.UnreadableResult`` warnings are shown as notes in a not
 """
 from __future__ import annotations
 
-import base64
 import math
 import os
 import warnings
@@ -77,8 +76,8 @@ def outdated_note(stage: str, prof_name: str | None = None) -> None:
     if not items:
         return
     if stage == "train":
-        what = (f"{len(items)} training unit(s) ({', '.join(items)}) were made with values the profile no "
-                "longer has; they are shown until re-trained")
+        what = (f"{plural(len(items), 'training unit')} ({', '.join(items)}) {'was' if len(items) == 1 else 'were'} "
+                "made with values the profile no longer has; shown until re-trained")
     elif stage == "drift":
         what = (f"the drift results of {', '.join(map(task_name, items))} were computed with other drift "
                 "settings or from training units that have since been re-trained")
@@ -121,17 +120,89 @@ def note(text: str):
     _display({"text/markdown": text, "text/plain": text})
 
 
+# raw column names some tables still carry, as a reader should see them (any other '_' becomes a space)
+HEADERS = {"ci_low": "95% CI low", "ci_high": "95% CI high", "n_batches": "batches", "base_ppl": "base ppl",
+           "ppl_ratio": "ppl ratio", "delta_nll": "Δ loss", "delta_nll_lo": "Δ loss 95% low",
+           "delta_nll_hi": "Δ loss 95% high"}
+# raw values of a cell (measure names) as a reader should see them
+VALUES = {"cka": "linear CKA", "debiased_cka": "debiased CKA"}
+
+
+def header(name) -> str:
+    """A column name for display: known raw names spelled out, '_' as spaces, sizes in MiB (every byte
+    count in this book is divided by 2**20)."""
+    import re
+    text = HEADERS.get(name, str(name).replace("_", " "))
+    return re.sub(r"\bMB\b", "MiB", text)
+
+
+def column(values, digits: int = 3) -> list[str | None]:
+    """One table column as text, in one notation: booleans as yes/no; floats with ``digits`` decimals,
+    or all in m × 10ⁿ when a value would show fewer than two significant digits (or is ≥ 10⁶); integers
+    with thousands separators once any reaches 10,000; a raw measure name spelled out; None where missing."""
+    vals = [None if _absent(v) else v.item() if hasattr(v, "item") else v for v in values]
+    nums = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    fractional = [abs(v) for v in nums if isinstance(v, float) and not v.is_integer()]
+    # a float column of whole numbers holds counts (a count column with a gap is float) once one reaches 10
+    counts = not fractional and any(isinstance(v, float) for v in nums) and max(map(abs, nums)) >= 10
+    nonzero = [v for v in fractional if v != 0]
+    scientific = bool(nonzero) and (min(nonzero) < 10 ** (1 - digits) or max(nonzero) >= 1e6)
+    wide = any(abs(v) >= 10_000 for v in nums)
+
+    def one(v):
+        if v is None:
+            return None
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, str):
+            return VALUES.get(v, v)
+        if isinstance(v, int) or (isinstance(v, float) and counts):
+            return f"{int(v):,}" if wide else str(int(v))
+        if isinstance(v, float):
+            return sci(v, 3) if scientific else signed(v, digits, plus=False)
+        return str(v)
+    return [one(v) for v in vals]
+
+
+def _absent(v) -> bool:
+    """None, NaN or pandas' NA."""
+    import pandas as pd
+    try:
+        return v is None or bool(pd.isna(v))
+    except (TypeError, ValueError):   # a list or array: a value
+        return False
+
+
 def table(df, digits: int = 3, index: bool = False, as_written: bool = False):
     """A pandas DataFrame as a markdown table: the same readable table in HTML and PDF.
 
-    ``as_written`` shows every value as its text (no number formatting: '2e-05' stays '2e-05')."""
+    Every column is written as text by ``column`` (its headers by ``header``), numbers right-aligned;
+    ``as_written`` shows every value as its own text instead (a profile's '2e-05' is not rounded to 0.000)."""
+    import pandas as pd
+    if index:
+        df = df.reset_index()
     # a '|' in a header or a cell would end the pipe table's column: write it as the escaped '\|'
-    pipe = lambda v: v.replace("|", "\\|") if isinstance(v, str) else v  # noqa: E731
-    shown = df.rename(columns=pipe).map(pipe).astype(object)
-    shown = shown.where(df.notna().to_numpy(), None)   # a missing value reads as '–', not 'nan'
-    md = _min_col_widths(shown.to_markdown(index=index, floatfmt=f".{digits}f", missingval="–",
-                                           disable_numparse=as_written))
-    _display({"text/markdown": md, "text/plain": shown.fillna("–").to_string(index=index)})
+    pipe = lambda v: _together(v.replace("|", "\\|")) if isinstance(v, str) else v  # noqa: E731
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    text = (lambda col: [None if _absent(v) else _as_written(v) for v in col]) if as_written else \
+        (lambda col: column(col, digits))
+    shown = pd.DataFrame([["–" if v is None else pipe(v) for v in row] for row in zip(*(text(df[c]) for c in df.columns))],
+                         columns=[pipe(header(c)) for c in df.columns], dtype=object)
+    md = _min_col_widths(shown.to_markdown(index=False, disable_numparse=True,
+                                           colalign=["right" if n else "left" for n in numeric]))
+    _display({"text/markdown": md, "text/plain": shown.to_string(index=False)})
+
+
+def _together(text: str) -> str:
+    for a, b in KEEP_TOGETHER:
+        text = text.replace(a, b)
+    return text
+
+
+def _as_written(v) -> str:
+    """A value as its own text (a setting as the profile writes it); a boolean as yes/no."""
+    v = v.item() if hasattr(v, "item") else v
+    return ("yes" if v else "no") if isinstance(v, bool) else str(v)
 
 
 def _min_col_widths(md: str, line_chars: int = 72) -> str:
@@ -145,12 +216,14 @@ def _min_col_widths(md: str, line_chars: int = 72) -> str:
     lines = md.split("\n")
     if len(lines) < 3:
         return md
-    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines[:1] + lines[2:]]
+    import re
+    cells = lambda ln: [c.strip() for c in re.split(r"(?<!\\)\|", ln.strip()[1:-1])]  # noqa: E731  ('\|' stays in its cell)
+    rows = [cells(ln) for ln in lines[:1] + lines[2:]]
     seps = lines[1].strip().strip("|").split("|")
     if any(len(r) != len(seps) for r in rows):
-        return md   # a cell holds a '|': leave the table as it is
-    def words(cell):   # a number with its ± or × 10ⁿ reads as one word
-        return cell.replace(" ± ", "±").replace(" × ", "×").split() or [""]
+        return md   # not a table this function wrote: leave it as it is
+    def words(cell):   # a number with its ± or × 10ⁿ reads as one word (no-break spaces join, too)
+        return cell.replace(" ± ", "±").replace(" × ", "×").split(" ") or [""]
     longest = [max(len(w) for r in rows for w in words(r[k])) for k in range(len(seps))]
     dashes = [len(c) for c in seps]
     total = sum(dashes)
@@ -169,36 +242,14 @@ def _min_col_widths(md: str, line_chars: int = 72) -> str:
     return "\n".join(lines)
 
 
-_N_CHARTS = [0]
-
-
-def chart_html(chart, png_b64: str) -> str:
-    """vega-embed HTML for one chart, in a div of its own, holding the static PNG until the
-    interactive chart replaces it (so a reader without the CDN, or without JavaScript, sees it)."""
-    import hashlib
-    import json
-    _N_CHARTS[0] += 1
-    spec = json.dumps(chart.to_dict(), sort_keys=True)
-    div = f"vis-{_N_CHARTS[0]}-{hashlib.md5(spec.encode()).hexdigest()[:8]}"  # unique on a page, stable across renders
-    html = chart.to_html(fullhtml=False, output_div=div)
-    img = f'<img src="data:image/png;base64,{png_b64}" alt="chart (static)" style="max-width:100%">'
-    return html.replace(f'<div id="{div}"></div>', f'<div id="{div}">{img}</div>', 1)
-
-
 def show(chart, scale: float = 2.0):
-    """An altair chart: interactive (vega-embed) in HTML, a PNG in PDF and plain outputs.
+    """An altair chart: interactive (vega-embed) in HTML, a PNG in PDF and plain outputs (``charts``).
 
     Quarto picks the richest output its format can show: HTML takes ``text/html``, LaTeX/PDF
-    takes ``image/png``. Each chart gets its own div (altair's default id would make every chart
-    on a page draw into the first one).
+    takes ``image/png``.
     """
-    import vl_convert as vlc
-    spec = chart.to_dict()
-    png = base64.b64encode(vlc.vegalite_to_png(spec, scale=scale)).decode()
-    bundle = {"image/png": png, "text/plain": f"<{type(chart).__name__}>"}
-    if hasattr(chart, "to_html"):
-        bundle["text/html"] = chart_html(chart, png)
-    _display(bundle)
+    from .charts import bundle
+    _display(bundle(chart, scale))
 
 
 def missing(x) -> bool:
@@ -214,21 +265,66 @@ def fmt(x, digits: int = 3) -> str:
 
 
 _SUP = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+TIMES = " × "
+# in a table cell m × 10ⁿ is held together by no-break spaces (never in prose: Quarto's inline values
+# come out as Python's repr, which writes a no-break space as '\xa0')
+KEEP_TOGETHER = ((" × ", "\u00a0×\u00a0"),)
 
 
 def sig(x, digits: int = 3, na: str = "n/a") -> str:
-    """A number with ``digits`` significant figures; small or large ones as m × 10ⁿ (text, never
-    re-parsed as a number by a table formatter)."""
+    """A number with ``digits`` significant figures (trailing zeros kept: '0.0020'); small or large
+    ones as m × 10ⁿ (text, never re-parsed as a number by a table formatter)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
         return na
     if math.isnan(x):
         return na
-    if x == 0 or 1e-3 <= abs(x) < 1e4:
-        return f"{x:.{digits}g}"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.{max(digits - 1 - math.floor(math.log10(abs(x))), 0)}f}"
+    return sci(x, digits)
+
+
+def sci(x, digits: int = 3, na: str = "n/a") -> str:
+    """Always m × 10ⁿ with ``digits`` significant figures ('8.91 × 10⁻³'); 0 as '0'."""
+    if missing(x):
+        return na
+    if x == 0:
+        return "0"
     m, e = f"{x:.{digits - 1}e}".split("e")
-    return f"{m} × 10{str(int(e)).translate(_SUP)}"
+    return f"{m}{TIMES}10{str(int(e)).translate(_SUP)}"
+
+
+def written(x, digits: int = 4, na: str = "–") -> str:
+    """A setting as a person writes it: up to ``digits`` significant figures, no trailing zeros, and
+    m × 10ⁿ where Python would write 'e' ('2 × 10⁻⁵', '0.0204', '3')."""
+    if missing(x):
+        return na
+    text = f"{x:.{digits}g}"
+    if "e" not in text:
+        return text
+    m, e = text.split("e")
+    return f"{m}{TIMES}10{str(int(e)).translate(_SUP)}"
+
+
+def sig_column(values, digits: int = 3, na: str = "n/a") -> list[str]:
+    """A column of numbers in one notation: ``sig`` when every non-zero value is between 10⁻³ and 10⁴,
+    else all as m × 10ⁿ."""
+    vals = [None if missing(v) else float(v) for v in values]
+    spread = [abs(v) for v in vals if v]
+    plain = all(1e-3 <= v < 1e4 for v in spread)
+    return [na if v is None else sig(v, digits) if plain else sci(v, digits) for v in vals]
+
+
+def signed(x, digits: int = 3, plus: bool = True, na: str = "n/a") -> str:
+    """Fixed decimals, with '+' on positive values when ``plus``; a value that rounds to zero has no
+    sign ('0.000', never '-0.000')."""
+    if missing(x):
+        return na
+    text = f"{x:{'+' if plus else ''}.{digits}f}"
+    return text.lstrip("+-") if float(text) == 0 else text
 
 
 def pm(mean, sd, digits: int = 3) -> str:
@@ -248,3 +344,19 @@ def listing(items) -> str:
 
 def pct(x, digits: int = 1) -> str:
     return "n/a" if missing(x) else f"{100 * x:.{digits}f}%"
+
+
+def plural(n, noun: str, nouns: str | None = None) -> str:
+    """A count with its noun: '1 thread', '2 threads'; several counts joined ('1 and 2 threads'); 'n/a'."""
+    items = list(n) if isinstance(n, (list, tuple, set)) else [n]
+    if not items or any(missing(i) or i == "n/a" for i in items):
+        return "n/a"
+    one = len(items) == 1 and str(items[0]) == "1"
+    return f"{listing(items)} {noun if one else nouns or noun + 's'}"
+
+
+def at_least(share, noun: str) -> str:
+    """The smallest of several shares, for prose: 'all predictions', 'at least 99.5% of the predictions'."""
+    if missing(share):
+        return "n/a"
+    return f"all {noun}" if share >= 1 else f"at least {pct(share)} of the {noun}"

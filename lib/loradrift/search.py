@@ -1,9 +1,9 @@
 """Hyperparameter search with Optuna: one study per task x method, feeding the study's training.
 
-What the original meant to do (METHODS.md section 3) and did not: a *seeded* TPE sampler that
-really engages (n_startup_trials < n_trials), a pruner fed by intermediate validation scores, and
-the task's own metric (F1 for MRPC) as the objective. The search space is data, in the profile's
-``search:`` section::
+What the original meant to do (the book's appendix on the original study, chapters/original.qmd) and
+did not: a *seeded* TPE sampler that really engages (n_startup_trials < n_trials), a pruner fed by
+intermediate validation scores, and the task's own metric (F1 for MRPC) as the objective. The search
+space is data, in the profile's ``search:`` section::
 
     search:
       n_trials: 8              # per task x method
@@ -64,9 +64,9 @@ TUNABLE = {"learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay",
 
 # The original's chosen values (best_hyperparameters of analysis/<task>_<method>_optimal.yaml, typed in,
 # 4 significant digits). Its LoRA optima came from a search run before its LoRA gradient fix, and its
-# training then ignored the weight decay, the LoRA warm-up and the LoRA dropout (METHODS.md sections 2, 8).
+# training then ignored the weight decay, the LoRA warm-up and the LoRA dropout (chapters/original.qmd).
 ORIGINAL_SOURCE = ("benc61116/NLP @ eef92c5, analysis/{task}_{method}_optimal.yaml, best_hyperparameters "
-                   "(10 random-search trials each; METHODS.md sections 2-3)")
+                   "(10 random-search trials each)")
 ORIGINAL_OPTIMA = {
     ("mrpc", "full"): {"learning_rate": 3.782e-05, "num_train_epochs": 4, "per_device_train_batch_size": 1,
                        "warmup_ratio": 0.2400, "weight_decay": 0.07778},
