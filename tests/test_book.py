@@ -53,7 +53,10 @@ REF = re.compile(r"@((?:sec|fig|tbl)-[\w-]*\w)")
 # points to yet: remove a label here once its chapter refers to it
 NOT_YET_REFERENCED = {"fig-layers", "fig-controls", "tbl-replication", "tbl-seeds", "tbl-tests", "fig-intruders",
                       "tbl-intruders", "tbl-forgetting", "tbl-timing", "tbl-modes", "fig-latency", "fig-throughput",
-                      "tbl-latency", "fig-ratios", "tbl-accuracy", "tbl-original", "fig-arch"}
+                      "tbl-latency", "fig-ratios", "tbl-accuracy", "tbl-original", "fig-arch",
+                      # the deployment chapter's paired design, referenced once its results are measured
+                      "tbl-claims", "tbl-controls", "tbl-correctness", "tbl-memory", "tbl-points", "tbl-ratios",
+                      "tbl-schedules", "tbl-storage"}
 
 
 def test_every_labelled_figure_and_table_is_referenced_and_every_reference_exists():
