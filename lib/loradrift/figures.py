@@ -106,7 +106,10 @@ def settings_table(settings):
 def test_chart(runs, majority: dict):
     """Test metric per seed (points) and mean (bar) per task and method; the majority baseline dashed."""
     import altair as alt
-    df = runs.assign(majority=runs["task"].map({t: v["score"] for t, v in majority.items()}))
+
+    from .tasks import task_name
+    df = runs.assign(majority=runs["task"].map({t: v["score"] for t, v in majority.items()}),
+                     task=runs["task"].map(task_name), method=runs["method"].map(method_label))
     bars = alt.Chart().mark_bar(fillOpacity=0.35).encode(
         x=alt.X("method:N", title=None), y=alt.Y("mean(test_score):Q", title="test metric"), color="method:N")
     pts = alt.Chart().mark_point(filled=True, size=60).encode(

@@ -99,7 +99,7 @@ def claim6_table(c6):
 def groups_table(groups):
     """The study's groups of units (`design.groups_frame`)."""
     import pandas as pd
-    seeds = lambda s: f"{len(s)} ({s[0]}–{s[-1]})" if len(s) > 1 else str(s[0])  # noqa: E731
+    seeds = lambda s: f"{len(s)} ({s[0]}–{s[-1]})" if len(s) > 1 else f"1 (seed {s[0]})"  # noqa: E731
     return pd.DataFrame([{"group": r.group, "tasks": ", ".join(task_name(t) for t in r.tasks),
                           "methods": ", ".join(method_label(m) for m in r.methods),
                           "training examples": ", ".join(map(str, r.train_sizes)) or "the task's",
