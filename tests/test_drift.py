@@ -738,3 +738,43 @@ def test_bf16_extraction_is_a_setting_in_the_key(tiny_profile):
     prof["drift"] = {"precision": "fp16"}
     with pytest.raises(LoraDriftError, match="precision: fp32 or bf16"):
         drift.drift_config(prof)
+
+
+def test_a_study_with_groups_measures_the_drift_groups_and_compares_only_the_compared_methods(tmp_path, monkeypatch):
+    """The redesigned study's wiring on a tiny profile: a rank variant joins the task's drift, a learning-curve
+    variant (drift: false) does not; the controls and the seed-level tests are about full vs LoRA only."""
+    from loradrift import design, findings
+    from loradrift.config import load_profile
+    from loradrift.train import train_all
+    root = tmp_path
+    (root / "_quarto.yml").write_text("project: {type: book}\n")
+    monkeypatch.setenv("LORADRIFT_ROOT", str(root))
+    monkeypatch.setenv("LORADRIFT_WANDB", "0")
+    for v in ("LORADRIFT_ARTIFACTS", "LORADRIFT_MODEL", "LORADRIFT_GLUE_DIR"):
+        monkeypatch.delenv(v, raising=False)
+    prof = tiny_profile_dict(make_tiny_llama(root / "model"), write_tiny_glue(root / "glue"), seeds=[1, 2], tasks=["rte"])
+    prof["data"]["train_subset"] = "seed"
+    for m in ("full", "lora"):
+        prof["methods"][m]["num_train_epochs"] = 1
+    prof["methods"]["lora-r2"] = {"extends": "lora", "lora_r": 2}
+    prof["study"] = {"primary": {"methods": ["full", "lora"], "seeds": 2},
+                     "rank": {"methods": ["lora-r2"], "seeds": 1},
+                     "curve": {"methods": ["full"], "seeds": 1, "train_sizes": [8], "drift": False}}
+    prof["drift"] = {**DRIFT_SMALL, "wikitext": str(_text_file(root / "wiki.txt")), "primary": []}
+    path = root / "grouped.yaml"
+    path.write_text(yaml.safe_dump(prof, sort_keys=False))
+    trained = train_all(str(path))
+    assert sorted(r["id"] for r in trained) == ["rte-full-n8-s1", "rte-full-s1", "rte-full-s2", "rte-lora-r2-s1",
+                                                "rte-lora-s1", "rte-lora-s2"]
+    assert drift.run_drift(str(path))["rte"] == "computed"
+    res = drift.load_results(str(path))
+    tj = res["task_json"]["rte"]
+    assert [m["id"] for m in tj["models"]] == ["rte-full-s1", "rte-full-s2", "rte-lora-s1", "rte-lora-s2", "rte-lora-r2-s1"]
+    assert set(res["pairs"].kind) == {"within_full", "within_lora", "across"}
+    assert "rte-lora-r2-s1" not in set(res["pairs"].a) | set(res["pairs"].b)
+    assert {(t.n_a, t.n_b) for t in res["tests"].itertuples()} == {(2, 2)}
+    assert drift.is_current(load_profile(str(path)), "rte")
+    runs = findings.runs_frame(str(path))
+    pts = design.unit_points(str(path), res, runs, "rte", {"pooling": "last", "measure": "cka", "depth": "final_norm"})
+    assert sorted(pts.method) == ["full", "full", "lora", "lora", "lora-r2"] and pts.drift.notna().all()
+    assert pts.forgetting.notna().all() and set(pts[pts.method == "lora-r2"].lora_r) == {2}
