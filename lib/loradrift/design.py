@@ -52,23 +52,28 @@ def compared_methods(prof) -> list[str]:
     return list(drift_config(load_profile(prof))["compare"])
 
 
+def _compared_units(prof, runs):
+    """(task, method, its units) for every task x compared method that has units, in profile order."""
+    for task in load_profile(prof)["tasks"]:
+        for m in compared_methods(prof):
+            r = runs[(runs.task == task) & (runs.method == m)] if len(runs) else runs
+            if len(r):
+                yield task, m, r
+
+
 def learning_verdicts(prof, runs, baselines):
     """Per task x compared method: seeds, mean test metric with its 95% t-interval, the best trivial
     baseline, the margin over it, ``learned`` (the interval's lower end above the baseline; False with
     fewer than 2 seeds), and per task ``in_claims`` (every compared method learned)."""
     import pandas as pd
     rows = []
-    for task in load_profile(prof)["tasks"]:
-        for m in compared_methods(prof):
-            r = runs[(runs.task == task) & (runs.method == m)] if len(runs) else runs
-            if not len(r):
-                continue
-            metric = r["metric"].iloc[0]
-            mean, lo, hi = _t_interval(r["test_score"])
-            base, base_name = best_baseline(baselines, task, metric)
-            rows.append({"task": task, "method": m, "metric": metric, "seeds": len(r), "mean": mean, "low": lo,
-                         "high": hi, "baseline": base, "baseline_name": base_name, "margin": mean - base,
-                         "learned": bool(lo > base) if not math.isnan(lo) else False})
+    for task, m, r in _compared_units(prof, runs):
+        metric = r["metric"].iloc[0]
+        mean, lo, hi = _t_interval(r["test_score"])
+        base, base_name = best_baseline(baselines, task, metric)
+        rows.append({"task": task, "method": m, "metric": metric, "seeds": len(r), "mean": mean, "low": lo,
+                     "high": hi, "baseline": base, "baseline_name": base_name, "margin": mean - base,
+                     "learned": bool(lo > base) if not math.isnan(lo) else False})
     out = pd.DataFrame(rows)
     if len(out):
         out["in_claims"] = out.groupby("task")["learned"].transform("all") & \
@@ -145,17 +150,13 @@ def claim_6(prof, runs):
     re-evaluation format minus ours (paired over seeds, 95% t-interval) with the collapses in that format."""
     import pandas as pd
     rows = []
-    for task in load_profile(prof)["tasks"]:
-        for m in compared_methods(prof):
-            r = runs[(runs.task == task) & (runs.method == m)] if len(runs) else runs
-            if not len(r):
-                continue
-            d = (r["orig_score"] - r["test_score"]).dropna()
-            mean, lo, hi = _t_interval(d)
-            rows.append({"task": task, "method": m, "seeds": len(r),
-                         "collapsed": int((r["top_class_share"] >= COLLAPSE_SHARE).sum()),
-                         "collapsed_original_format": int((r["orig_top_class_share"] >= COLLAPSE_SHARE).sum()),
-                         "format_diff": mean, "format_low": lo, "format_high": hi, "format_seeds": len(d)})
+    for task, m, r in _compared_units(prof, runs):
+        d = (r["orig_score"] - r["test_score"]).dropna()
+        mean, lo, hi = _t_interval(d)
+        rows.append({"task": task, "method": m, "seeds": len(r),
+                     "collapsed": int((r["top_class_share"] >= COLLAPSE_SHARE).sum()),
+                     "collapsed_original_format": int((r["orig_top_class_share"] >= COLLAPSE_SHARE).sum()),
+                     "format_diff": mean, "format_low": lo, "format_high": hi, "format_seeds": len(d)})
     return pd.DataFrame(rows)
 
 
