@@ -163,3 +163,76 @@ def test_frontier_chart_draws_the_fits_only_when_decided():
     fr = design.matched_drift(pts, n_boot=50)
     assert len(sfig.frontier_chart(pts, ["full", "lora"], fr).to_dict()["layer"]) == 3
     assert len(sfig.frontier_chart(pts, ["full", "lora"], design.matched_drift(None)).to_dict()["layer"]) == 1
+
+
+# ---- the original's RQ1 claims 1-4 on synthetic drift results
+E1 = {"task": "sst2", "pooling": "last", "measure": "debiased_cka", "depth": "final_norm"}
+E2 = {"task": "sst2", "pooling": "masked", "measure": "debiased_cka", "depth": "final_norm"}
+
+
+def _test_row(e, diff, p, family="primary", status="ok"):
+    adj = "holm" if family == "primary" else "bh"
+    return {**e, "family": family, "status": status, "diff": diff, "hedges_g": diff * 10, "n_a": 10, "n_b": 10,
+            f"welch_p_{adj}": p, f"perm_p_{adj}": p}
+
+
+def _res(tests, pairs=(), layers=(), tasks=("sst2", "mrpc")):
+    return {"tasks": list(tasks), "compare": ["full", "lora"], "config": {"primary": [E1, E2]},
+            "tests": pd.DataFrame(list(tests)), "pairs": pd.DataFrame(list(pairs)), "layers": pd.DataFrame(list(layers))}
+
+
+def _verdicts(in_claims=("sst2", "mrpc")):
+    return pd.DataFrame([{"task": t, "method": m, "in_claims": t in in_claims} for t in ("sst2", "mrpc")
+                         for m in ("full", "lora")])
+
+
+@pytest.mark.parametrize("diffs_ps, verdict", [
+    ([(0.1, 0.01), (0.05, 0.2)], "supported"),        # one endpoint: full FT drifts more, significant
+    ([(-0.1, 0.01), (0.05, 0.2)], "reversed"),
+    ([(0.1, 0.01), (-0.1, 0.01)], "mixed"),
+    ([(0.1, 0.06), (0.05, 0.2)], "not established"),  # p just above 5 % after Holm
+])
+def test_claim_1_reads_the_primary_endpoints_sign_and_adjusted_p(diffs_ps, verdict):
+    res = _res([_test_row(e, d, p) for e, (d, p) in zip((E1, E2), diffs_ps)])
+    c = design.drift_claims(res, _verdicts(), {"drift": {"low": 0.01, "high": 0.03}})
+    assert c[1]["verdict"] == verdict
+    assert c[1]["matched_direction"] == "positive"
+
+
+def test_claim_1_is_undecided_without_tests():
+    assert design.drift_claims(_res([]), _verdicts(), {})[1]["verdict"] == "undecided"
+
+
+def test_claim_2_compares_the_tasks_in_the_claims_at_the_first_endpoint():
+    mrpc = {**E1, "task": "mrpc"}
+    same = _res([_test_row(E1, 0.1, 0.01), _test_row(mrpc, 0.2, 0.001, family="exploratory")])
+    assert design.drift_claims(same, _verdicts(), {})[2]["verdict"] == "consistent"
+    differ = _res([_test_row(E1, 0.1, 0.01), _test_row(mrpc, 0.2, 0.5, family="exploratory")])
+    c = design.drift_claims(differ, _verdicts(), {})[2]
+    assert c["verdict"] == "task-dependent" and c["signs"] == {"sst2": "more", "mrpc": "none"}
+    # a task outside the drift claims (it did not learn) is not compared
+    assert design.drift_claims(differ, _verdicts(in_claims=("sst2",)), {})[2]["verdict"] == "undecided"
+
+
+def _pair(task, kind, value):
+    return {"task": task, "kind": kind, "measure": "debiased_cka", "depth_name": "final_norm", "depth": 31, "value": value}
+
+
+def test_claim_3_is_judged_on_the_learned_tasks_only():
+    pairs = [_pair("sst2", "across", 0.5), _pair("sst2", "within_full", 0.8), _pair("sst2", "within_lora", 0.9),
+             _pair("mrpc", "across", 0.5), _pair("mrpc", "within_full", 0.8), _pair("mrpc", "within_lora", 0.9)]
+    res = _res([], pairs=pairs)
+    assert design.drift_claims(res, _verdicts(), {})[3]["verdict"] == "supported"   # across further apart on both
+    pairs[0]["value"] = 0.95                                                          # sst2: across closer than within
+    assert design.drift_claims(_res([], pairs=pairs), _verdicts(), {})[3]["verdict"] == "mixed"
+    assert design.drift_claims(_res([], pairs=pairs), _verdicts(in_claims=("mrpc",)), {})[3]["verdict"] == "supported"
+
+
+def test_claim_4_reads_the_unmatched_cosine_on_the_original_pooling():
+    def layers(unmatched):
+        return [{"task": "sst2", "method": m, "pooling": p, "measure": "cosine", "depth_name": d, "value": 0.98,
+                 "unmatched": unmatched} for m in ("full", "lora") for d in ("layer_0", "layer_1", "final_norm")
+                for p in ("original", "masked")]
+    c = design.drift_claims(_res([], layers=layers(0.95), tasks=["sst2"]), _verdicts(), {})[4]
+    assert c["verdict"] == "uninformative" and c["per_task"]["sst2"]["unmatched"] == pytest.approx(0.95)
+    assert design.drift_claims(_res([], layers=layers(0.5), tasks=["sst2"]), _verdicts(), {})[4]["verdict"] == "informative"

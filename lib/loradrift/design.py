@@ -280,3 +280,110 @@ def rank_summary(points, methods: list[str]):
                                                score_sd=("score", "std"), drift=("drift", "mean"),
                                                drift_sd=("drift", "std"), forgetting=("forgetting", "mean"),
                                                forgetting_sd=("forgetting", "std")).reset_index().sort_values("lora_r")
+
+
+# ------------------------------------------------------------------------------------ the original's RQ1 claims
+# the original's own words for its RQ1 claims (ANALYSIS_REPORT / rq1_findings_summary, benc61116/NLP @ eef92c5)
+ORIGINAL_RQ1 = {
+    1: "LoRA preserves the base model's representations better than full fine-tuning (drift 10.1 % lower overall)",
+    2: "The benefit is task-dependent: significant on SST-2 only, emerging with large training sets",
+    3: "Method differences are much larger than seed noise",
+    4: "Fine-tuned representations keep their direction (cosine 0.97-0.99 under its pooling)",
+}
+# claim 4: a cosine says nothing about preserved direction when *different* examples already score this much
+COSINE_UNINFORMATIVE = 0.9
+
+
+def _holm_sig(t) -> bool:
+    """Both tests of a primary endpoint below 5 % after Holm's adjustment."""
+    return bool(t.status == "ok" and t.welch_p_holm < 0.05 and t.perm_p_holm < 0.05)
+
+
+def _endpoint_row(T, task: str, e: dict):
+    """The seed-level test of ``task`` at endpoint e's (pooling, measure, depth), with its family's
+    adjusted p-values as (p_welch, p_perm); None when the test is absent."""
+    if T is None or not len(T):
+        return None
+    g = T[(T.task == task) & (T.pooling == e["pooling"]) & (T.measure == e["measure"]) & (T.depth == e["depth"])]
+    if not len(g):
+        return None
+    t = g.iloc[0]
+    adj = "holm" if t.family == "primary" else "bh"
+    return {"diff": float(t["diff"]), "g": float(t.get("hedges_g", math.nan)), "family": t.family,
+            "p_welch": float(t.get(f"welch_p_{adj}", math.nan)), "p_perm": float(t.get(f"perm_p_{adj}", math.nan)),
+            "n": (int(t.n_a), int(t.n_b)), "status": t.status}
+
+
+def _sign(row) -> str:
+    """'more' (full FT drifts more), 'less', or 'none' (not both adjusted p-values below 5 %)."""
+    if row is None or row["status"] != "ok" or not (row["p_welch"] < 0.05 and row["p_perm"] < 0.05):
+        return "none"
+    return "more" if row["diff"] > 0 else "less"
+
+
+def drift_claims(res: dict, verdicts, fr: dict) -> dict:
+    """The original's RQ1 claims 1-4 (`ORIGINAL_RQ1`) tested on this study's drift results.
+
+    1. the primary endpoints (Holm over them; both tests must agree) and drift at matched accuracy
+       (``fr``: `frontier`): ``supported`` (some primary endpoint: full FT drifts more, none the other
+       way), ``reversed``, ``mixed``, ``not established`` (none significant), ``undecided`` (no test).
+    2. per task in the drift claims, the test at the first primary endpoint's (pooling, measure,
+       depth) (primary family: Holm; exploratory: Benjamini-Hochberg): ``task-dependent`` (the tasks
+       disagree), ``consistent`` (every task the same way), ``undecided`` (fewer than 2 such tasks).
+    3. per task with controls: is a model of each method further apart than two seeds of either
+       (debiased CKA, final norm)? Judged on the tasks in the drift claims: ``supported`` on every one,
+       ``not supported`` on every one, ``mixed``, ``undecided`` (none).
+    4. per task: the mean cosine over the decoder layers on the original's pooling, of the same example
+       (base vs fine-tuned) and of different examples: ``uninformative`` when different examples already
+       reach `COSINE_UNINFORMATIVE` on every task, else ``informative``.
+    Each entry: {verdict, and the numbers behind it}. ``verdicts``: `learning_verdicts`."""
+    from .drift import findings as dfind
+    T, primary = res.get("tests"), list((res.get("config") or {}).get("primary") or [])
+    tasks = list(res.get("tasks") or [])
+    claims_tasks = [t for t in tasks if verdicts is not None and len(verdicts)
+                    and bool(verdicts[verdicts.task == t].in_claims.all()) and (verdicts.task == t).any()]
+    out = {}
+    # 1
+    rows = [(e, _endpoint_row(T, e["task"], e)) for e in primary]
+    signs = [_sign(r) for _, r in rows]
+    tested = [r for _, r in rows if r is not None and r["status"] == "ok"]
+    v1 = ("undecided" if not tested else "mixed" if {"more", "less"} <= set(signs) else "supported" if "more" in signs
+          else "reversed" if "less" in signs else "not established")
+    m = fr.get("drift", {}) if fr else {}
+    out[1] = {"verdict": v1, "endpoints": rows, "significant": sum(s != "none" for s in signs), "n": len(rows),
+              "matched": m, "matched_direction": direction(m.get("low", math.nan), m.get("high", math.nan))}
+    # 2
+    first = primary[0] if primary else None
+    per = {t: _endpoint_row(T, t, first) for t in claims_tasks} if first else {}
+    s2 = {t: _sign(r) for t, r in per.items() if r is not None}
+    v2 = "undecided" if len(s2) < 2 else "consistent" if len(set(s2.values())) == 1 else "task-dependent"
+    out[2] = {"verdict": v2, "endpoint": first, "per_task": per, "signs": s2, "claims_tasks": claims_tasks}
+    # 3
+    apart = {t: dfind.methods_further_apart(res, t, "debiased_cka") for t in tasks}
+    apart = {t: a for t, a in apart.items() if a is not None}
+    judged = [a for t, a in apart.items() if t in claims_tasks]   # tasks that did not learn are shown, not judged
+    v3 = ("undecided" if not judged else "supported" if all(judged) else "not supported"
+          if not any(judged) else "mixed")
+    out[3] = {"verdict": v3, "per_task": {t: {"further_apart": a, **{k: dfind.pair_distance(res, t, k, "debiased_cka")
+                                                                      for k in ("across", *(f"within_{c}" for c in res["compare"]))}}
+                                          for t, a in apart.items()}}
+    # 4
+    cos = {t: _cosines(res, t) for t in tasks}
+    cos = {t: c for t, c in cos.items() if c is not None}
+    v4 = ("undecided" if not cos else "uninformative" if all(c["unmatched"] >= COSINE_UNINFORMATIVE for c in cos.values())
+          else "informative")
+    out[4] = {"verdict": v4, "per_task": cos, "threshold": COSINE_UNINFORMATIVE}
+    return out
+
+
+def _cosines(res: dict, task: str) -> dict | None:
+    """Mean cosine over the decoder layers on the original's pooling: per compared method the same example
+    (base vs fine-tuned, mean over seeds), and different examples (``unmatched``, mean over every model)."""
+    L = res.get("layers")
+    if L is None or not len(L) or "unmatched" not in L:
+        return None
+    g = L[(L.task == task) & (L.pooling == "original") & (L.measure == "cosine") & L.depth_name.str.startswith("layer_")
+          & L.method.isin(res["compare"])]
+    if not len(g) or g.unmatched.isna().all():
+        return None
+    return {**{m: float(g[g.method == m].value.mean()) for m in res["compare"]}, "unmatched": float(g.unmatched.mean())}
