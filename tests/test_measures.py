@@ -710,6 +710,11 @@ def test_compare_groups_matches_scipy_welch_and_reports_design():
     assert out["diff"] == pytest.approx(np.mean(a) - np.mean(b))
     assert out["min_attainable_p"] == pytest.approx(2 / 35)
     assert out["perm_p"] == pytest.approx(2 / 35)  # perfectly separated: the most extreme split
+    # Welch's 95% interval of a - b by hand: Welch-Satterthwaite degrees of freedom
+    va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+    assert (out["diff_low"], out["diff_high"]) == pytest.approx((out["diff"] - half, out["diff"] + half))
 
 
 def test_compare_groups_exact_permutation_p_for_three_vs_three():

@@ -128,7 +128,8 @@ def compare_groups(a, b, n_resamples=None) -> dict:
     """Compare per-seed values a (method A) with b (method B).
 
     Returns a dict with n_a, n_b, mean_a, sd_a, mean_b, sd_b (sd with ddof=1), diff (mean_a -
-    mean_b), welch_t and welch_p (two-sided, unequal variances), perm_p (two-sided permutation test
+    mean_b), diff_low and diff_high (Welch's 95% interval of diff; diff itself when both groups are
+    constant), welch_t and welch_p (two-sided, unequal variances), perm_p (two-sided permutation test
     of the difference of means; exact over all C(n_a + n_b, n_a) relabelings when n_resamples is
     None: 184,756 for 10 vs 10, under a second), min_attainable_p (2 / C(n_a + n_b, n_a): the
     smallest perm_p the design allows: 0.1 for 3 vs 3, 1.1e-5 for 10 vs 10), hedges_g and
@@ -148,16 +149,18 @@ def compare_groups(a, b, n_resamples=None) -> dict:
     diff = float(a.mean() - b.mean())
     if no_variance:  # scipy's own answer here depends on rounding in its mean (nan, or a huge finite t)
         welch_t, welch_p = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
+        low = high = diff
     else:
         welch = stats.ttest_ind(a, b, equal_var=False)
         welch_t, welch_p = float(welch.statistic), float(welch.pvalue)
+        low, high = (float(v) for v in welch.confidence_interval(0.95))
     perm = stats.permutation_test(
         (a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
         permutation_type="independent", alternative="two-sided",
         n_resamples=np.inf if n_resamples is None else n_resamples, vectorized=True, random_state=0)
     return {"n_a": len(a), "n_b": len(b), "mean_a": float(a.mean()), "sd_a": float(a.std(ddof=1)),
             "mean_b": float(b.mean()), "sd_b": float(b.std(ddof=1)), "diff": diff,
-            "welch_t": welch_t, "welch_p": welch_p, "perm_p": float(perm.pvalue),
+            "diff_low": low, "diff_high": high, "welch_t": welch_t, "welch_p": welch_p, "perm_p": float(perm.pvalue),
             "min_attainable_p": min(1.0, 2.0 / math.comb(len(a) + len(b), len(a))), "hedges_g": hedges_g(a, b),
             "no_variance": no_variance}
 
