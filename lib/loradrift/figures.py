@@ -513,15 +513,27 @@ def drift_seeds_display(st):
     return t
 
 
-def drift_tests_display(tests):
-    """The seed-level tests as displayed: short headers, drifts to 3 significant figures."""
-    t = tests[["task", "measure", "summary", "mean_a", "mean_b", "diff", "hedges_g", "welch_p", "welch_p_holm",
-               "perm_p", "perm_p_holm", "min_attainable_p"]].rename(columns={
-        "mean_a": "FT", "mean_b": "LoRA", "hedges_g": "Hedges g", "welch_p": "Welch p", "welch_p_holm": "Welch p (Holm)",
-        "perm_p": "perm. p", "perm_p_holm": "perm. p (Holm)", "min_attainable_p": "min p"})
-    for c in ("FT", "LoRA", "diff"):
-        t[c] = sig_column(t[c])   # one notation per column
-    return t
+def drift_tests_display(tests, dominated=lambda task, pooling, depth: None):
+    """The exploratory seed-level tests as displayed: one row per task, pooling, measure and depth, drifts
+    to 3 significant figures, FT − LoRA with Welch's interval, Benjamini-Hochberg q-values, and whether
+    the input is dominated by one coordinate (``dominated(task, pooling, depth)``; None: not assessed)."""
+    import pandas as pd
+    from .study_figures import DEPTH_LABELS, MEASURE_LABELS, POOLING_LABELS
+    from .tasks import task_name
+    rows = []
+    for t in tests.itertuples():
+        lo, hi = getattr(t, "diff_low", None), getattr(t, "diff_high", None)
+        dom = dominated(t.task, t.pooling, t.depth if t.depth == "final_norm" else None)
+        rows.append({"task": task_name(t.task), "pooling": POOLING_LABELS.get(t.pooling, t.pooling),
+                     "measure": MEASURE_LABELS.get(t.measure, t.measure), "depth": DEPTH_LABELS.get(t.depth, t.depth),
+                     "FT": t.mean_a, "LoRA": t.mean_b, "FT − LoRA": t.diff,
+                     "95% CI": "–" if missing(lo) else f"[{sig(lo)}, {sig(hi)}]", "Hedges g": t.hedges_g,
+                     "Welch q": getattr(t, "welch_p_bh", None), "perm. q": getattr(t, "perm_p_bh", None),
+                     "dominated": "–" if dom is None else ("yes" if dom else "no")})
+    out = pd.DataFrame(rows)
+    for c in ("FT", "LoRA", "FT − LoRA"):
+        out[c] = sig_column(out[c])   # one notation per column
+    return out
 
 
 def drift_intruders_display(tot):

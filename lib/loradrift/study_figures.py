@@ -133,3 +133,118 @@ def frontier_chart(points, methods: list[str], fr: dict, y: str = "drift", title
         layers.append(alt.Chart(pd.DataFrame({"accuracy": [fr["at"]]})).mark_rule(strokeDash=[4, 4], color="grey")
                       .encode(x="accuracy:Q"))
     return alt.layer(*layers).properties(width=380, height=260)
+
+
+# ---- the Drift chapter's lead: the primary tests, the diagnostic, the original's claims 1-6
+POOLING_LABELS = {"masked": "sink-free mean", "masked_all": "mean, sinks included", "last": "last token",
+                  "original": "the original's padded mean"}
+MEASURE_LABELS = {"cka": "linear CKA", "debiased_cka": "debiased CKA", "standardized_cka": "CKA on z-scores",
+                  "standardized_debiased_cka": "debiased CKA on z-scores", "procrustes": "Procrustes distance",
+                  "cosine": "mean cosine", "original_study_similarity": "the original's formula"}
+DEPTH_LABELS = {"final_norm": "final norm", "last_decoder": "last decoder layer", "decoder_mean": "mean over decoder layers"}
+
+
+def endpoint_label(e) -> str:
+    """'SST-2 · last token · debiased CKA · final norm'."""
+    return " · ".join((task_name(e["task"]), POOLING_LABELS.get(e["pooling"], e["pooling"]),
+                       MEASURE_LABELS.get(e["measure"], e["measure"]), DEPTH_LABELS.get(e["depth"], e["depth"])))
+
+
+def _p(x) -> str:
+    return "–" if missing(x) else f"{x:.2g}" if x >= 0.001 else f"{x:.1e}"
+
+
+def primary_table(tests, dominated=lambda task, pooling, depth: None):
+    """The pre-registered endpoints' tests (`drift.findings.primary_tests`): drift per method (mean ± sd
+    over seeds), FT − LoRA with Welch's 95% interval, Hedges' g, Holm-adjusted p-values, and whether the
+    endpoint's input is dominated by one coordinate (``dominated(task, pooling, depth)``)."""
+    import pandas as pd
+    rows = []
+    for t in tests.itertuples():
+        e = {"task": t.task, "pooling": t.pooling, "measure": t.measure, "depth": t.depth}
+        ok = t.status in ("ok", "no_variance")
+        dom = dominated(t.task, t.pooling, "final_norm" if t.depth == "final_norm" else None)
+        rows.append({"endpoint": endpoint_label(e), "seeds (FT, LoRA)": f"{t.n_a}, {t.n_b}",
+                     "FT drift": f"{sig(t.mean_a)} ± {sig(t.sd_a)}" if ok else "–",
+                     "LoRA drift": f"{sig(t.mean_b)} ± {sig(t.sd_b)}" if ok else "–",
+                     "FT − LoRA [95% CI]": (f"{sig(t.diff)} [{sig(getattr(t, 'diff_low', None))}, "
+                                            f"{sig(getattr(t, 'diff_high', None))}]") if ok else "–",
+                     "Hedges g": f"{t.hedges_g:.2f}" if ok and not missing(t.hedges_g) else "–",
+                     "Welch p (Holm)": _p(t.welch_p_holm), "perm. p (Holm)": _p(t.perm_p_holm),
+                     "input dominated": "–" if dom is None else _yes(dom)})
+    return pd.DataFrame(rows)
+
+
+def dominance_chart(D, threshold: float):
+    """The top coordinate's share of the centred variance of the base model's pooled states at every depth
+    (`drift.findings.dominance`), one line per pooling, a panel per task; the dashed rule is the flag's
+    threshold: above it, one coordinate decides what any measure of that input reports."""
+    import altair as alt
+    import pandas as pd
+    d = D.assign(task=D.task.map(task_name), pooling=D.pooling.map(lambda p: POOLING_LABELS.get(p, p)))
+    enc = dict(x=alt.X("depth:Q", title="depth (0 = embedding, last = final norm)", axis=alt.Axis(tickMinStep=1)),
+               y=alt.Y("base_share:Q", title="top coordinate's share of variance", scale=alt.Scale(domain=[0, 1])))
+    lines = alt.Chart(d).mark_line(point=True).encode(
+        **enc, color=alt.Color("pooling:N", title="pooling"),
+        tooltip=["task", "pooling", "depth_name", alt.Tooltip("base_share:Q", format=".3f"),
+                 alt.Tooltip("base_corr:Q", title="corr. with 1/length", format=".2f")])
+    rule = alt.Chart(pd.DataFrame({"t": [threshold]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="t:Q")
+    return alt.layer(lines, rule, data=d).properties(width=220, height=170).facet(
+        column=alt.Column("task:N", title=None)).configure_legend(orient="bottom")
+
+
+VERDICT_WORDS = {
+    1: {"supported": "supported: full FT drifts more", "reversed": "reversed: LoRA drifts more",
+        "mixed": "mixed: the endpoints disagree", "not established": "not established: no endpoint separates them",
+        "undecided": "not tested yet"},
+    2: {"consistent": "not task-dependent here", "task-dependent": "task-dependent", "undecided": "not testable here"},
+    3: {"supported": "supported", "not supported": "not supported", "mixed": "task-dependent", "undecided": "not tested yet"},
+    4: {"uninformative": "uninformative: unrelated examples score as high", "informative": "informative",
+        "undecided": "not tested yet"},
+}
+
+
+def claims_table(rq1: dict, c5, c6, original: dict):
+    """The original's claims 1-6 and what this study concludes: 1-4 from `design.drift_claims`, 5 and 6
+    from `design.claim_5` / `design.claim_6` (``original``: `design.ORIGINAL_RQ1`)."""
+    import pandas as pd
+    rows = [{"claim": n, "the original": original[n], "verdict here": VERDICT_WORDS[n].get(rq1[n]["verdict"], rq1[n]["verdict"])}
+            for n in sorted(rq1)]
+    dirs = sorted(set(c5.direction)) if c5 is not None and len(c5) else []
+    rows.append({"claim": 5, "the original": "LoRA is more accurate than full fine-tuning",
+                 "verdict here": "; ".join(f"{task_name(r.task)}: {VERDICT_5[r.direction]}" for r in c5.itertuples())
+                 if dirs else "not tested yet"})
+    if c6 is not None and len(c6):
+        full = c6[c6.method == "full"]
+        txt = (f"{int(full.collapsed.sum())} of {int(full.seeds.sum())} full-FT models answer one class"
+               + (f" ({int(full.collapsed_original_format.sum())} in the original's format)"
+                  if full.format_seeds.sum() else ""))
+    else:
+        txt = "not tested yet"
+    rows.append({"claim": 6, "the original": "Full fine-tuning has catastrophic seeds", "verdict here": txt})
+    return pd.DataFrame(rows)
+
+
+def rank_table(rank, sweep, methods: list[str]):
+    """The rank sweep (`design.rank_summary`): per LoRA rank, seeds, test metric, drift and forgetting
+    (mean ± sd over seeds), beside the intruder dimensions per model at every threshold of the sweep
+    (``sweep``: `drift.results.intruder_sweep` of the task) for ``methods`` (the ranks and full FT)."""
+    import pandas as pd
+    from .report import pm
+    ints = intruder_columns(sweep, methods)
+    rows = [{"method": method_label(r.method), "LoRA r": int(r.lora_r), "seeds": int(r.seeds),
+             "test metric": pm(r.score, r.score_sd), "drift": f"{sig(r.drift)} ± {sig(r.drift_sd)}",
+             "forgetting (Δ nats)": f"{sig(r.forgetting)} ± {sig(r.forgetting_sd)}", **ints.get(r.method, {})}
+            for r in rank.itertuples()]
+    rows += [{"method": method_label(m), "LoRA r": "–", **ints[m]} for m in methods if m in ints
+             and m not in set(rank.method)]
+    return pd.DataFrame(rows).fillna("–")
+
+
+def intruder_columns(sweep, methods: list[str]) -> dict:
+    """{method: {'intruders @ 0.3': '0.0 ± 0.0', ...}}: intruders per model at each threshold (mean ± sd over models)."""
+    from .report import pm
+    if sweep is None or not len(sweep):
+        return {}
+    return {m: {f"intruders @ {t.threshold:g}": pm(t.mean, t.sd, 1) for t in sweep[sweep.method == m].itertuples()}
+            for m in methods if (sweep.method == m).any()}

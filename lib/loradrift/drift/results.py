@@ -132,3 +132,18 @@ def timing_table(res: dict) -> pd.DataFrame:
     tim = res["timing"]
     return pd.DataFrame([{"task": t, "tokens run": tim["tokens_run"][t], "wall s": v["wall_s"], "cpu s": v["cpu_s"]}
                          for t, v in tim["per_task"].items()])
+
+
+def compared_only(res: dict) -> dict:
+    """``res`` restricted to the base and the compared methods at their primary settings (``res["compare"]``):
+    what the per-depth, control, seed, intruder and forgetting views show; the sweeps' variants (a learning
+    rate, a rank) appear in the views made for them."""
+    keep = set(res["compare"]) | {"base"}
+    out = dict(res)
+    for k in ("layers", "seeds", "intruders", "null"):
+        df = res.get(k)
+        if isinstance(df, pd.DataFrame) and "method" in df:
+            out[k] = df[df["method"].isin(keep)].reset_index(drop=True)
+    out["task_json"] = {t: {**j, "forgetting": {**j["forgetting"], "models": [
+        m for m in j["forgetting"]["models"] if m.get("method") in keep]}} for t, j in res["task_json"].items()}
+    return out
