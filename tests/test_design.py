@@ -236,3 +236,26 @@ def test_claim_4_reads_the_unmatched_cosine_on_the_original_pooling():
     c = design.drift_claims(_res([], layers=layers(0.95), tasks=["sst2"]), _verdicts(), {})[4]
     assert c["verdict"] == "uninformative" and c["per_task"]["sst2"]["unmatched"] == pytest.approx(0.95)
     assert design.drift_claims(_res([], layers=layers(0.5), tasks=["sst2"]), _verdicts(), {})[4]["verdict"] == "informative"
+
+
+@pytest.mark.parametrize("verdict, words", [("supported", "full fine-tuning moves the representations further"),
+                                            ("reversed", "LoRA moves the representations further"),
+                                            ("mixed", "depends on the endpoint"), ("not established", "none of the 3"),
+                                            ("undecided", "no results")])
+def test_the_rq1_answer_reads_for_every_verdict(verdict, words):
+    from loradrift import study_figures
+    assert words in study_figures.rq1_answer({"verdict": verdict, "significant": 1, "n": 3}, "SST-2")
+
+
+@pytest.mark.parametrize("low, high, words", [(0.01, 0.05, "at matched learning LoRA drifts less"),
+                                              (-0.05, -0.01, "at matched learning full fine-tuning drifts less"),
+                                              (-0.01, 0.02, "not distinguishable")])
+def test_the_matched_sentence_follows_the_interval_sign(low, high, words):
+    from loradrift import study_figures
+    m = {"decided": True, "at": 0.85, "full": 0.3, "lora": 0.2, "diff": (low + high) / 2, "low": low, "high": high,
+         "n_full": 6, "n_lora": 5, "overlap": (0.8, 0.9)}
+    text = study_figures.matched_sentence(m, "drift", "drifts less")
+    assert words in text and "+0.030" in text if low > 0 else words in text
+    assert "too few" in study_figures.matched_sentence({**m, "decided": False, "n_full": 2}, "drift", "x").lower()
+    assert "do not overlap" in study_figures.matched_sentence(design.matched_drift(pd.DataFrame(
+        {"kind": ["full", "lora"], "accuracy": [0.9, 0.6], "drift": [0.1, 0.2]})), "drift", "x")

@@ -387,3 +387,30 @@ def _cosines(res: dict, task: str) -> dict | None:
     if not len(g) or g.unmatched.isna().all():
         return None
     return {**{m: float(g[g.method == m].value.mean()) for m in res["compare"]}, "unmatched": float(g.unmatched.mean())}
+
+
+def rq1_view(prof, res: dict | None = None):
+    """Everything RQ1's answer reads, for the Drift chapter and the preface alike: the units (``runs``),
+    the learning ``verdicts``, the pre-registered ``endpoints`` and their tests (``primary``), the task the
+    prose quotes (``focus``: the first endpoint's task when it has drift results), the sweep's ``points``
+    and ``frontier`` at the first endpoint, the sweeps' methods and the claims (`drift_claims`)."""
+    from types import SimpleNamespace
+
+    from . import findings
+    from .drift import findings as dfind
+    from .drift import load_results
+    p = load_profile(prof)
+    res = load_results(p) if res is None else res
+    runs = findings.runs_frame(p)
+    verdicts = learning_verdicts(p, runs, findings.baselines(p))
+    endpoints = list((res.get("config") or {}).get("primary") or [])
+    e0 = endpoints[0] if endpoints else None
+    tasks = res["tasks"]
+    focus = e0["task"] if e0 and e0["task"] in tasks else tasks[0] if tasks else None
+    points = unit_points(p, res, runs, focus, e0) if e0 and focus == e0["task"] else None
+    fr = frontier(p, points)
+    return SimpleNamespace(runs=runs, verdicts=verdicts, endpoints=endpoints, e0=e0, focus=focus,
+                           primary=dfind.primary_tests(res), points=points, frontier=fr,
+                           lr_methods=sweep_methods(p, focus, "learning_rate") if focus else [],
+                           rank_methods=sweep_methods(p, focus, "rank") if focus else [],
+                           claims=drift_claims(res, verdicts, fr))

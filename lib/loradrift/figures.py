@@ -216,7 +216,10 @@ def headline_table(study):
     from .tasks import task_name
     rows = []
     for task, g in study.groupby("task", sort=False):
-        row = {"task": task_name(task), "metric": g["metric"].iloc[0], "units": g["units"].iloc[0]}
+        from .study_figures import DEPTH_LABELS, POOLING_LABELS
+        e = g.iloc[0]
+        row = {"task": task_name(task), "metric": e["metric"], "units": e["units"],
+               "drift endpoint": f"{POOLING_LABELS.get(e.pooling, e.pooling)}, {DEPTH_LABELS.get(e.depth, e.depth)}"}
         row |= {f"{method_label(r.method)} test": "n/a" if missing(r.test_mean) else pm(r.test_mean, r.test_sd)
                 for r in g.itertuples()}
         drift = DRIFT_LABELS.get(g["measure"].iloc[0], f"1−{g['measure'].iloc[0]}")

@@ -248,3 +248,43 @@ def intruder_columns(sweep, methods: list[str]) -> dict:
         return {}
     return {m: {f"intruders @ {t.threshold:g}": pm(t.mean, t.sd, 1) for t in sweep[sweep.method == m].itertuples()}
             for m in methods if (sweep.method == m).any()}
+
+
+def rq1_answer(c1: dict, task: str) -> str:
+    """Claim 1's verdict (`design.drift_claims`) as the answer to RQ1, on ``task`` (its display name)."""
+    k, n = c1["significant"], c1["n"]
+    return {
+        "supported": f"Yes, on {task}: full fine-tuning moves the representations further from the base model's than "
+                     f"LoRA does on {k} of the {n} pre-registered endpoints, and LoRA moves them further on none.",
+        "reversed": f"No, and the other way round on {task}: LoRA moves the representations further from the base "
+                    f"model's than full fine-tuning does on {k} of the {n} pre-registered endpoints, and full "
+                    "fine-tuning on none.",
+        "mixed": f"It depends on the endpoint on {task}: full fine-tuning drifts further on some pre-registered "
+                 "endpoints and LoRA on others.",
+        "not established": f"Not established on {task}: none of the {n} pre-registered endpoints separates the methods.",
+        "undecided": "Not yet: the pre-registered tests have no results.",
+    }[c1["verdict"]]
+
+
+def matched_sentence(m: dict, what: str, unit: str) -> str:
+    """One sentence on a quantity at matched accuracy (`design.matched_drift`), for every outcome; ``unit``:
+    what the lower method does ('drifts less')."""
+    from .design import direction
+    from .report import signed
+    if not m.get("n_full") and not m.get("n_lora"):
+        lo, hi = m.get("overlap", (float("nan"),) * 2)
+        return (f"The learning-rate sweep cannot compare {what} at equal accuracy: the two methods' accuracy ranges "
+                "do not overlap." if lo == lo and lo >= hi else
+                f"The learning-rate sweep has no {what} results to compare at equal accuracy yet.")
+    if not m["decided"]:
+        return (f"Too few models reach the accuracy range both methods share ({m['overlap'][0]:.3f} to "
+                f"{m['overlap'][1]:.3f}: {m['n_full']} full FT, {m['n_lora']} LoRA; 3 of each are needed) to "
+                f"compare {what} at equal accuracy.")
+    way = {"positive": "full fine-tuning's is higher: at matched learning LoRA " + unit,
+           "negative": "LoRA's is higher: at matched learning full fine-tuning " + unit,
+           "unresolved": "the interval holds 0: at matched learning the methods are not distinguishable"}[
+        direction(m["low"], m["high"])]
+    return (f"At equal test accuracy ({m['at']:.3f}, the middle of the range both methods reach over the sweep; "
+            f"{m['n_full']} full-FT and {m['n_lora']} LoRA models in it), the fitted {what} is {sig(m['full'])} for "
+            f"full fine-tuning and {sig(m['lora'])} for LoRA, a difference of {signed(m['diff'], 3)} "
+            f"(95 % bootstrap interval over models {signed(m['low'], 3)} to {signed(m['high'], 3)}): {way}.")
