@@ -16,9 +16,13 @@ import argparse
 import os
 import sys
 
-from . import LoraDriftError
-from .config import available_profiles, load_profile
-from . import stages
+# Idle OpenMP threads sleep instead of spinning (set before torch loads OpenMP). On 2 shared cores a
+# spinning 2-thread step stalled behind another process: 17 s/step against 1.8 s with passive waits.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import LoraDriftError  # noqa: E402
+from .config import available_profiles, load_profile  # noqa: E402
+from . import stages  # noqa: E402
 
 OPTIONS = {  # option name -> (flags, argparse keywords)
     "method": (("--method",), dict(action="append", help="a method of the profile (repeatable; default: all)")),
