@@ -56,6 +56,7 @@ def test_extraction_check_sets_each_change_against_the_seeds_spread(monkeypatch)
     assert out["cells"] == len(rows) and out["max_abs_diff"] == pytest.approx(max(r["diff"] for r in rows))
     w = out["worst"]
     assert w["relative"] == pytest.approx(w["diff"] / abs(w["fp32"]))
+    assert out["seed"] == bench["extraction"]["seed"]   # the chapter names the seed the check used
     assert 0 <= out["exceed"] <= out["cells"]
     assert speed.extraction_check(None) == {}
 

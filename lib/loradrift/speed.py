@@ -142,7 +142,7 @@ def extraction_check(bench: dict | None, profile: str = "cpu-bf16") -> dict:
     d = d.merge(sd, on=["method", "pooling", "measure", "depth"], how="left")
     d["relative"] = d["diff"] / d["fp32"].abs().clip(lower=1e-12)
     worst = d.loc[d.relative.idxmax()]
-    return {"n": ext["n"], "cells": len(d), "exceed": int((d["diff"] > d["seed_sd"]).sum()),
+    return {"n": ext["n"], "seed": ext.get("seed"), "cells": len(d), "exceed": int((d["diff"] > d["seed_sd"]).sum()),
             "max_abs_diff": float(d["diff"].max()), "median_abs_diff": float(d["diff"].median()),
             "worst": {k: (v.item() if hasattr(v, "item") else v) for k, v in worst[
                 ["method", "pooling", "measure", "depth", "fp32", "bf16", "diff", "seed_sd", "relative"]].items()}}
