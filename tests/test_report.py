@@ -455,3 +455,26 @@ def test_display_tables_format_their_numbers_once():
     c = figures.cost_table(summ)
     assert list(c["trainable %"]) == ["100%", "0.35%"] and list(c["train s"]) == [268, 100]
     assert list(c["tokens/s"]) == [188, 601]
+
+
+def test_study_time_projects_the_units_not_done_from_the_done_ones(tiny_profile, book_root):
+    """Units planned vs done, and the rest projected per task and kind at the done units' seconds per training token."""
+    prof = load_profile(str(tiny_profile))
+    d = book_root / "data" / "tiny"
+    _write(d / "data_stats.json", {"splits": [{"task": "rte", "split": "train", "tokens_mean": 10.0},
+                                              {"task": "sst2", "split": "train", "tokens_mean": 5.0}]})
+    for seed, wall in ((1, 64.0), (2, 96.0)):   # rte full: 32 examples x 10 tokens -> 0.2 and 0.3 s per token
+        _write(d / "runs" / f"rte-full-s{seed}.json", {"id": f"rte-full-s{seed}", "task": "rte", "method": "full",
+                                                       "wall_time_s": wall, "n_train": 32,
+                                                       "environment": {"cpu_count": 2, "load_avg": [1.0, 1, 1]}})
+    t = findings.study_time(prof)
+    tr = next(s for s in t["stages"] if s["stage"] == "train")
+    from loradrift.config import units
+    assert tr["units_planned"] == len(units(prof)) and tr["units_done"] == 2 and not t["complete"]
+    # rte-full-s3 at its task's median (0.25 s/token x 320 tokens); sst2 full (40 examples x 5 tokens) at the
+    # same kind's median on any task; LoRA has no done unit of its kind: not projected
+    n_sst2_full = sum(1 for task, m, _ in units(prof) if (task, m) == ("sst2", "full"))
+    assert tr["projected_left_s"] == pytest.approx(0.25 * 320 + n_sst2_full * 0.25 * 200)
+    assert tr["projected_from_other_tasks"] == n_sst2_full
+    # mrpc trains on its whole split, whose size data_stats does not give here; LoRA has no done unit
+    assert tr["not_projected"] == len(units(prof)) - 3 - n_sst2_full

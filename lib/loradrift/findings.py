@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from .config import active_profile, load_profile, searched_values, unit_config, units
+from .config import active_profile, load_profile, run_id, searched_values, unit_config, units
 from .methods import kind_of
 from .store import data_dir, read_or, result_path
 
@@ -182,14 +182,15 @@ def recorded_study_time(prof=None) -> dict:
     return _read(load_profile(prof)["name"], "study_time", {})
 
 
-def study_time(prof_name: str | None = None) -> dict:
+def study_time(prof_name: str | dict | None = None) -> dict:
     """The study's run time, stage by stage, from the times each result recorded when it was computed.
 
     A stage run in several sittings (or resumed) is the sum of its pieces; results that were skipped
     because they were current cost nothing again. Wall times taken on a shared machine are inflated;
     the per-stage ``loaded`` flag says where the 1-minute load average exceeded the cores in use.
     """
-    name = prof_name or active_profile()
+    prof = prof_name if isinstance(prof_name, dict) else None
+    name = prof["name"] if prof else prof_name or active_profile()
     d = data_dir(name)
     stages = []
 
@@ -216,6 +217,7 @@ def study_time(prof_name: str | None = None) -> dict:
         add("train", sum(r["wall_time_s"] for r in runs), n=len(runs),
             loaded=any(busy({"cpu_count": cores}, x) for x in loads),
             what="training units, with their validation and test evaluations")
+        stages[-1].update(_units_projection(prof or name, runs, cores))
     s = _read(name, "drift_timing", {})
     if s:
         add("drift", s.get("total_wall_s"), s.get("total_cpu_s"), n=len(s.get("per_task", {})),
@@ -225,9 +227,54 @@ def study_time(prof_name: str | None = None) -> dict:
         add("deploy", m.get("wall_time_s"), n=1, loaded=busy(m.get("environment"), (m.get("loadavg_before") or [0])[0]),
             what="serving benchmark on the trained models")
     total = sum(s["wall_s"] for s in stages)
+    left = sum(s.get("projected_left_s") or 0 for s in stages)
     return {"profile": name, "stages": stages, "total_wall_s": total, "total_wall_h": total / 3600,
+            "complete": not left, "projected_left_s": left,
             "note": "sum of the wall times recorded by each stage's results; model conversion, installs "
                     "and rendering are not included"}
+
+
+def _units_projection(prof: str | dict, runs: list[dict], cores: int) -> dict:
+    """How much of the profile's study the training results cover: units planned and done, and for the units
+    not done yet a projected wall time: its training tokens (training-set size x the task's mean training
+    length, `data_stats`; 1 per example without them) x the median seconds per training token of the done
+    units of the same task and method kind run on a quiet machine (1-minute load average at most the cores +
+    0.5), else of that kind on any task (``projected_from_other_tasks`` counts those; fixed costs per unit
+    make these the roughest); ``not_projected``: units with no done unit of their kind, or no known size."""
+    import statistics
+    try:
+        p = load_profile(prof)
+        planned = units(p)
+    except Exception:   # not a profile (a bare results folder) or one without units: nothing to project
+        return {}
+    name = p["name"]
+    quiet = [r for r in runs if (((r.get("environment") or {}).get("load_avg") or [0])[0] <= cores + 0.5)
+             and r.get("n_train")] or [r for r in runs if r.get("n_train")]
+    kind = lambda m: type(kind_of(p, m)).__name__ if m in p["methods"] else m  # noqa: E731
+    train = [x for x in _read(name, "data_stats", {}).get("splits", []) if x.get("split") == "train"]
+    length = {x["task"]: x["tokens_mean"] for x in train if x.get("tokens_mean")}
+    size = {x["task"]: x["n"] for x in train if x.get("n")}   # a task trained on its whole split
+    per = {}
+    for r in quiet:
+        rate = r["wall_time_s"] / (r["n_train"] * length.get(r["task"], 1.0))
+        per.setdefault((r["task"], kind(r["method"])), []).append(rate)
+        per.setdefault(("*", kind(r["method"])), []).append(rate)
+    done = {r.get("id") for r in runs}
+    left, other, unknown = 0.0, 0, 0
+    for task, method, seed in planned:
+        if run_id(task, method, seed) in done:
+            continue
+        n = unit_config(p, task, method, seed)["data"]["sizes"]["train_size"] or size.get(task)
+        rate = per.get((task, kind(method)))
+        guessed = rate is None
+        rate = per.get(("*", kind(method))) if guessed else rate
+        if not rate or not n:
+            unknown += 1
+            continue
+        left += statistics.median(rate) * n * length.get(task, 1.0)
+        other += guessed
+    return {"units_planned": len(planned), "units_done": len(done & {run_id(*u) for u in planned}),
+            "projected_left_s": left, "projected_from_other_tasks": other, "not_projected": unknown}
 
 
 # ---------------------------------------------------------------------------- currency

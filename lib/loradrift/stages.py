@@ -85,11 +85,15 @@ def run_deploy(prof: dict, tasks=None, glue_source=None, arch=None, vllm=False, 
 def run_timing(prof: dict, **_) -> dict:
     """The study's wall time, stage by stage, from what each stage recorded."""
     from .findings import study_time
-    t = study_time(prof["name"])
+    t = study_time(prof)
     path = write_json(result_path(prof["name"], "study_time"), t)
     for s in t["stages"]:
         print(f"{s['stage']:<8} {s['wall_s'] / 60:7.1f} min  {s['what']}")
     print(f"total    {t['total_wall_s'] / 60:7.1f} min  -> {path}")
+    if not t["complete"]:
+        tr = next(s for s in t["stages"] if s["stage"] == "train")
+        print(f"not complete: {tr['units_done']} of {tr['units_planned']} units done; the rest projected at "
+              f"{t['projected_left_s'] / 60:.0f} min")
     return t
 
 
