@@ -337,3 +337,25 @@ def test_a_stage_and_a_unit_refuse_while_another_process_holds_them(tiny_profile
     finally:
         p.kill()
         p.wait()
+
+
+def test_setup_reruns_a_sanity_check_recorded_for_another_task(tiny_profile, monkeypatch):
+    """The check fits `sanity.task` (default: the profile's first task); a recorded check of another task is redone."""
+    import yaml
+
+    from loradrift import stages, train
+    from loradrift.config import load_profile
+    from loradrift.store import result_path, write_json
+    prof = load_profile(str(tiny_profile))
+    assert train.sanity_task(prof) == prof["tasks"][0] == "rte"
+    d = yaml.safe_load(tiny_profile.read_text())
+    d["sanity"]["task"] = "sst2"
+    tiny_profile.write_text(yaml.safe_dump(d))
+    prof = load_profile(str(tiny_profile))
+    calls = []
+    monkeypatch.setattr(train, "sanity_check", lambda p, m, **kw: calls.append(m) or
+                        {"method": m, "task": train.sanity_task(p), "final_loss": 0.01, "passed": True})
+    write_json(result_path(prof["name"], "sanity"), {"full": {"task": "sst2", "final_loss": 0.02, "passed": True},
+                                                     "lora": {"task": "rte", "final_loss": 0.02, "passed": True}})
+    stages.run_setup(prof)
+    assert calls == ["lora"]   # full's check is of sst2 already; lora's was of rte

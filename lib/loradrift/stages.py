@@ -21,7 +21,7 @@ def run_setup(prof: dict, tasks=None, glue_source=None, **_) -> dict:
     from .config import environment, unit_config, units
     from .data import split_stats, study_splits
     from .models import base_model_path, load_tokenizer
-    from .train import baselines, sanity_check
+    from .train import baselines, sanity_check, sanity_task
     name = prof["name"]
     tok = load_tokenizer(base_model_path(prof))
     max_len = int(prof["data"]["max_length"])
@@ -35,7 +35,7 @@ def run_setup(prof: dict, tasks=None, glue_source=None, **_) -> dict:
     sanity_path = result_path(name, "sanity")
     done = read_json(sanity_path) if sanity_path.exists() else {}
     for m in prof["sanity"]["learning_rate"]:   # the methods the sanity check has a learning rate for
-        if m not in done:
+        if m not in done or done[m].get("task") != sanity_task(prof):   # none yet, or of another task
             done[m] = sanity_check(prof, m, glue_source=glue_source)
             write_json(sanity_path, done)
         print(f"sanity {m}: final loss {done[m]['final_loss']:.4f} ({'passed' if done[m]['passed'] else 'FAILED'})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -385,11 +386,18 @@ def train_all(prof: dict | str, tasks=None, methods=None, seeds=None, glue_sourc
 
 
 # ---------------------------------------------------------------------------------- checks
-def sanity_check(prof: dict | str, method: str, task: str = "rte", glue_source=None) -> dict:
+def sanity_task(prof: dict) -> str:
+    """The task the sanity check fits: ``sanity.task``, else the profile's first task (its primary task
+    in the `cpu` design: SST-2's short examples make the check a matter of seconds)."""
+    return prof["sanity"].get("task") or prof["tasks"][0]
+
+
+def sanity_check(prof: dict | str, method: str, task: str | None = None, glue_source=None) -> dict:
     """Can the method fit 10 training examples? Training loss must fall below 0.1."""
     from transformers import Trainer
     prof = load_profile(prof) if isinstance(prof, str) else prof
     s = prof["sanity"]
+    task = task or sanity_task(prof)
     cfg = unit_config(prof, task, method, 0)
     splits = study_splits(prof, task, glue_source)
     small = splits["train"].select(range(int(s["n_examples"])))
@@ -410,7 +418,7 @@ def sanity_check(prof: dict | str, method: str, task: str = "rte", glue_source=N
             "steps_run": int(trainer.state.global_step),
             "learning_rate": float(s["learning_rate"][method]), "losses": losses,
             "final_loss": losses[-1], "passed": bool(min(losses[-3:]) < float(s.get("threshold", 0.1))),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def baselines(prof: dict | str, glue_source=None, n_random: int = 1000) -> list[dict]:
