@@ -758,9 +758,10 @@ def test_a_study_with_groups_measures_the_drift_groups_and_compares_only_the_com
         prof["methods"][m]["num_train_epochs"] = 1
     prof["methods"]["lora-r2"] = {"extends": "lora", "lora_r": 2}
     prof["study"] = {"primary": {"methods": ["full", "lora"], "seeds": 2},
-                     "rank": {"methods": ["lora-r2"], "seeds": 1},
+                     "rank": {"methods": ["lora-r2", "lora"], "seeds": 1},
                      "curve": {"methods": ["full"], "seeds": 1, "train_sizes": [8], "drift": False}}
-    prof["drift"] = {**DRIFT_SMALL, "wikitext": str(_text_file(root / "wiki.txt")), "primary": []}
+    prof["drift"] = {**DRIFT_SMALL, "wikitext": str(_text_file(root / "wiki.txt")),
+                     "primary": [{"task": "rte", "pooling": "last", "measure": "cka", "depth": "final_norm"}]}
     path = root / "grouped.yaml"
     path.write_text(yaml.safe_dump(prof, sort_keys=False))
     trained = train_all(str(path))
@@ -778,3 +779,33 @@ def test_a_study_with_groups_measures_the_drift_groups_and_compares_only_the_com
     pts = design.unit_points(str(path), res, runs, "rte", {"pooling": "last", "measure": "cka", "depth": "final_norm"})
     assert sorted(pts.method) == ["full", "full", "lora", "lora", "lora-r2"] and pts.drift.notna().all()
     assert pts.forgetting.notna().all() and set(pts[pts.method == "lora-r2"].lora_r) == {2}
+    _drift_chapter_reads_the_grouped_study(root, path, prof)
+
+
+def _drift_chapter_reads_the_grouped_study(root, path, prof):
+    """The Drift chapter, executed on the grouped study's results (its profile installed in a copy of the
+    library, as `quarto render --profile grouped` would see it): it leads with the primary test, reads the
+    sweeps, and keeps the rank variant out of the per-depth views."""
+    import shutil
+
+    from loradrift.config import PROFILE_DIR
+    from test_chapters import ROOT, run_chapter
+    lib = root / "lib"
+    shutil.copytree(PROFILE_DIR.parent, lib / "loradrift", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(path, lib / "loradrift" / "profiles" / "grouped.yaml")
+    nb = run_chapter(ROOT / "chapters" / "drift.qmd", {"PYTHONPATH": str(lib), "LORADRIFT_ROOT": str(root),
+                                                      "LORADRIFT_COMPUTE": "never", "QUARTO_PROFILE": "grouped"})
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors[0].get("evalue") if errors else None
+    text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", ""))
+                     for c in nb.cells for o in c.get("outputs", []))
+    assert "Interim results" not in text                       # its own results, not an earlier run's
+    layers = json_dumps_outputs(nb, "fig-layers")
+    assert "lora s1" in layers and "lora-r2" not in layers   # the rank variant is not a per-depth curve
+    assert "r = 2" in text or "lora-r2" in text                 # the rank sweep's table or sentence
+
+
+def json_dumps_outputs(nb, label: str) -> str:
+    """Every output of the cell labelled ``label``, as one string."""
+    import json
+    return "".join(json.dumps(c.get("outputs", [])) for c in nb.cells if f"label: {label}" in c.source)
