@@ -259,3 +259,9 @@ def test_the_matched_sentence_follows_the_interval_sign(low, high, words):
     assert "too few" in study_figures.matched_sentence({**m, "decided": False, "n_full": 2}, "drift", "x").lower()
     assert "do not overlap" in study_figures.matched_sentence(design.matched_drift(pd.DataFrame(
         {"kind": ["full", "lora"], "accuracy": [0.9, 0.6], "drift": [0.1, 0.2]})), "drift", "x")
+
+
+@pytest.mark.parametrize("values, word", [([1, 2, 3], "rises"), ([3, 2, 1], "falls"), ([1, 3, 2], "mixed"),
+                                          ([1, 1, 2], "mixed"), ([5], "single")])
+def test_trend_names_how_a_quantity_moves(values, word):
+    assert design.trend(values) == word

@@ -414,3 +414,13 @@ def rq1_view(prof, res: dict | None = None):
                            lr_methods=sweep_methods(p, focus, "learning_rate") if focus else [],
                            rank_methods=sweep_methods(p, focus, "rank") if focus else [],
                            claims=drift_claims(res, verdicts, fr))
+
+
+def trend(values) -> str:
+    """How a sequence moves (e.g. a quantity over increasing rank): ``rises`` (every step up), ``falls``
+    (every step down), ``mixed``, or ``single`` (fewer than 2 values)."""
+    v = [float(x) for x in values]
+    if len(v) < 2:
+        return "single"
+    d = np.diff(v)
+    return "rises" if (d > 0).all() else "falls" if (d < 0).all() else "mixed"

@@ -374,6 +374,9 @@ def limitations(prof=None) -> dict:
     env = dep["meta"]["environment"] if dep else {}
     return {"self_similarity": (float(min(selfsim)), float(max(selfsim))) if len(selfsim) else (math.nan, math.nan),
             "min_attainable_p": float(T["min_attainable_p"].min()) if not T.empty else math.nan,
+            "min_attainable_p_by_task": T.groupby("task")["min_attainable_p"].min().to_dict() if not T.empty else {},
+            "seeds_by_task": (runs[runs.method.isin(drift.drift_config(p)["compare"])].groupby("task")["seed"].nunique()
+                              .to_dict() if not runs.empty else {}),
             "total_params": int(runs["total"].iloc[0]) if not runs.empty else None,
             "adapter_params": int(a_runs["trainable"].iloc[0]) if len(a_runs) else None,
             "model": re.sub(r"(\.Q\w+)?\.gguf$", "", p["model"]["name_or_path"].split("/")[-1]),
