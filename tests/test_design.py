@@ -265,3 +265,14 @@ def test_the_matched_sentence_follows_the_interval_sign(low, high, words):
                                           ([1, 1, 2], "mixed"), ([5], "single")])
 def test_trend_names_how_a_quantity_moves(values, word):
     assert design.trend(values) == word
+
+
+def test_a_sweep_compares_its_methods_at_its_own_seeds(tiny_model, tiny_glue, tmp_path):
+    """The rank group trains lora-r2 and lora at seeds 1-2; lora's primary seeds 3-4 stay out of the sweep."""
+    prof = _grouped(tiny_model, tiny_glue, tmp_path)
+    pts = pd.DataFrame([{"method": m, "seed": s, "kind": "lora", "accuracy": 0.5, "drift": 0.1}
+                        for m, seeds in (("lora", (1, 2, 3, 4)), ("lora-r2", (1, 2)), ("full", (1, 2, 3, 4)))
+                        for s in seeds])
+    got = design.group_points(prof, pts, "rank")
+    assert sorted(zip(got.method, got.seed)) == [("lora", 1), ("lora", 2), ("lora-r2", 1), ("lora-r2", 2)]
+    assert design.group_points(prof, pts, "no-such-group").empty

@@ -259,14 +259,21 @@ def unit_points(prof, res: dict, runs, task: str, endpoint: dict):
                           "forgetting": forget.get(x.id, math.nan)} for x in r.itertuples()])
 
 
-def frontier(prof, points, group: str = "learning_rate", n_boot: int = 2000) -> dict:
-    """Drift at equal accuracy (`matched_drift`) over the units of the learning-rate group (every rate
-    of both kinds, the primary rates included), and the same for forgetting."""
-    p = load_profile(prof)
-    g = study_groups(p).get(group)
+def group_points(prof, points, group: str):
+    """The rows of ``points`` (`unit_points`) that a study group trained: its methods at its seeds (the
+    primary methods have more seeds in their own group; a sweep compares its rates or ranks seed for seed)."""
+    g = study_groups(load_profile(prof)).get(group)
     if g is None or points is None or not len(points):
+        return points.iloc[:0] if points is not None else None
+    return points[points.method.isin(g["methods"]) & points.seed.isin(g["seeds"])].reset_index(drop=True)
+
+
+def frontier(prof, points, group: str = "learning_rate", n_boot: int = 2000) -> dict:
+    """Drift at equal accuracy (`matched_drift`) over the units of the learning-rate group (`group_points`:
+    every rate of both kinds at the group's seeds, the primary rates included), and the same for forgetting."""
+    pts = group_points(prof, points, group)
+    if pts is None or not len(pts):
         return {"drift": matched_drift(None), "forgetting": matched_drift(None)}
-    pts = points[points.method.isin(g["methods"])]
     return {"drift": matched_drift(pts, n_boot=n_boot),
             "forgetting": matched_drift(pts.assign(drift=pts.forgetting).dropna(subset=["drift"]), n_boot=n_boot)}
 
@@ -411,6 +418,7 @@ def rq1_view(prof, res: dict | None = None):
     fr = frontier(p, points)
     return SimpleNamespace(runs=runs, verdicts=verdicts, endpoints=endpoints, e0=e0, focus=focus,
                            primary=dfind.primary_tests(res), points=points, frontier=fr,
+                           lr_points=group_points(p, points, "learning_rate"), rank_points=group_points(p, points, "rank"),
                            lr_methods=sweep_methods(p, focus, "learning_rate") if focus else [],
                            rank_methods=sweep_methods(p, focus, "rank") if focus else [],
                            claims=drift_claims(res, verdicts, fr))
