@@ -173,6 +173,7 @@ E2 = {"task": "sst2", "pooling": "masked", "measure": "debiased_cka", "depth": "
 def _test_row(e, diff, p, family="primary", status="ok"):
     adj = "holm" if family == "primary" else "bh"
     return {**e, "family": family, "status": status, "diff": diff, "hedges_g": diff * 10, "n_a": 10, "n_b": 10,
+            "min_attainable_p": 1e-5,
             f"welch_p_{adj}": p, f"perm_p_{adj}": p}
 
 
@@ -203,15 +204,22 @@ def test_claim_1_is_undecided_without_tests():
     assert design.drift_claims(_res([]), _verdicts(), {})[1]["verdict"] == "undecided"
 
 
-def test_claim_2_compares_the_tasks_in_the_claims_at_the_first_endpoint():
+def test_claim_2_calls_tasks_different_only_when_they_differ_significantly():
     mrpc = {**E1, "task": "mrpc"}
-    same = _res([_test_row(E1, 0.1, 0.01), _test_row(mrpc, 0.2, 0.001, family="exploratory")])
-    assert design.drift_claims(same, _verdicts(), {})[2]["verdict"] == "consistent"
-    differ = _res([_test_row(E1, 0.1, 0.01), _test_row(mrpc, 0.2, 0.5, family="exploratory")])
-    c = design.drift_claims(differ, _verdicts(), {})[2]
-    assert c["verdict"] == "task-dependent" and c["signs"] == {"sst2": "more", "mrpc": "none"}
+
+    def claim2(mrpc_diff, mrpc_p, min_p=1e-5, in_claims=("sst2", "mrpc")):
+        res = _res([_test_row(E1, 0.1, 0.01), {**_test_row(mrpc, mrpc_diff, mrpc_p, family="exploratory"),
+                                               "min_attainable_p": min_p}])
+        return design.drift_claims(res, _verdicts(in_claims), {})[2]
+    assert claim2(0.2, 0.001)["verdict"] == "consistent"
+    c = claim2(-0.2, 0.001)
+    assert c["verdict"] == "task-dependent" and c["signs"] == {"sst2": "more", "mrpc": "less"}
+    # significant beside not significant is no difference between tasks: undecided, and why
+    assert (claim2(0.2, 0.5)["verdict"], claim2(0.2, 0.5)["reason"]) == ("undecided", "none")
+    c = claim2(0.2, 0.5, min_p=0.1)   # 3 vs 3 seeds: that test could never reach 5 %
+    assert (c["verdict"], c["reason"], c["underpowered"]) == ("undecided", "seeds", ["mrpc"])
     # a task outside the drift claims (it did not learn) is not compared
-    assert design.drift_claims(differ, _verdicts(in_claims=("sst2",)), {})[2]["verdict"] == "undecided"
+    assert claim2(-0.2, 0.001, in_claims=("sst2",))["reason"] == "few_tasks"
 
 
 def _pair(task, kind, value):
@@ -276,3 +284,16 @@ def test_a_sweep_compares_its_methods_at_its_own_seeds(tiny_model, tiny_glue, tm
     got = design.group_points(prof, pts, "rank")
     assert sorted(zip(got.method, got.seed)) == [("lora", 1), ("lora", 2), ("lora-r2", 1), ("lora-r2", 2)]
     assert design.group_points(prof, pts, "no-such-group").empty
+
+
+def test_matched_drift_declines_when_a_kind_has_one_accuracy():
+    """Collapsed models share one accuracy: no line can be fitted through them, so no comparison (and no crash)."""
+    pts = pd.DataFrame({"kind": ["full"] * 4 + ["lora"] * 4, "accuracy": [0.6, 0.7, 0.8, 0.9] + [0.7] * 4,
+                        "drift": [0.1, 0.2, 0.3, 0.4, 0.1, 0.1, 0.2, 0.2]})
+    m = design.matched_drift(pts, n_boot=50)
+    assert not m["decided"] and m["n_lora"] == 4
+
+
+def test_claim_1_reads_only_the_endpoints_of_tasks_that_learned():
+    res = _res([_test_row(E1, 0.1, 0.01), _test_row(E2, 0.1, 0.01)])
+    assert design.drift_claims(res, _verdicts(in_claims=("mrpc",)), {})[1]["verdict"] == "undecided"
