@@ -288,10 +288,10 @@ def test_a_sweep_compares_its_methods_at_its_own_seeds(tiny_model, tiny_glue, tm
 
 def test_matched_drift_declines_when_a_kind_has_one_accuracy():
     """Collapsed models share one accuracy: no line can be fitted through them, so no comparison (and no crash)."""
-    pts = pd.DataFrame({"kind": ["full"] * 4 + ["lora"] * 4, "accuracy": [0.6, 0.7, 0.8, 0.9] + [0.7] * 4,
-                        "drift": [0.1, 0.2, 0.3, 0.4, 0.1, 0.1, 0.2, 0.2]})
+    pts = pd.DataFrame({"kind": ["full"] * 4 + ["lora"] * 5, "accuracy": [0.6, 0.7, 0.8, 0.9] + [0.5, 0.7, 0.7, 0.7, 0.95],
+                        "drift": [0.1, 0.2, 0.3, 0.4, 0.1, 0.1, 0.2, 0.2, 0.3]})
     m = design.matched_drift(pts, n_boot=50)
-    assert not m["decided"] and m["n_lora"] == 4
+    assert not m["decided"] and m["n_lora"] == 3 and m["overlap"] == (0.6, 0.9)
 
 
 def test_claim_1_reads_only_the_endpoints_of_tasks_that_learned():
