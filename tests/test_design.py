@@ -246,13 +246,20 @@ def test_claim_4_reads_the_unmatched_cosine_on_the_original_pooling():
     assert design.drift_claims(_res([], layers=layers(0.5), tasks=["sst2"]), _verdicts(), {})[4]["verdict"] == "informative"
 
 
-@pytest.mark.parametrize("verdict, words", [("supported", "full fine-tuning moves the representations further"),
-                                            ("reversed", "LoRA moves the representations further"),
-                                            ("mixed", "depends on the endpoint"), ("not established", "none of the 3"),
-                                            ("undecided", "no results")])
-def test_the_rq1_answer_reads_for_every_verdict(verdict, words):
+@pytest.mark.parametrize("verdict, k, words", [
+    ("supported", 1, "LoRA does on 1 of the 3 pre-registered endpoints"), ("supported", 3, "on all 3 pre-registered"),
+    ("reversed", 2, "LoRA moves the representations further"), ("mixed", 2, "depends on the endpoint"),
+    ("not established", 0, "none of the 3 pre-registered endpoints tested separates"),
+    ("undecided", 0, "no test on a task whose models learned")])
+def test_the_rq1_answer_reads_for_every_verdict(verdict, k, words):
     from loradrift import study_figures
-    assert words in study_figures.rq1_answer({"verdict": verdict, "significant": 1, "n": 3}, "SST-2")
+    ok = {"status": "ok"}
+    c1 = {"verdict": verdict, "significant": k, "n": 3, "endpoints": [({}, ok), ({}, ok), ({}, ok)]}
+    assert words in study_figures.rq1_answer(c1, "SST-2")
+    one = study_figures.rq1_answer({**c1, "n": 1, "significant": min(k, 1), "endpoints": [({}, ok)]}, "SST-2")
+    assert "the one pre-registered endpoint," in one or verdict not in ("supported", "reversed")
+    untested = study_figures.rq1_answer({**c1, "endpoints": [({}, ok), ({}, None), ({}, ok)]}, "SST-2")
+    assert "none of the 2 pre-registered endpoints tested (of 3)" in untested or verdict != "not established"
 
 
 @pytest.mark.parametrize("low, high, words", [(0.01, 0.05, "at matched learning LoRA drifts less"),

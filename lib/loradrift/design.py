@@ -303,6 +303,12 @@ ORIGINAL_RQ1 = {
 COSINE_UNINFORMATIVE = 0.9
 
 
+def registered_endpoints(res: dict) -> list[dict]:
+    """The primary endpoints the seed-level tests were run with (the summary's; the task results' settings
+    for a summary from before the summary recorded them)."""
+    return list((res.get("summary") or {}).get("primary") or (res.get("config") or {}).get("primary") or [])
+
+
 def _endpoint_row(T, task: str, e: dict):
     """The seed-level test of ``task`` at endpoint e's (pooling, measure, depth), with its family's
     adjusted p-values as (p_welch, p_perm); None when the test is absent."""
@@ -347,7 +353,7 @@ def drift_claims(res: dict, verdicts, fr: dict) -> dict:
        reach `COSINE_UNINFORMATIVE` on every task, else ``informative``.
     Each entry: {verdict, and the numbers behind it}. ``verdicts``: `learning_verdicts`."""
     from .drift import findings as dfind
-    T, primary = res.get("tests"), list((res.get("config") or {}).get("primary") or [])
+    T, primary = res.get("tests"), registered_endpoints(res)
     tasks = list(res.get("tasks") or [])
     claims_tasks = [t for t in tasks if verdicts is not None and len(verdicts)
                     and bool(verdicts[verdicts.task == t].in_claims.all()) and (verdicts.task == t).any()]
@@ -422,7 +428,7 @@ def rq1_view(prof, res: dict | None = None):
     res = load_results(p) if res is None else res
     runs = findings.runs_frame(p)
     verdicts = learning_verdicts(p, runs, findings.baselines(p))
-    endpoints = list((res.get("config") or {}).get("primary") or [])
+    endpoints = registered_endpoints(res)
     e0 = endpoints[0] if endpoints else None
     tasks = res["tasks"]
     focus = e0["task"] if e0 and e0["task"] in tasks else tasks[0] if tasks else None

@@ -327,6 +327,12 @@ def signed(x, digits: int = 3, plus: bool = True, na: str = "n/a") -> str:
     return text.lstrip("+-") if float(text) == 0 else text
 
 
+def signed_sig(x, digits: int = 3, na: str = "n/a") -> str:
+    """`sig` with '+' on positive values (a difference of any size: '+0.0031', '−2.1 × 10⁻⁴' reads as '-')."""
+    text = sig(x, digits, na)
+    return "+" + text if text not in (na, "0") and float(x) > 0 else text
+
+
 def pm(mean, sd, digits: int = 3) -> str:
     return f"{fmt(mean, digits)} ± {fmt(sd, digits)}"
 

@@ -193,11 +193,14 @@ def dominance_chart(D, threshold: float):
         column=alt.Column("task:N", title=None)).configure_legend(orient="bottom")
 
 
+MATCHED_WORDS = {"positive": "LoRA drifts less", "negative": "LoRA drifts more", "unresolved": "no difference resolved",
+                 "undecided": "not compared"}
 VERDICT_WORDS = {
     1: {"supported": "supported: full FT drifts more", "reversed": "reversed: LoRA drifts more",
         "mixed": "mixed: the endpoints disagree", "not established": "not established: no endpoint separates them",
         "undecided": "not tested yet"},
-    2: {"consistent": "not task-dependent here", "task-dependent": "task-dependent", "undecided": "not testable here"},
+    2: {"consistent": "the same on every task in the claims", "task-dependent": "task-dependent",
+        "undecided": "not decided here"},
     3: {"supported": "supported", "not supported": "not supported", "mixed": "task-dependent", "undecided": "not tested yet"},
     4: {"uninformative": "uninformative: unrelated examples score as high", "informative": "informative",
         "undecided": "not tested yet"},
@@ -210,13 +213,15 @@ def claims_table(rq1: dict, c5, c6, original: dict):
     import pandas as pd
     rows = [{"claim": n, "the original": original[n], "verdict here": VERDICT_WORDS[n].get(rq1[n]["verdict"], rq1[n]["verdict"])}
             for n in sorted(rq1)]
+    rows[0]["verdict here"] += "; at matched accuracy: " + MATCHED_WORDS[rq1[1]["matched_direction"]]
     dirs = sorted(set(c5.direction)) if c5 is not None and len(c5) else []
     rows.append({"claim": 5, "the original": "LoRA is more accurate than full fine-tuning",
                  "verdict here": "; ".join(f"{task_name(r.task)}: {VERDICT_5[r.direction]}" for r in c5.itertuples())
                  if dirs else "not tested yet"})
-    if c6 is not None and len(c6):
-        full = c6[c6.method == "full"]
-        txt = (f"{int(full.collapsed.sum())} of {int(full.seeds.sum())} full-FT models answer one class"
+    full = c6[c6.method == c6.method.iloc[0]] if c6 is not None and len(c6) else None   # the first compared method
+    if full is not None:
+        k, n = int(full.collapsed.sum()), int(full.seeds.sum())
+        txt = (("not reproduced: " if k == 0 else "reproduced: ") + f"{k} of {n} full-FT models answer one class"
                + (f" ({int(full.collapsed_original_format.sum())} in the original's format)"
                   if full.format_seeds.sum() else ""))
     else:
@@ -250,19 +255,28 @@ def intruder_columns(sweep, methods: list[str]) -> dict:
             for m in methods if (sweep.method == m).any()}
 
 
+def _k_of_n(k: int, n: int) -> str:
+    """'all 3', 'the one', '2 of the 3'."""
+    return "the one" if n == 1 else f"all {n}" if k == n else f"{k} of the {n}"
+
+
 def rq1_answer(c1: dict, task: str) -> str:
     """Claim 1's verdict (`design.drift_claims`) as the answer to RQ1, on ``task`` (its display name)."""
     k, n = c1["significant"], c1["n"]
+    tested = sum(r is not None and r["status"] == "ok" for _, r in c1.get("endpoints", []))
+    ends = f"{_k_of_n(k, n)} pre-registered endpoint{'s' if n != 1 else ''}"
     return {
         "supported": f"Yes, on {task}: full fine-tuning moves the representations further from the base model's than "
-                     f"LoRA does on {k} of the {n} pre-registered endpoints, and LoRA moves them further on none.",
+                     f"LoRA does on {ends}, and LoRA moves them further on none.",
         "reversed": f"No, and the other way round on {task}: LoRA moves the representations further from the base "
-                    f"model's than full fine-tuning does on {k} of the {n} pre-registered endpoints, and full "
-                    "fine-tuning on none.",
+                    f"model's than full fine-tuning does on {ends}, and full fine-tuning on none.",
         "mixed": f"It depends on the endpoint on {task}: full fine-tuning drifts further on some pre-registered "
                  "endpoints and LoRA on others.",
-        "not established": f"Not established on {task}: none of the {n} pre-registered endpoints separates the methods.",
-        "undecided": "Not yet: the pre-registered tests have no results.",
+        "not established": f"Not established on {task}: " + (
+            "the pre-registered endpoint does not separate the methods." if tested == 1 else
+            f"none of the {tested} pre-registered endpoints tested" + (f" (of {n})" if tested < n else "")
+            + " separates the methods."),
+        "undecided": "Not yet: the pre-registered endpoints have no test on a task whose models learned.",
     }[c1["verdict"]]
 
 
@@ -270,7 +284,7 @@ def matched_sentence(m: dict, what: str, unit: str) -> str:
     """One sentence on a quantity at matched accuracy (`design.matched_drift`), for every outcome; ``unit``:
     what the lower method does ('drifts less')."""
     from .design import direction
-    from .report import signed
+    from .report import signed_sig
     if not m.get("n_full") and not m.get("n_lora"):
         lo, hi = m.get("overlap", (float("nan"),) * 2)
         return (f"The learning-rate sweep cannot compare {what} at equal accuracy: the two methods' accuracy ranges "
@@ -278,13 +292,13 @@ def matched_sentence(m: dict, what: str, unit: str) -> str:
                 f"The learning-rate sweep has no {what} results to compare at equal accuracy yet.")
     if not m["decided"]:
         return (f"Too few models reach the accuracy range both methods share ({m['overlap'][0]:.3f} to "
-                f"{m['overlap'][1]:.3f}: {m['n_full']} full FT, {m['n_lora']} LoRA; 3 of each are needed) to "
-                f"compare {what} at equal accuracy.")
+                f"{m['overlap'][1]:.3f}: {m['n_full']} full FT, {m['n_lora']} LoRA; a line needs at least 3 of each, "
+                f"at 2 or more different accuracies) to compare {what} at equal accuracy.")
     way = {"positive": "full fine-tuning's is higher: at matched learning LoRA " + unit,
            "negative": "LoRA's is higher: at matched learning full fine-tuning " + unit,
            "unresolved": "the interval holds 0: at matched learning the methods are not distinguishable"}[
         direction(m["low"], m["high"])]
     return (f"At equal test accuracy ({m['at']:.3f}, the middle of the range both methods reach over the sweep; "
             f"{m['n_full']} full-FT and {m['n_lora']} LoRA models in it), the fitted {what} is {sig(m['full'])} for "
-            f"full fine-tuning and {sig(m['lora'])} for LoRA, a difference of {signed(m['diff'], 3)} "
-            f"(95 % bootstrap interval over models {signed(m['low'], 3)} to {signed(m['high'], 3)}): {way}.")
+            f"full fine-tuning and {sig(m['lora'])} for LoRA, a difference of {signed_sig(m['diff'])} "
+            f"(95 % bootstrap interval over models {signed_sig(m['low'])} to {signed_sig(m['high'])}): {way}.")

@@ -144,6 +144,10 @@ def compared_only(res: dict) -> dict:
         df = res.get(k)
         if isinstance(df, pd.DataFrame) and "method" in df:
             out[k] = df[df["method"].isin(keep)].reset_index(drop=True)
+    ids = {m["id"] for j in res["task_json"].values() for m in j.get("models", []) if m["method"] in keep} | {"base"}
+    D = res.get("diagnostics")
+    if isinstance(D, pd.DataFrame) and "model" in D:
+        out["diagnostics"] = D[D["model"].isin(ids)].reset_index(drop=True)
     out["task_json"] = {t: {**j, "forgetting": {**j["forgetting"], "models": [
         m for m in j["forgetting"]["models"] if m.get("method") in keep]}} for t, j in res["task_json"].items()}
     return out
