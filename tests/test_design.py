@@ -304,3 +304,24 @@ def test_matched_drift_declines_when_a_kind_has_one_accuracy():
 def test_claim_1_reads_only_the_endpoints_of_tasks_that_learned():
     res = _res([_test_row(E1, 0.1, 0.01), _test_row(E2, 0.1, 0.01)])
     assert design.drift_claims(res, _verdicts(in_claims=("mrpc",)), {})[1]["verdict"] == "undecided"
+
+
+@pytest.mark.parametrize("verdict, reason, words", [
+    ("consistent", None, "Every task in the claims goes the same way"), ("task-dependent", None, "opposite ways"),
+    ("undecided", "few_tasks", "Fewer than two tasks"), ("undecided", "seeds", "MRPC cannot reach 5 %"),
+    ("undecided", "none", "no task differs significantly")])
+def test_claim_2_reads_for_every_outcome_and_names_the_tasks_left_out(verdict, reason, words):
+    from loradrift import study_figures
+    c2 = {"verdict": verdict, "reason": reason, "signs": {"sst2": "more", "mrpc": "none"}, "underpowered": ["mrpc"]}
+    text = study_figures.claim2_sentence(c2, ["sst2", "mrpc", "rte"])
+    assert words in text and text.endswith("RTE is not compared (not in the claims, or no drift yet).")
+
+
+def test_the_sweep_sentence_orders_rates_and_reads_accuracy_per_rate():
+    from loradrift import study_figures
+    pts = pd.DataFrame({"kind": ["full"] * 4 + ["lora"] * 2, "learning_rate": [3e-4, 1e-5, 1e-5, 3e-5, 1e-3, 1e-4],
+                        "accuracy": [0.80, 0.70, 0.72, 0.86, 0.85, 0.60]})
+    text = study_figures.sweep_sentence(pts)
+    assert "full FT at 1e-05, 3e-05 and 3e-04 (mean test accuracy 0.710 → 0.860 → 0.800)" in text
+    assert "LoRA at 1e-04 and 1e-03 (mean test accuracy 0.600 → 0.850)" in text
+    assert study_figures.sweep_sentence(None) == ""

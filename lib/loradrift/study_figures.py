@@ -18,6 +18,9 @@ def _ci(mean, lo, hi, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if missing(lo) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+interval = _ci   # the public name the chapters use
+
+
 def _signed(mean, lo, hi, digits: int = 3) -> str:
     return "–" if missing(mean) else f"{mean:+.{digits}f}" + ("" if missing(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]")
 
@@ -302,3 +305,85 @@ def matched_sentence(m: dict, what: str, unit: str) -> str:
             f"{m['n_full']} full-FT and {m['n_lora']} LoRA models in it), the fitted {what} is {sig(m['full'])} for "
             f"full fine-tuning and {sig(m['lora'])} for LoRA, a difference of {signed_sig(m['diff'])} "
             f"(95 % bootstrap interval over models {signed_sig(m['low'])} to {signed_sig(m['high'])}): {way}.")
+
+
+# ---- the Drift chapter's sentences (numbers become words here, for every sign and outcome)
+WAY = {"more": "full FT drifts more", "less": "LoRA drifts more", "none": "no difference established"}
+
+
+def claim2_sentence(c2: dict, tasks: list[str]) -> str:
+    """Claim 2's verdict (`design.drift_claims`) in words, naming the tasks it could not compare."""
+    from .report import listing
+    per = "; ".join(f"{task_name(t)}: {WAY[w]}" for t, w in c2["signs"].items())
+    at = "at the first endpoint's pooling, measure and depth"
+    text = {"consistent": f"Every task in the claims goes the same way {at} ({per}).",
+            "task-dependent": f"The tasks go opposite ways {at} ({per}).",
+            "undecided": {"few_tasks": "Fewer than two tasks in the claims have drift results, so the tasks cannot be "
+                                       "compared.",
+                          "seeds": f"Not decided ({per}): with their seeds, {listing(map(task_name, c2['underpowered']))} "
+                                   "cannot reach 5 %, so a significant result elsewhere beside them is not a difference "
+                                   "between tasks.",
+                          "none": f"Not decided: no task differs significantly {at} ({per})."}.get(c2["reason"], "")
+            }[c2["verdict"]]
+    absent = [t for t in tasks if t not in c2["signs"]]
+    return text + ("" if not absent else f" {listing(map(task_name, absent))} {'is' if len(absent) == 1 else 'are'} "
+                   "not compared (not in the claims, or no drift yet).")
+
+
+def size_note(runs, tasks: list[str], compare: list[str]) -> str:
+    """Why claim 2's explanation (training-set size) is not tested: the tasks' sizes, from the units."""
+    from .report import listing, thousands
+    if not len(runs):
+        return ""
+    sizes = runs[runs.method.isin(compare)].groupby("task").train_size.max()
+    text = listing(f"{thousands(int(sizes[t]))} ({task_name(t)})" for t in tasks if t in sizes)
+    return (f"Our tasks train on {text} examples; task and training-set size change together, so this design cannot "
+            "test the original's explanation (the learning curve varies the size within a task, for accuracy only)."
+            if text else "")
+
+
+def claim3_lines(c3: dict, in_claims: list[str]) -> str:
+    """Per task: 1 − debiased CKA between the methods and between two seeds of each (claim 3's numbers)."""
+    return "; ".join(
+        f"{task_name(t)}: FT vs LoRA {sig(v['across'])}, two FT seeds {sig(v['within_full'])}, two LoRA seeds "
+        f"{sig(v['within_lora'])}" + ("" if t in in_claims else " (not in the claims)") for t, v in c3.items()) \
+        or "no task has the controls yet"
+
+
+def claim4_lines(c4: dict) -> str:
+    """Per task: 1 − cosine for the same example (per method) and for different examples (claim 4's numbers)."""
+    return "; ".join(f"{task_name(t)}: 1 − cosine {sig(1 - v['full'])} (full FT) and {sig(1 - v['lora'])} (LoRA) "
+                     f"for the same example, {sig(1 - v['unmatched'])} for different examples"
+                     for t, v in c4.items()) or "no task has it yet"
+
+
+def sweep_sentence(points) -> str:
+    """'It trains full FT at 1e-05, 3e-05, ... (mean test accuracy 0.78 → 0.86 → ...) and LoRA at ...'."""
+    from .report import listing
+    if points is None or not len(points):
+        return ""
+    acc = points.groupby(["kind", "learning_rate"]).accuracy.mean().reset_index().sort_values("learning_rate")
+    part = lambda k, a: (f"{method_label(k)} at {listing(f'{r:.0e}' for r in a.learning_rate)} "  # noqa: E731
+                         f"(mean test accuracy {' → '.join(f'{x:.3f}' for x in a.accuracy)})")
+    return "It trains " + " and ".join(part(k, acc[acc.kind == k]) for k in ("full", "lora") if (acc.kind == k).any()) + "."
+
+
+def sink_sentences(res: dict, cfg: dict, task: str | None) -> dict:
+    """The diagnostic section's words: the sink rule (``rule``), what it found on ``task`` (``found``), how the
+    sink-dominated pooling follows length (``length``)."""
+    from .drift import findings
+    sk = ((res["task_json"].get(task) or {}).get("sinks") or {}).get("base") if task else None
+    fix = findings.sink_fix(res, task) if task else {}
+    name = task_name(task) if task else ""
+    return {
+        "rule": (f"a position is a sink when its residual norm at some decoder layer exceeds {cfg['sink_ratio']:g} times "
+                 "the median of its example's tokens, found on the base model and left out for every model."
+                 if "sink_ratio" in cfg else
+                 "these results were computed before that rule: their mean pooling includes the sinks."),
+        "found": "" if not sk else (
+            f"On {name}'s {sk['examples']} test examples the rule finds a sink at the first position only in "
+            f"{sk['first_only']}, a sink elsewhere too in {sk['elsewhere']} and none in {sk['none']}; every sink's norm is "
+            f"at least {sk['min_sink_ratio']:.0f} times its example's median, no other token's above "
+            f"{sk['max_other_ratio']:.1f} times."),
+        "length": "" if fix.get("before_corr_min") is None else
+        f" (on {name}, |correlation with 1/length| at least {fix['before_corr_min']:.2f} in layers 15–25)"}
