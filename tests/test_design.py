@@ -325,3 +325,14 @@ def test_the_sweep_sentence_orders_rates_and_reads_accuracy_per_rate():
     assert "full FT at 1e-05, 3e-05 and 3e-04 (mean test accuracy 0.710 → 0.860 → 0.800)" in text
     assert "LoRA at 1e-04 and 1e-03 (mean test accuracy 0.600 → 0.850)" in text
     assert study_figures.sweep_sentence(None) == ""
+
+
+def test_the_sink_sentences_read_with_and_without_sinks_found():
+    from loradrift import study_figures
+    base = {"examples": 10, "first_only": 9, "elsewhere": 1, "none": 0, "min_sink_ratio": 111.2, "max_other_ratio": 14.3}
+    res = {"task_json": {"sst2": {"sinks": {"base": base}}}, "diagnostics": pd.DataFrame()}
+    s = study_figures.sink_sentences(res, {"sink_ratio": 20}, "sst2")
+    assert "exceeds 20 times" in s["rule"] and "at least 111 times" in s["found"] and "above 14.3 times" in s["found"]
+    s = study_figures.sink_sentences({**res, "task_json": {"sst2": {"sinks": {"base": {**base, "min_sink_ratio": None,
+                                                                                       "none": 10}}}}}, {}, "sst2")
+    assert s["found"].endswith("none in 10.") and "before that rule" in s["rule"]

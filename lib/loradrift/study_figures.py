@@ -382,8 +382,9 @@ def sink_sentences(res: dict, cfg: dict, task: str | None) -> dict:
                  "these results were computed before that rule: their mean pooling includes the sinks."),
         "found": "" if not sk else (
             f"On {name}'s {sk['examples']} test examples the rule finds a sink at the first position only in "
-            f"{sk['first_only']}, a sink elsewhere too in {sk['elsewhere']} and none in {sk['none']}; every sink's norm is "
-            f"at least {sk['min_sink_ratio']:.0f} times its example's median, no other token's above "
-            f"{sk['max_other_ratio']:.1f} times."),
+            f"{sk['first_only']}, a sink elsewhere too in {sk['elsewhere']} and none in {sk['none']}"
+            + ("." if sk.get("min_sink_ratio") is None else
+               f"; every sink's norm is at least {sk['min_sink_ratio']:.0f} times its example's median, no other "
+               f"token's above {sk['max_other_ratio']:.1f} times.")),
         "length": "" if fix.get("before_corr_min") is None else
         f" (on {name}, |correlation with 1/length| at least {fix['before_corr_min']:.2f} in layers 15–25)"}
