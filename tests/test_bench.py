@@ -67,3 +67,12 @@ def test_extraction_agreement_compares_both_precisions_on_trained_units(tiny_pro
     r = out["rows"][0]
     assert {"fp32", "bf16", "diff"} <= set(r) and r["diff"] == pytest.approx(abs(r["bf16"] - r["fp32"]))
     assert 0 <= out["median_abs_diff"] <= out["max_abs_diff"] < 0.5
+
+
+def test_the_bench_times_the_compared_methods_not_every_sweep_variant(tiny_profile):
+    """A learning-rate or rank variant costs what its method costs: the bench times drift.compare (or bench.methods)."""
+    prof = load_profile(str(tiny_profile))
+    prof["methods"]["lora-r2"] = {**prof["methods"]["lora"], "lora_r": 2}
+    assert bench.bench_methods(prof) == ["full", "lora"]
+    prof["bench"] = {"methods": ["lora-r2"]}
+    assert bench.bench_methods(prof) == ["lora-r2"]

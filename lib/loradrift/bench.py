@@ -139,6 +139,13 @@ def throughput(model, data: list[dict], mode: str, precision: str, lr: float = 1
             "tokens_per_s": real / s, "gflops": flops / s / 1e9}
 
 
+def bench_methods(prof: dict) -> list[str]:
+    """The methods the benchmark times: ``bench.methods``, else the compared ones (``drift.compare``): a sweep's
+    variants (another learning rate or rank) cost what their method costs."""
+    from .drift.settings import drift_config
+    return list((prof.get("bench") or {}).get("methods") or drift_config(prof)["compare"])
+
+
 def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = None, **_) -> dict:
     """The profile's benchmark (see the module docstring) -> data/<profile>/bench.json."""
     from .methods import kind_of
@@ -148,7 +155,8 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
     torch.set_num_threads(threads)
     task = (tasks or [cfg.get("task", prof["tasks"][0])])[0]
     n_batches = int(n_batches or cfg.get("batches", 6))
-    settings = {"model": prof["model"], "methods": prof["methods"], "task": task, "threads": threads,
+    methods = bench_methods(prof)
+    settings = {"model": prof["model"], "methods": {m: prof["methods"][m] for m in methods}, "task": task, "threads": threads,
                 "batches": n_batches, "batch_size": prof["training"]["common"]["per_device_train_batch_size"],
                 "bench": cfg}
     out_path = result_path(prof["name"], "bench")
@@ -164,7 +172,7 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
                                 for r in matmul_ceiling(model_shapes(base), p, int(cfg.get("reps", 10)))]
     first = measure_ceilings()
     rows = []
-    for method in list(prof["methods"]) + ["extract"]:
+    for method in methods + ["extract"]:
         bs = int(prof["training"]["common"]["per_device_train_batch_size"])
         data = batches(prof, task, tok, bs, n_batches + 1, glue_source)
         for p in precisions:
@@ -206,7 +214,7 @@ def _bf16_native() -> bool:
 # ------------------------------------------------------------------------------------- extraction in bf16?
 def extraction_agreement(prof: dict, task: str, n: int = 128, glue_source=None) -> dict | None:
     """Do drift measures agree when extraction runs in bf16? For the base model and every trained
-    unit of ``task`` (seed = the profile's first), 1 − CKA and 1 − debiased CKA with the base at every
+    unit of ``task`` of the benchmarked methods (seed = the profile's first), 1 − CKA and 1 − debiased CKA with the base at every
     depth, masked and last-token pooling, from fp32 and from bf16 extraction of the same ``n`` test
     examples; the largest difference is set against the smallest seed-to-seed spread of the same
     quantity in the profile's committed drift results. None when the task has no trained units."""
@@ -219,7 +227,7 @@ def extraction_agreement(prof: dict, task: str, n: int = 128, glue_source=None) 
     from .models import base_model_path, load_classifier, load_finetuned, load_tokenizer
     from .train import model_dir
     seed = prof["seeds"][0]
-    units = [(m, model_dir(prof["name"], run_id(task, m, seed))) for m in prof["methods"]]
+    units = [(m, model_dir(prof["name"], run_id(task, m, seed))) for m in bench_methods(prof)]
     units = [(m, d) for m, d in units if d.exists()]
     if not units:
         return None
