@@ -132,6 +132,10 @@ def test_matched_drift_recovers_a_known_offset_and_declines_without_overlap():
     m = design.matched_drift(pts, n_boot=300)
     assert m["decided"] and m["diff"] == pytest.approx(0.2, abs=0.02) and m["low"] < 0.2 < m["high"]
     assert 0.75 <= m["at"] <= 0.9 and m["low"] > 0
+    lo, hi = m["overlap"]
+    inside = pts[(pts.accuracy >= lo) & (pts.accuracy <= hi)]
+    assert m["mean_lora"] == pytest.approx(inside[inside.kind == "lora"].drift.mean())   # the unfitted view
+    assert m["acc_full"] == pytest.approx(inside[inside.kind == "full"].accuracy.mean())
     flipped = pts.assign(kind=pts.kind.map({"full": "lora", "lora": "full"}))
     assert design.matched_drift(flipped, n_boot=300)["diff"] == pytest.approx(-m["diff"], abs=1e-9)
     apart = pts.assign(accuracy=np.r_[acc_f - 0.5, acc_l])
@@ -268,8 +272,10 @@ def test_the_rq1_answer_reads_for_every_verdict(verdict, k, words):
 def test_the_matched_sentence_follows_the_interval_sign(low, high, words):
     from loradrift import study_figures
     m = {"decided": True, "at": 0.85, "full": 0.3, "lora": 0.2, "diff": (low + high) / 2, "low": low, "high": high,
-         "n_full": 6, "n_lora": 5, "overlap": (0.8, 0.9)}
+         "n_full": 6, "n_lora": 5, "overlap": (0.8, 0.9), "acc_full": 0.82, "acc_lora": 0.85, "mean_full": 0.8,
+         "mean_lora": 0.3}
     text = study_figures.matched_sentence(m, "drift", "drifts less")
+    assert "average drift 0.800 (full FT, accuracy 0.820) and 0.300 (LoRA, accuracy 0.850: more accurate on average)" in text
     assert words in text and "+0.030" in text if low > 0 else words in text
     assert "too few" in study_figures.matched_sentence({**m, "decided": False, "n_full": 2}, "drift", "x").lower()
     assert "do not overlap" in study_figures.matched_sentence(design.matched_drift(pd.DataFrame(

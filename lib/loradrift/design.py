@@ -171,9 +171,11 @@ def matched_drift(points, n_boot: int = 2000, seed: int = 0) -> dict:
     drift. Within the accuracy range both kinds reach (the overlap of their ranges), a line
     drift ~ accuracy is fitted per kind and evaluated at the overlap's midpoint; the difference
     full - lora has a bootstrap 95% interval (units resampled within each kind). ``decided`` is False
-    when the ranges do not overlap or a kind has fewer than 3 units in the overlap."""
+    when the ranges do not overlap or a kind has fewer than 3 units in the overlap. Beside the fit, the
+    unfitted view: each kind's mean accuracy (``acc_*``) and mean drift (``mean_*``) inside the overlap."""
     out = {"at": math.nan, "full": math.nan, "lora": math.nan, "diff": math.nan, "low": math.nan,
-           "high": math.nan, "n_full": 0, "n_lora": 0, "overlap": (math.nan, math.nan), "decided": False}
+           "high": math.nan, "n_full": 0, "n_lora": 0, "overlap": (math.nan, math.nan), "decided": False,
+           "acc_full": math.nan, "acc_lora": math.nan, "mean_full": math.nan, "mean_lora": math.nan}
     if points is None or not len(points):
         return out
     f, l_ = (points[points.kind == k] for k in ("full", "lora"))
@@ -184,7 +186,10 @@ def matched_drift(points, n_boot: int = 2000, seed: int = 0) -> dict:
     if lo >= hi:
         return out
     f, l_ = (d[(d.accuracy >= lo) & (d.accuracy <= hi)] for d in (f, l_))
-    out.update(n_full=len(f), n_lora=len(l_), at=float((lo + hi) / 2))
+    out.update(n_full=len(f), n_lora=len(l_), at=float((lo + hi) / 2),
+               # the models themselves, no fit: each kind's mean accuracy and mean drift inside the shared range
+               acc_full=float(f.accuracy.mean()), acc_lora=float(l_.accuracy.mean()),
+               mean_full=float(f.drift.mean()), mean_lora=float(l_.drift.mean()))
     if len(f) < 3 or len(l_) < 3 or f.accuracy.nunique() < 2 or l_.accuracy.nunique() < 2:
         return out   # a line needs 3 models and 2 distinct accuracies per kind
     a = out["at"]

@@ -395,7 +395,8 @@ def drift_layers(res: dict):
     import altair as alt
     import pandas as pd
     L, N = res["layers"], res["null"]
-    d = L[(L.method != "base") & (L.pooling.isin(["masked", "last"]))].copy()
+    shown = ("cka", "debiased_cka", "cosine")   # the panels below (the other measures are in the tables)
+    d = L[(L.method != "base") & (L.pooling.isin(["masked", "last"])) & L.measure.isin(shown)].copy()
     d["curve"] = d.method + " s" + d.seed.astype(int).astype(str)
     d["drift"], d["drift_lo"], d["drift_hi"] = [(1 - d[c]).clip(lower=DRIFT_FLOOR) for c in ("value", "hi", "lo")]
     d = d[["task", "pooling", "measure", "depth", "depth_name", "method", "curve", "value", "lo", "hi",
@@ -419,7 +420,7 @@ def drift_layers(res: dict):
                  alt.Tooltip("lo:Q", format=".6f"), alt.Tooltip("hi:Q", format=".6f")])
     null_line = alt.Chart(nl).transform_filter(sel).mark_line(strokeDash=[2, 2], color="grey").encode(x=x, y=y)
     charts = []
-    for meas, title in (("cka", "linear CKA"), ("debiased_cka", "debiased CKA"), ("cosine", "mean cosine")):
+    for meas, title in zip(shown, ("linear CKA", "debiased CKA", "mean cosine")):
         layers_ = [band.transform_filter(alt.datum.measure == meas), line.transform_filter(alt.datum.measure == meas)]
         if meas != "cosine":
             layers_.append(null_line.transform_filter(alt.datum.measure == meas))

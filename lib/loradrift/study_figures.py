@@ -121,7 +121,7 @@ def frontier_chart(points, methods: list[str], fr: dict, y: str = "drift", title
         method_kind=lambda d: d.kind.map(method_label), lr=lambda d: d.learning_rate.map(lambda v: f"{v:.0e}"))
     enc = dict(x=alt.X("accuracy:Q", scale=alt.Scale(zero=False), title="test accuracy"),
                y=alt.Y(f"{y}:Q", title=title), color=alt.Color("method_kind:N", title="method"))
-    dots = alt.Chart(pts).mark_point(filled=True, opacity=0.8).encode(
+    dots = alt.Chart(pts).mark_point(filled=True, opacity=0.8, size=60).encode(
         **enc, shape=alt.Shape("lr:N", title="learning rate"),
         tooltip=["id", "lr", alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip(f"{y}:Q", format=".4f")])
     layers = [dots]
@@ -301,10 +301,14 @@ def matched_sentence(m: dict, what: str, unit: str) -> str:
            "negative": "LoRA's is higher: at matched learning full fine-tuning " + unit,
            "unresolved": "the interval holds 0: at matched learning the methods are not distinguishable"}[
         direction(m["low"], m["high"])]
+    acc = ("more" if m["acc_lora"] > m["acc_full"] else "less" if m["acc_lora"] < m["acc_full"] else "as")
     return (f"At equal test accuracy ({m['at']:.3f}, the middle of the range both methods reach over the sweep; "
             f"{m['n_full']} full-FT and {m['n_lora']} LoRA models in it), the fitted {what} is {sig(m['full'])} for "
             f"full fine-tuning and {sig(m['lora'])} for LoRA, a difference of {signed_sig(m['diff'])} "
-            f"(95 % bootstrap interval over models {signed_sig(m['low'])} to {signed_sig(m['high'])}): {way}.")
+            f"(95 % bootstrap interval over models {signed_sig(m['low'])} to {signed_sig(m['high'])}): {way}. "
+            f"Without the fit, the models in that range average {what} {sig(m['mean_full'])} (full FT, accuracy "
+            f"{m['acc_full']:.3f}) and {sig(m['mean_lora'])} (LoRA, accuracy {m['acc_lora']:.3f}: {acc} accurate"
+            f"{'' if acc == 'as' else ' on average'}).")
 
 
 # ---- the Drift chapter's sentences (numbers become words here, for every sign and outcome)
