@@ -8,7 +8,7 @@ drift; deployment.
 """
 from __future__ import annotations
 
-from .report import missing, pm, sig, sig_column, signed, written
+from .report import missing, pm, sig, sig_column, signed, signed_sig, written
 
 METHOD_LABELS = {"full": "full FT", "lora": "LoRA"}   # display names; any other method shows as its name
 
@@ -396,7 +396,8 @@ def drift_layers(res: dict):
     import pandas as pd
     L, N = res["layers"], res["null"]
     shown = ("cka", "debiased_cka", "cosine")   # the panels below (the other measures are in the tables)
-    d = L[(L.method != "base") & (L.pooling.isin(["masked", "last"])) & L.measure.isin(shown)].copy()
+    # the compared methods only (a sweep's variants have their own views), and the panels' measures
+    d = L[L.method.isin(res["compare"]) & (L.pooling.isin(["masked", "last"])) & L.measure.isin(shown)].copy()
     d["curve"] = d.method + " s" + d.seed.astype(int).astype(str)
     d["drift"], d["drift_lo"], d["drift_hi"] = [(1 - d[c]).clip(lower=DRIFT_FLOOR) for c in ("value", "hi", "lo")]
     d = d[["task", "pooling", "measure", "depth", "depth_name", "method", "curve", "value", "lo", "hi",
@@ -508,7 +509,11 @@ def drift_replication_display(rep):
 
 def drift_seeds_display(st):
     """Per-seed drift as displayed: mean ± sd over seeds (3 and 2 significant figures), one notation per column."""
+    from .study_figures import MEASURE_LABELS
+    from .tasks import task_name
     t = st[["task", "measure", "method", "seeds"]].copy()
+    t["task"], t["measure"] = t.task.map(task_name), t.measure.map(lambda m: MEASURE_LABELS.get(m, m))
+    t["method"], t["seeds"] = t.method.map(method_label), t.seeds.astype(int).astype(str)
     for c, label in (("last", "drift, last"), ("mean", "drift, mean over layers")):
         means, sds = list(st[c]), list(st[f"{c}_sd"])
         both = sig_column(means + sds)   # the sd in the notation its mean needs
@@ -528,16 +533,23 @@ def drift_tests_display(tests, dominated=lambda task, pooling, depth: None):
     for t in tests.itertuples():
         lo, hi = getattr(t, "diff_low", None), getattr(t, "diff_high", None)
         dom = dominated(t.task, t.pooling, t.depth if t.depth == "final_norm" else None)
-        rows.append({"task": task_name(t.task), "pooling": POOLING_LABELS.get(t.pooling, t.pooling),
-                     "measure": MEASURE_LABELS.get(t.measure, t.measure), "depth": DEPTH_LABELS.get(t.depth, t.depth),
-                     "FT": t.mean_a, "LoRA": t.mean_b, "FT − LoRA": t.diff,
-                     "95% CI": "–" if missing(lo) else f"[{sig(lo)}, {sig(hi)}]", "Hedges g": t.hedges_g,
-                     "Welch q": getattr(t, "welch_p_bh", None), "perm. q": getattr(t, "perm_p_bh", None),
+        rows.append({"task": task_name(t.task),
+                     "test": " · ".join((POOLING_LABELS.get(t.pooling, t.pooling), MEASURE_LABELS.get(t.measure, t.measure),
+                                         DEPTH_LABELS.get(t.depth, t.depth))),
+                     "FT": t.mean_a, "LoRA": t.mean_b,
+                     "FT − LoRA [95% CI]": f"{signed_sig(t.diff)} " + ("" if missing(lo) else
+                                                                       f"[{signed_sig(lo)}, {signed_sig(hi)}]"),
+                     "g": f"{t.hedges_g:.2f}", "Welch q": _q(getattr(t, "welch_p_bh", None)),
+                     "perm. q": _q(getattr(t, "perm_p_bh", None)),
                      "dominated": "–" if dom is None else ("yes" if dom else "no")})
     out = pd.DataFrame(rows)
-    for c in ("FT", "LoRA", "FT − LoRA"):
+    for c in ("FT", "LoRA"):
         out[c] = sig_column(out[c])   # one notation per column
     return out
+
+
+def _q(x) -> str:
+    return "–" if missing(x) else f"{x:.2g}" if x >= 0.001 else f"{x:.1e}"
 
 
 def drift_intruders_display(tot):

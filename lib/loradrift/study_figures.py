@@ -240,7 +240,7 @@ def rank_table(rank, sweep, methods: list[str]):
     import pandas as pd
     from .report import pm
     ints = intruder_columns(sweep, methods)
-    rows = [{"method": method_label(r.method), "LoRA r": int(r.lora_r), "seeds": int(r.seeds),
+    rows = [{"method": method_label(r.method), "LoRA r": str(int(r.lora_r)), "seeds": str(int(r.seeds)),
              "test metric": pm(r.score, r.score_sd), "drift": f"{sig(r.drift)} ± {sig(r.drift_sd)}",
              "forgetting (Δ nats)": f"{sig(r.forgetting)} ± {sig(r.forgetting_sd)}", **ints.get(r.method, {})}
             for r in rank.itertuples()]
