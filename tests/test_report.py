@@ -81,12 +81,12 @@ def test_headline_matches_the_run_records(monkeypatch):
     tests = {t["task"]: t for t in summ.get("tests", [])
              if t["pooling"] == "masked" and t["measure"] == "cka" and t["summary"] == "last"}
     order = [t.lower().replace("-", "") for t in study.task]
-    for col, key in (("full FT 1−CKA", "mean_a"), ("LoRA 1−CKA", "mean_b")):   # one notation per column
+    for col, key in (("full FT drift", "mean_a"), ("LoRA drift", "mean_b")):   # one notation per column
         if tests:
             assert list(study[col]) == report.sig_column([tests[t][key] if t in tests else None for t in order], 2)
     for task, t in tests.items():
         row = study[study.task.str.lower().str.replace("-", "") == task].iloc[0]
-        assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2f}")
+        assert row["p (FT vs LoRA drift)"].startswith(f"{t['perm_p']:.2g}" if t["perm_p"] >= 0.001 else f"{t['perm_p']:.1e}")
     stale = {r["task"] for r in findings.runs_frame("cpu-v1").query("status != 'done'").to_dict("records")}
     assert ("units" in study) == bool(stale)  # the column appears only while some units are stale
     if stale:
@@ -287,7 +287,8 @@ def test_findings_and_tables_follow_the_profiles_methods(tiny_profile, book_root
     study = findings.headline_study(str(tiny_profile))
     assert list(study["method"]) == ["full", "lora-r64"]          # the compared methods, in drift.compare's order
     shown = figures.headline_table(study)
-    assert {"full FT test", "lora-r64 test", "lora-r64 1−CKA"} <= set(shown.columns) and "LoRA test" not in shown
+    assert {"full FT test", "lora-r64 test", "lora-r64 drift"} <= set(shown.columns) and "LoRA test" not in shown
+    assert shown["drift endpoint"].iloc[0] == "sink-free mean · linear CKA · final norm"
     settings = figures.settings_table(findings.unit_settings(str(tiny_profile))).set_index(["task", "method"])
     assert settings.loc[("rte", "lora-r64"), "LoRA r / α / dropout"] == "64 / 8 / 0"
     assert settings.loc[("rte", "full"), "LoRA r / α / dropout"] == "–"

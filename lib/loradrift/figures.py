@@ -204,31 +204,29 @@ def tuned_table(tvu):
         for r in tvu.itertuples()])
 
 
-DRIFT_LABELS = {"cka": "1−CKA", "debiased_cka": "1−debiased CKA",
-                "standardized_debiased_cka": "1−debiased CKA (z-scored)"}
-
 
 def headline_table(study):
-    """``findings.headline_study`` as the preface shows it: one row per task, a column per method and
-    measure; ``units`` only while some units are stale."""
+    """``findings.headline_study`` as the preface shows it: one row per task, its drift endpoint (pooling ·
+    measure · depth), each method's test metric and drift there, and the permutation test; ``units`` only
+    while some units are stale."""
     import pandas as pd
 
+    from .study_figures import DEPTH_LABELS, MEASURE_LABELS, POOLING_LABELS, _p
     from .tasks import task_name
     rows = []
     for task, g in study.groupby("task", sort=False):
-        from .study_figures import DEPTH_LABELS, POOLING_LABELS
         e = g.iloc[0]
         row = {"task": task_name(task), "metric": e["metric"], "units": e["units"],
-               "drift endpoint": f"{POOLING_LABELS.get(e.pooling, e.pooling)}, {DEPTH_LABELS.get(e.depth, e.depth)}"}
+               "drift endpoint": " · ".join((POOLING_LABELS.get(e.pooling, e.pooling), MEASURE_LABELS.get(e.measure, e.measure),
+                                             DEPTH_LABELS.get(e.depth, e.depth)))}
         row |= {f"{method_label(r.method)} test": "n/a" if missing(r.test_mean) else pm(r.test_mean, r.test_sd)
                 for r in g.itertuples()}
-        drift = DRIFT_LABELS.get(g["measure"].iloc[0], f"1−{g['measure'].iloc[0]}")
-        row |= {f"{method_label(r.method)} {drift}": r.drift for r in g.itertuples()}
-        p, holm = g["perm_p"].iloc[0], g["perm_p_holm"].iloc[0]
+        row |= {f"{method_label(r.method)} drift": r.drift for r in g.itertuples()}
+        p, holm = e["perm_p"], e["perm_p_holm"]
         rows.append(row | {"p (FT vs LoRA drift)": "n/a" if missing(p) else
-                           f"{p:.2f}" + ("" if missing(holm) else f" (Holm {holm:.2f})")})
+                           _p(p) + ("" if missing(holm) else f" (Holm {_p(holm)})")})
     t = pd.DataFrame(rows)
-    for c in [c for c in t.columns if any(c.endswith(lab) for lab in DRIFT_LABELS.values())]:   # one notation per column
+    for c in [c for c in t.columns if c.endswith(" drift")]:   # one notation per column
         t[c] = sig_column(t[c], 2)
     return t.drop(columns="units") if t.empty or (t["units"] == "current").all() else t
 
