@@ -35,7 +35,8 @@ def verdicts_table(v):
     return pd.DataFrame([{"task": task_name(r.task), "method": method_label(r.method), "metric": r.metric,
                           "seeds": r.seeds, "test metric [95% CI]": _ci(r.mean, r.low, r.high),
                           "best trivial baseline": f"{r.baseline:.3f} ({r.baseline_name})",
-                          "learned": _yes(r.learned), "in the drift claims": _yes(r.in_claims)}
+                          "learned": _yes(r.learned) if r.seeds >= 2 else "too few seeds",
+                          "in the drift claims": _yes(r.in_claims)}
                          for r in v.itertuples()])
 
 
