@@ -342,3 +342,15 @@ def test_the_sink_sentences_read_with_and_without_sinks_found():
     s = study_figures.sink_sentences({**res, "task_json": {"sst2": {"sinks": {"base": {**base, "min_sink_ratio": None,
                                                                                        "none": 10}}}}}, {}, "sst2")
     assert s["found"].endswith("none in 10.") and "before that rule" in s["rule"]
+
+
+def test_exploratory_sentences_count_each_direction_and_the_depth_summaries():
+    from loradrift import study_figures
+    X = pd.DataFrame({"depth": ["final_norm", "final_norm", "decoder_mean", "decoder_mean"],
+                      "diff": [0.2, -0.1, -0.14, 0.03], "welch_p_bh": [0.001, 0.01, 0.09, 0.6],
+                      "perm_p_bh": [0.002, 0.02, 0.07, 0.7]})
+    s = study_figures.exploratory_sentences(X)
+    assert s["counts"] == "In 1 of them both tests give q below 5 % with full fine-tuning drifting more, in 1 with LoRA drifting more."
+    assert "none of the 2 tests give both q below 5 % (2 of the 2 at the final norm)" in s["depth"]
+    assert "from -0.140 to +0.0300" in s["depth"]
+    assert study_figures.exploratory_sentences(X.iloc[:0]) == {"counts": "", "depth": ""}

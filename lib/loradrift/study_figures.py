@@ -393,3 +393,25 @@ def sink_sentences(res: dict, cfg: dict, task: str | None) -> dict:
                f"token's above {sk['max_other_ratio']:.1f} times.")),
         "length": "" if fix.get("before_corr_min") is None else
         f" (on {name}, |correlation with 1/length| at least {fix['before_corr_min']:.2f} in layers 15–25)"}
+
+
+def exploratory_sentences(X) -> dict:
+    """The exploratory tests (``family`` exploratory) in words: how many have both q-values below 5 % and which
+    way (``counts``), and the same for the mean over the decoder layers beside the final norm (``depth``)."""
+    from .report import signed_sig
+    none = lambda n: "none" if n == 0 else str(n)  # noqa: E731
+    if X is None or not len(X):
+        return {"counts": "", "depth": ""}
+    both = (X.welch_p_bh < 0.05) & (X.perm_p_bh < 0.05)
+    more, less = int((both & (X["diff"] > 0)).sum()), int((both & (X["diff"] < 0)).sum())
+    counts = ("In none of them do both tests give q below 5 %." if more == less == 0 else
+              f"In {none(more)} of them both tests give q below 5 % with full fine-tuning drifting more, in "
+              f"{none(less)} with LoRA drifting more.")
+    dm, fn = X[X.depth == "decoder_mean"], X[X.depth == "final_norm"]
+    if not len(dm):
+        return {"counts": counts, "depth": ""}
+    k, k_final = int(both[dm.index].sum()), int(both[fn.index].sum())
+    depth = (f"Averaged over the decoder layers rather than at the final norm, {none(k)} of the {len(dm)} tests give "
+             f"both q below 5 % ({none(k_final)} of the {len(fn)} at the final norm); the differences FT − LoRA there "
+             f"run from {signed_sig(dm['diff'].min())} to {signed_sig(dm['diff'].max())}.")
+    return {"counts": counts, "depth": depth}
