@@ -354,3 +354,18 @@ def test_exploratory_sentences_count_each_direction_and_the_depth_summaries():
     assert "none of the 2 tests give both q below 5 % (2 of the 2 at the final norm)" in s["depth"]
     assert "from -0.140 to +0.0300" in s["depth"]
     assert study_figures.exploratory_sentences(X.iloc[:0]) == {"counts": "", "depth": ""}
+
+
+def test_the_flag_sentence_names_depth_ranges_and_models_per_method():
+    from loradrift import study_figures
+    rows = [("m1", "full", "masked", d, 0.9) for d in (3, 4, 5, 12)] + [("m2", "lora", "masked", 12, 0.7),
+                                                                         ("m3", "lora", "last", 31, 0.6),
+                                                                         ("m4", "lora-r64", "last", 20, 0.9),
+                                                                         ("m1", "full", "last", 20, 0.2)]
+    D = pd.DataFrame([{"model": m, "method": me, "pooling": p, "depth": d, "top_share": s,
+                       "depth_name": "final_norm" if d == 31 else f"layer_{d}"} for m, me, p, d, s in rows])
+    text = study_figures.flag_sentence(D, 0.5, ["full", "lora"])
+    assert "the sink-free mean is flagged at depths 3–5, 12 in some model (1 full FT model and 1 LoRA model," in text
+    assert "the last token is flagged at the final norm in some model (1 LoRA model, at one depth or more)" in text
+    assert "lora-r64" not in text
+    assert "no model of full FT and LoRA is flagged" in study_figures.flag_sentence(D.assign(top_share=0.1), 0.5, ["full", "lora"])

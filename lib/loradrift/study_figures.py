@@ -415,3 +415,39 @@ def exploratory_sentences(X) -> dict:
              f"both q below 5 % ({none(k_final)} of the {len(fn)} at the final norm); the differences FT − LoRA there "
              f"run from {signed_sig(dm['diff'].min())} to {signed_sig(dm['diff'].max())}.")
     return {"counts": counts, "depth": depth}
+
+
+def _ranges(depths) -> str:
+    """'3–5, 12–28' from [3, 4, 5, 12, ..., 28]."""
+    d, out = sorted(set(int(x) for x in depths)), []
+    for x in d:
+        if out and x == out[-1][1] + 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in out)
+
+
+def flag_sentence(diagnostics, threshold: float, methods: list[str], poolings=("masked", "last")) -> str:
+    """Which of the compared methods' models have an input dominated by one coordinate, where: per pooling, the
+    flagged depths and how many models of each method are flagged at any decoder layer (the final norm apart)."""
+    from .report import listing, plural
+    if diagnostics is None or not len(diagnostics):
+        return "these results have no diagnostic (they predate it)"
+    D = diagnostics[diagnostics.method.isin(methods) & diagnostics.pooling.isin(poolings)
+                    & (diagnostics.top_share > threshold)]
+    if not len(D):
+        return f"no model of {listing(map(method_label, methods))} is flagged for {listing(POOLING_LABELS[p] for p in poolings)}"
+    parts = []
+    for p in poolings:
+        g = D[D.pooling == p]
+        if not len(g):
+            parts.append(f"the {POOLING_LABELS[p]} is never flagged")
+            continue
+        per = listing(plural(g[g.method == m].model.nunique(), f"{method_label(m)} model") for m in methods
+                      if (g.method == m).any())
+        inner = g[g.depth_name != "final_norm"].depth
+        where = listing(([f"depths {_ranges(inner)}"] if len(inner) else [])
+                        + (["the final norm"] if "final_norm" in set(g.depth_name) else []))
+        parts.append(f"the {POOLING_LABELS[p]} is flagged at {where} in some model ({per}, at one depth or more)")
+    return "; ".join(parts)
