@@ -369,3 +369,8 @@ def test_the_flag_sentence_names_depth_ranges_and_models_per_method():
     assert "the last token is flagged at the final norm in some model (1 LoRA model, at one depth or more)" in text
     assert "lora-r64" not in text
     assert "no model of full FT and LoRA is flagged" in study_figures.flag_sentence(D.assign(top_share=0.1), 0.5, ["full", "lora"])
+
+
+def test_claim_4_words_state_the_threshold_the_verdict_uses():
+    from loradrift import study_figures
+    assert f"above {design.COSINE_UNINFORMATIVE:g}" in study_figures.VERDICT_WORDS[4]["uninformative"]

@@ -206,7 +206,7 @@ VERDICT_WORDS = {
     2: {"consistent": "the same on every task in the claims", "task-dependent": "task-dependent",
         "undecided": "not decided here"},
     3: {"supported": "supported", "not supported": "not supported", "mixed": "task-dependent", "undecided": "not tested yet"},
-    4: {"uninformative": "uninformative: unrelated examples score as high", "informative": "informative",
+    4: {"uninformative": "uninformative: different examples also score a cosine above 0.9", "informative": "informative",
         "undecided": "not tested yet"},
 }
 
