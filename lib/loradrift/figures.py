@@ -8,7 +8,7 @@ drift; deployment.
 """
 from __future__ import annotations
 
-from .report import missing, pm, sig, sig_column, signed, signed_sig, written
+from .report import missing, pm, pval, sig, sig_column, signed, signed_sig, written
 
 METHOD_LABELS = {"full": "full FT", "lora": "LoRA"}   # display names; any other method shows as its name
 
@@ -204,27 +204,25 @@ def tuned_table(tvu):
         for r in tvu.itertuples()])
 
 
-
 def headline_table(study):
     """``findings.headline_study`` as the preface shows it: one row per task, its drift endpoint (pooling ·
     measure · depth), each method's test metric and drift there, and the permutation test; ``units`` only
     while some units are stale."""
     import pandas as pd
 
-    from .study_figures import DEPTH_LABELS, MEASURE_LABELS, POOLING_LABELS, _p
+    from .study_figures import test_label
     from .tasks import task_name
     rows = []
     for task, g in study.groupby("task", sort=False):
         e = g.iloc[0]
         row = {"task": task_name(task), "metric": e["metric"], "units": e["units"],
-               "drift endpoint": " · ".join((POOLING_LABELS.get(e.pooling, e.pooling), MEASURE_LABELS.get(e.measure, e.measure),
-                                             DEPTH_LABELS.get(e.depth, e.depth)))}
+               "drift endpoint": test_label(e.pooling, e.measure, e.depth)}
         row |= {f"{method_label(r.method)} test": "n/a" if missing(r.test_mean) else pm(r.test_mean, r.test_sd)
                 for r in g.itertuples()}
         row |= {f"{method_label(r.method)} drift": r.drift for r in g.itertuples()}
         p, holm = e["perm_p"], e["perm_p_holm"]
         rows.append(row | {"p (FT vs LoRA drift)": "n/a" if missing(p) else
-                           _p(p) + ("" if missing(holm) else f" (Holm {_p(holm)})")})
+                           pval(p) + ("" if missing(holm) else f" (Holm {pval(holm)})")})
     t = pd.DataFrame(rows)
     for c in [c for c in t.columns if c.endswith(" drift")]:   # one notation per column
         t[c] = sig_column(t[c], 2)
@@ -525,29 +523,24 @@ def drift_tests_display(tests, dominated=lambda task, pooling, depth: None):
     to 3 significant figures, FT − LoRA with Welch's interval, Benjamini-Hochberg q-values, and whether
     the input is dominated by one coordinate (``dominated(task, pooling, depth)``; None: not assessed)."""
     import pandas as pd
-    from .study_figures import DEPTH_LABELS, MEASURE_LABELS, POOLING_LABELS
+    from .study_figures import test_label
     from .tasks import task_name
     rows = []
     for t in tests.itertuples():
         lo, hi = getattr(t, "diff_low", None), getattr(t, "diff_high", None)
         dom = dominated(t.task, t.pooling, t.depth if t.depth == "final_norm" else None)
         rows.append({"task": task_name(t.task),
-                     "test": " · ".join((POOLING_LABELS.get(t.pooling, t.pooling), MEASURE_LABELS.get(t.measure, t.measure),
-                                         DEPTH_LABELS.get(t.depth, t.depth))),
+                     "test": test_label(t.pooling, t.measure, t.depth),
                      "FT": t.mean_a, "LoRA": t.mean_b,
                      "FT − LoRA [95% CI]": f"{signed_sig(t.diff)} " + ("" if missing(lo) else
                                                                        f"[{signed_sig(lo)}, {signed_sig(hi)}]"),
-                     "g": f"{t.hedges_g:.2f}", "Welch q": _q(getattr(t, "welch_p_bh", None)),
-                     "perm. q": _q(getattr(t, "perm_p_bh", None)),
+                     "g": f"{t.hedges_g:.2f}", "Welch q": pval(getattr(t, "welch_p_bh", None)),
+                     "perm. q": pval(getattr(t, "perm_p_bh", None)),
                      "dominated": "–" if dom is None else ("yes" if dom else "no")})
     out = pd.DataFrame(rows)
     for c in ("FT", "LoRA"):
         out[c] = sig_column(out[c])   # one notation per column
     return out
-
-
-def _q(x) -> str:
-    return "–" if missing(x) else f"{x:.2g}" if x >= 0.001 else f"{x:.1e}"
 
 
 def drift_intruders_display(tot):

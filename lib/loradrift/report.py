@@ -327,6 +327,11 @@ def signed(x, digits: int = 3, plus: bool = True, na: str = "n/a") -> str:
     return text.lstrip("+-") if float(text) == 0 else text
 
 
+def pval(x, na: str = "–") -> str:
+    """A p- or q-value: 2 significant figures, below 0.001 as '3.1e-06'."""
+    return na if missing(x) else f"{x:.2g}" if x >= 0.001 else f"{x:.1e}"
+
+
 def signed_sig(x, digits: int = 3, na: str = "n/a") -> str:
     """`sig` with '+' on positive values (a difference of any size: '+0.0031', '−2.1 × 10⁻⁴' reads as '-')."""
     text = sig(x, digits, na)

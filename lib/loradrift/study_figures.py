@@ -4,7 +4,7 @@ tables and altair charts; numbers become text here and nowhere earlier (see `fig
 from __future__ import annotations
 
 from .figures import method_label
-from .report import missing, sig
+from .report import missing, pval, sig
 from .tasks import task_name
 
 VERDICT_5 = {"negative": "LoRA better (the original's direction)", "positive": "full FT better (against the original)",
@@ -116,6 +116,8 @@ def frontier_chart(points, methods: list[str], fr: dict, y: str = "drift", title
     coloured by kind and sized by learning rate; the lines are each kind's fit inside the accuracy range
     both reach, and the rule marks the accuracy where they are compared (`design.matched_drift`)."""
     import altair as alt
+
+    from .design import _fit_at
     import numpy as np
     import pandas as pd
     pts = points[points.method.isin(methods)].dropna(subset=[y]).assign(
@@ -131,8 +133,7 @@ def frontier_chart(points, methods: list[str], fr: dict, y: str = "drift", title
         rows = []
         for kind in ("full", "lora"):
             d = pts[(pts.kind == kind) & (pts.accuracy >= lo) & (pts.accuracy <= hi)]
-            slope, icept = np.polyfit(d.accuracy, d[y], 1)
-            rows += [{"method_kind": method_label(kind), "accuracy": a, y: slope * a + icept} for a in (lo, hi)]
+            rows += [{"method_kind": method_label(kind), "accuracy": a, y: _fit_at(d.accuracy, d[y], a)} for a in (lo, hi)]
         layers.append(alt.Chart(pd.DataFrame(rows)).mark_line().encode(**enc))
         layers.append(alt.Chart(pd.DataFrame({"accuracy": [fr["at"]]})).mark_rule(strokeDash=[4, 4], color="grey")
                       .encode(x="accuracy:Q"))
@@ -148,14 +149,15 @@ MEASURE_LABELS = {"cka": "linear CKA", "debiased_cka": "debiased CKA", "standard
 DEPTH_LABELS = {"final_norm": "final norm", "last_decoder": "last decoder layer", "decoder_mean": "mean over decoder layers"}
 
 
+def test_label(pooling: str, measure: str, depth: str) -> str:
+    """'last token · debiased CKA · final norm'."""
+    return " · ".join((POOLING_LABELS.get(pooling, pooling), MEASURE_LABELS.get(measure, measure),
+                       DEPTH_LABELS.get(depth, depth)))
+
+
 def endpoint_label(e) -> str:
     """'SST-2 · last token · debiased CKA · final norm'."""
-    return " · ".join((task_name(e["task"]), POOLING_LABELS.get(e["pooling"], e["pooling"]),
-                       MEASURE_LABELS.get(e["measure"], e["measure"]), DEPTH_LABELS.get(e["depth"], e["depth"])))
-
-
-def _p(x) -> str:
-    return "–" if missing(x) else f"{x:.2g}" if x >= 0.001 else f"{x:.1e}"
+    return f"{task_name(e['task'])} · {test_label(e['pooling'], e['measure'], e['depth'])}"
 
 
 def primary_table(tests, dominated=lambda task, pooling, depth: None):
@@ -174,7 +176,7 @@ def primary_table(tests, dominated=lambda task, pooling, depth: None):
                      "FT − LoRA [95% CI]": (f"{sig(t.diff)} [{sig(getattr(t, 'diff_low', None))}, "
                                             f"{sig(getattr(t, 'diff_high', None))}]") if ok else "–",
                      "Hedges g": f"{t.hedges_g:.2f}" if ok and not missing(t.hedges_g) else "–",
-                     "Welch p (Holm)": _p(t.welch_p_holm), "perm. p (Holm)": _p(t.perm_p_holm),
+                     "Welch p (Holm)": pval(t.welch_p_holm), "perm. p (Holm)": pval(t.perm_p_holm),
                      "input dominated": "–" if dom is None else _yes(dom)})
     return pd.DataFrame(rows)
 
@@ -218,10 +220,9 @@ def claims_table(rq1: dict, c5, c6, original: dict):
     rows = [{"claim": n, "the original": original[n], "verdict here": VERDICT_WORDS[n].get(rq1[n]["verdict"], rq1[n]["verdict"])}
             for n in sorted(rq1)]
     rows[0]["verdict here"] += "; at matched accuracy: " + MATCHED_WORDS[rq1[1]["matched_direction"]]
-    dirs = sorted(set(c5.direction)) if c5 is not None and len(c5) else []
     rows.append({"claim": 5, "the original": "LoRA is more accurate than full fine-tuning",
                  "verdict here": "; ".join(f"{task_name(r.task)}: {VERDICT_5[r.direction]}" for r in c5.itertuples())
-                 if dirs else "not tested yet"})
+                 if c5 is not None and len(c5) else "not tested yet"})
     full = c6[c6.method == c6.method.iloc[0]] if c6 is not None and len(c6) else None   # the first compared method
     if full is not None:
         k, n = int(full.collapsed.sum()), int(full.seeds.sum())
@@ -430,7 +431,7 @@ def _ranges(depths) -> str:
 
 def flag_sentence(diagnostics, threshold: float, methods: list[str], poolings=("masked", "last")) -> str:
     """Which of the compared methods' models have an input dominated by one coordinate, where: per pooling, the
-    flagged depths and how many models of each method are flagged at any decoder layer (the final norm apart)."""
+    flagged decoder layers and the final norm, and how many models of each method are flagged at one depth or more."""
     from .report import listing, plural
     if diagnostics is None or not len(diagnostics):
         return "these results have no diagnostic (they predate it)"

@@ -110,12 +110,14 @@ def at_threshold(intruders: pd.DataFrame, threshold: float | None = None) -> pd.
     return intruders[np.isclose(intruders["threshold"], t)]
 
 
-def intruder_sweep(res: dict) -> pd.DataFrame:
+def intruder_sweep(res: dict, models=None) -> pd.DataFrame:
     """Per task, method and threshold of the sweep: intruders per model (summed over the adapted
-    matrices), mean and sd over the method's models."""
+    matrices), mean and sd over the method's models (only ``models``, ids, when given)."""
     i = res["intruders"]
     if i.empty or "threshold" not in i:
         return pd.DataFrame()
+    if models is not None:
+        i = i[i.model.isin(models)]
     per_model = i.groupby(["task", "method", "threshold", "model"]).n_intruders.sum().reset_index()
     return (per_model.groupby(["task", "method", "threshold"]).n_intruders
             .agg(mean="mean", sd="std", models="size").reset_index())
