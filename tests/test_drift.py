@@ -285,6 +285,8 @@ def test_run_drift_end_to_end(tiny_book, monkeypatch):
     assert findings.intruders(res, "rte", 0.8)["per_model"] == per.to_dict()
     sweep = drift.results.intruder_sweep(res)
     assert len(sweep) == 2 * 2 and sweep[sweep.threshold == 0.8].set_index("method")["mean"].to_dict() == per.to_dict()
+    one = drift.results.intruder_sweep(res, models={"rte-lora-s1"})   # a group's own models only
+    assert set(one.method) == {"lora"} and (one.models == 1).all()
     matched, unmatched = findings.cosine_null(res, "rte", "full")
     rows = cos[(cos.method == "full") & (cos.pooling == "masked") & (cos.depth_name == "final_norm")]
     assert (matched, unmatched) == (pytest.approx(rows.value.mean()), pytest.approx(rows.unmatched.mean()))
