@@ -815,3 +815,34 @@ def test_committed_deployment_results_are_current():
     meta = json.loads(path.read_text())
     assert is_current(path, serving.plan_deploy(prof, device=meta["device"])["key"])
     assert serving.outdated_units(prof, meta) == []
+
+
+@pytest.mark.parametrize("case", ["refuted-7", "supported-7", "no-mixed", "none"])
+def test_rq2_answer_reads_for_every_outcome(case):
+    """The preface's RQ2 sentences: each claim's verdict in the chapter's words, batch sizes where measured,
+    the mixed-serving goal met or not, nothing missing printed as a number."""
+    rows = [_ratio("merged-aa", "merged", 1, 1.0, 0.99, 1.01), _ratio("merged", "full", 1, 1.004, 0.995, 1.012),
+            _ratio("lora", "full", 1, 1.031, 1.017, 1.047), _ratio("lora", "full", 32, 1.01, 1.0, 1.02),
+            _ratio("multi", "routed-lora", 1, 1.004, 0.998, 1.009, "interleaved")]
+    if case == "supported-7":
+        rows[2] = _ratio("lora", "full", 1, 1.37, 1.36, 1.38)
+    if case not in ("no-mixed", "none"):
+        rows.append(_ratio("mixed", "routed-merged", 32, 0.8, 0.78, 0.83, "interleaved"))
+    D = None if case == "none" else _results(rows, [("multi", "identical", True, 0.0)])
+    if D is not None:
+        D["meta"] = {"environment": {"cpu": "AMD EPYC", "gpu": None}}
+        D["latency"] = pd.DataFrame([{"comparison": "adapters", "mode": m, "batch_size": 32, "latency_p50_ms": 8.0,
+                                      "latency_p99_ms": 9.0, "throughput_rps": 1.0, "pad_fraction": 0.1}
+                                     for m in ("mixed", "routed-merged")])
+    text = serving.rq2_answer(D)
+    assert "nan" not in text and "n/a" not in text
+    if case == "none":
+        assert text.startswith("Not measured yet")
+        return
+    v7 = "supported" if case == "supported-7" else "refuted"
+    assert f"claim 7 (an unmerged adapter adds 37.5% latency over the fully fine-tuned model) is {v7}" in text
+    assert "claim 8 (a merged adapter costs what the fully fine-tuned model costs) is supported" in text
+    assert "claim 9" in text and "is inconclusive" in text and "On AMD EPYC" in text
+    assert ("1.010× [1.000, 1.020] at batch size 32" in text) and "±1.0%" in text
+    assert ("1.25× [1.20, 1.28] the throughput" in text and "reaching the 1.1× goal" in text) == (case != "no-mixed")
+    assert "goal" not in text if case == "no-mixed" else True

@@ -32,7 +32,7 @@ from __future__ import annotations
 from .analysis import correctness_rows
 from .arch import ARCHS, random_classifier, random_lora_model, randomize_adapter, run_arch
 from .batched import BatchedServer, batched_model
-from .chapter import interval
+from .chapter import interval, rq2_answer
 from .engine import FILES
 from .findings import (CLAIMS, ORIGINAL_DEPLOYMENT, ORIGINAL_OVERHEAD, ORIGINAL_SOURCE, arch_command, arch_results,
                        claim, compare, correctness_summary, has_latency, headline, load_results, mixed_serving,
@@ -64,6 +64,6 @@ __all__ = [
     # findings for the book
     "load_results", "superseded", "superseded_runs", "arch_results", "arch_command", "has_latency", "timing_error",
     "resolution",
-    "compare", "claim", "CLAIMS", "mixed_serving", "headline", "correctness_summary", "interval",
+    "compare", "claim", "CLAIMS", "mixed_serving", "headline", "correctness_summary", "interval", "rq2_answer",
     "ORIGINAL_DEPLOYMENT", "ORIGINAL_OVERHEAD", "ORIGINAL_SOURCE",
 ]

@@ -233,3 +233,47 @@ def vllm_text(D) -> dict[str, str]:
     info = D["meta"].get("vllm", {}) if has_latency(D) else {}
     return {"why": info.get("detail") or vllm_available()[1],
             "ran": "yes" if has_latency(D) and "vllm_meta" in D else "no"}
+
+
+# ---------------------------------------------------------------------------- the preface's answer
+def _claim_clause(c: dict) -> str:
+    return f"the original's claim {c['claim']} ({c['text']}) is {c['verdict']}"
+
+
+def rq2_answer(D) -> str:
+    """The answer to RQ2 in plain sentences for the preface, every value from the benchmark's results: what
+    an unmerged adapter costs against the fully fine-tuned model (batch size 1 and the largest measured) and
+    a merged one, the timings' resolution, one base with many adapters, mixed-adapter batching, storage;
+    the verdicts on the original's claims 7-9 in the same words as the chapter's."""
+    from .findings import compare
+    if not has_latency(D):
+        return "Not measured yet on this profile: the serving benchmark has not run."
+    env = D["meta"].get("environment", {})
+    rat, dev = D["ratios"], env.get("gpu") or env.get("cpu") or "this machine"
+    c7, c8, c9 = (claim(D, n) for n in (7, 8, 9))
+    out = []
+    if c7["measured"]:
+        big = max(int(b) for b in rat[(rat.numerator == "lora") & (rat.denominator == "full")].batch_size)
+        m, mb = c7["measured"], compare(rat, "lora", "full", big)
+        at_big = f" and {interval(mb['ratio'], *mb['ci'])} at batch size {big}" if big != 1 and mb else ""
+        out.append(f"On {dev}, an unmerged LoRA adapter took {interval(m['ratio'], *m['ci'])} of the fully fine-tuned "
+                   f"model's time at batch size 1{at_big}: {_claim_clause(c7)}.")
+    if c8["measured"]:
+        m = c8["measured"]
+        out.append(f"Merged into the base, an adapter took {interval(m['ratio'], *m['ci'])} of the full model's "
+                   f"time at batch size 1, where two copies of one model differ by up to {pm_pct(m['resolution'])}: "
+                   f"{_claim_clause(c8)}.")
+    if c9["measured"]:
+        m = c9["measured"]
+        out.append(f"One base holding every adapter took {interval(m['ratio'], *m['ci'])} of the time of a "
+                   f"single-adapter model per task: {_claim_clause(c9)}.")
+    x = mixed_serving(D)
+    if x is not None:
+        reach = "reaching" if x["goal_met"] else "short of"
+        out.append(f"Batching requests of different tasks together by length served "
+                   f"{interval(x['throughput_ratio'], *x['ci'], digits=2)} the throughput of a merged model per task "
+                   f"at batch size {x['batch_size']}, {reach} the {x['goal']:.1f}× goal.")
+    s = storage_text(D)
+    if s["adapter"] != NA and s["full"] != NA:
+        out.append(f"On disk an adapter takes {s['adapter']} MB against {s['full']} MB for a fully fine-tuned model.")
+    return " ".join(out)
