@@ -374,3 +374,24 @@ def test_the_flag_sentence_names_depth_ranges_and_models_per_method():
 def test_claim_4_words_state_the_threshold_the_verdict_uses():
     from loradrift import study_figures
     assert f"above {design.COSINE_UNINFORMATIVE:g}" in study_figures.VERDICT_WORDS[4]["uninformative"]
+
+
+def test_learning_curve_sentences_read_the_last_step_against_the_slice_noise():
+    from loradrift import study_figures as sf
+    prof = {"tasks": ["sst2", "mrpc", "rte"], "data": {"tasks": {"mrpc": {"validation_size": 400},
+                                                               "rte": {"validation_size": 300}}}}
+    rows = [("mrpc", "full", [0.70, 0.74, 0.80, 0.81]), ("mrpc", "lora", [0.70, 0.72, 0.74, 0.82]),
+            ("rte", "full", [0.60, 0.55, 0.66, 0.56])]
+    lc = pd.DataFrame([{"task": t, "method": m, "train_size": n, "seed": 0, "val_score": v, "test_score": v}
+                       for t, m, vs in rows for n, v in zip([250, 500, 1000, 2000], vs)]
+                      + [{"task": "rte", "method": "lora", "train_size": 500, "seed": 0, "val_score": 0.5,
+                          "test_score": 0.5}]).sample(frac=1, random_state=0)   # order must not matter
+    text = sf.learning_curve_sentences(lc, prof)
+    mrpc, rte = text.split(" On RTE")
+    assert mrpc.startswith("On MRPC, validation F1 (400-example validation slice)") and "SST-2" not in text
+    full, lora = mrpc.split("; LoRA")
+    assert "0.700 at 250 examples to 0.810 at 2,000" in full and "+0.010" in full and full.endswith("flat within noise")
+    assert "+0.080" in lora and "still rising" in lora
+    two_se = 2 * math.sqrt(0.56 * 0.44 / 300)
+    assert f"-0.100 against twice the slice's binomial standard error, {two_se:.3f}: falling" in rte
+    assert "LoRA has one size so far (500 examples: 0.500)" in rte and rte.startswith(", validation accuracy")

@@ -63,6 +63,36 @@ def learning_curve_chart(lc, baselines):
         column=alt.Column("task:N", title=None), data=df)
 
 
+def learning_curve_sentences(lc, prof: dict) -> str:
+    """Per task, what the learning curve says: each method's validation metric at the smallest and largest
+    training size, and whether the last step up in size gained more than twice the binomial standard error
+    of the validation slice at that score (``still rising``), lost more (``falling``) or neither (``flat
+    within noise``)."""
+    import math
+    from .tasks import task_metric
+    out = []
+    for task in [t for t in prof["tasks"] if t in set(lc.task)]:
+        n_val = (prof["data"].get("tasks") or {}).get(task, {}).get("validation_size")
+        parts = []
+        for m, r in lc[lc.task == task].groupby("method"):
+            sizes, val = r.sort_values("train_size").train_size.to_list(), r.sort_values("train_size").val_score.to_list()
+            if len(sizes) < 2:
+                parts.append(f"{method_label(m)} has one size so far ({sizes[0]:,} examples: {val[0]:.3f})")
+                continue
+            gain = val[-1] - val[-2]
+            two_se = 2 * math.sqrt(max(val[-1] * (1 - val[-1]), 1e-12) / n_val) if n_val else math.nan
+            shape = ("its noise is unknown" if math.isnan(two_se) else "still rising" if gain > two_se
+                     else "falling" if gain < -two_se else "flat within noise")
+            noise = "" if math.isnan(two_se) else f" against twice the slice's binomial standard error, {two_se:.3f}"
+            parts.append(f"{method_label(m)} went from {val[0]:.3f} at {sizes[0]:,} examples to {val[-1]:.3f} at "
+                         f"{sizes[-1]:,}, and the last step ({sizes[-2]:,} to {sizes[-1]:,}) changed it by {gain:+.3f}"
+                         f"{noise}: {shape}")
+        metric = "F1" if task_metric(task) == "f1" else "accuracy"
+        slice_ = f" ({n_val:,}-example validation slice)" if n_val else ""
+        out.append(f"On {task_name(task)}, validation {metric}{slice_}: " + "; ".join(parts) + ".")
+    return " ".join(out)
+
+
 def sweep_table(runs, prof: dict, task: str, methods: list[str]):
     """The sweep's units on ``task``: per method, its kind, learning rate, LoRA rank, seeds, test metric
     mean ± sd and the largest share of one class among its models' predictions."""
