@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import math
 
-from .findings import (CLAIMS, GOAL_MIXED, against_original, claim, controls, correctness_summary, cost_table,
-                       has_latency, mixed_serving, storage_mb, timing_error)
+from ..tasks import task_name as task_label
+from .findings import (CLAIMS, EQUIVALENT, against_original, claim, controls, correctness_summary, cost_table,
+                       has_latency, mixed_serving, resolution, storage_mb, timing_error)
+
+RESOLUTION_TARGET = 0.02     # the A/A interval's target reach from 1 ...
+TARGET_BATCHES = (1, 32)     # ... at these batch sizes
 from .modes import MODES
 
 NA = "n/a"
@@ -68,9 +72,10 @@ def ratios_table(D):
     r = D["ratios"]
     return r.assign(**{"ratio [95% CI]": [interval(x.ratio, x.ci_low, x.ci_high) for x in r.itertuples()],
                        "repeats": [f"{x.repeat_min:.3f}–{x.repeat_max:.3f}" for x in r.itertuples()],
-                       "pair": r.numerator + " / " + r.denominator})[
-        ["comparison", "stream", "batch_size", "pair", "ratio [95% CI]", "gmean_ratio", "repeats", "n_pairs",
-         "predicted"]].rename(columns={"batch_size": "batch", "gmean_ratio": "geo. mean", "n_pairs": "pairs"})
+                       "pair": r.numerator + " / " + r.denominator,
+                       "resolution": [pm_pct(resolution(r, int(b))) for b in r.batch_size]})[
+        ["comparison", "stream", "batch_size", "pair", "ratio [95% CI]", "resolution", "gmean_ratio", "repeats",
+         "n_pairs", "predicted"]].rename(columns={"batch_size": "batch", "gmean_ratio": "geo. mean", "n_pairs": "pairs"})
 
 
 def cost_model_table(D):
@@ -149,69 +154,125 @@ def setup_text(D) -> dict[str, str]:
     cfg, pts = meta["config"], D["points"]
     return {"seed": str(meta.get("seed", cfg.get("seed"))), "tasks": ", ".join(meta.get("tasks") or cfg.get("tasks")),
             "dtype": meta["dtype"], "device": env["gpu"] or env["cpu"], "threads": str(pts["threads"].iloc[0]),
-            "repeats": str(cfg["repeats"]), "warmup": str(cfg["warmup"]), "timer": meta["timer"],
+            "repeats": str(cfg["repeats"]), "warmup": int(cfg["warmup"]),
+            # runs before the timer named itself per device recorded "(+ device sync)" on CPUs too, where none runs
+            "timer": meta["timer"] if env["gpu"] else meta["timer"].replace(" (+ device sync)", ""),
             "dispatch_us": num(1e6 * sum(meta["dispatch_s"]) / len(meta["dispatch_s"]), ".1f"),
             "load": f"{pts['load_before'].min():.2f}–{max(pts['load_before'].max(), pts['load_after'].max()):.2f}",
             "minutes": num(meta["wall_time_s"] / 60, ".1f"), "weights": meta["weights"]}
 
 
-def claims_text(D) -> dict[str, str]:
-    """Each claim's verdict and measured ratio for the prose: {"v7", "r7", "res7", "p7", ...}."""
-    out = {}
+CLAIM_RULE = ("An \"equal\" claim is supported when the interval, widened by the resolution on both sides, lies "
+              f"within {100 * EQUIVALENT:.0f}% of the claimed ratio, refuted when it excludes the claimed ratio, and "
+              "inconclusive otherwise. The \"below 1%\" claim is supported when the widened interval lies below 1.01, "
+              "refuted when it lies at or above it, and inconclusive when it straddles it.")
+WHAT = {7: "the unmerged adapter took {r} of the fully fine-tuned model's time",
+        8: "the merged adapter took {r} of the fully fine-tuned model's time",
+        9: "one base holding every adapter, switching adapters between task-homogeneous batches, took {r} of the "
+           "time of a single-adapter model per task"}
+
+
+def _measured(m: dict) -> str:
+    """A measured ratio with its interval, the A/A resolution at its batch size and the prediction."""
+    res = "no A/A control at this batch size" if math.isnan(m["resolution"]) else f"A/A resolution {pm_pct(m['resolution'])}"
+    return f"{interval(m['ratio'], *m['ci'])} ({res}; cost model {m['predicted']:.3f}×)"
+
+
+def claims_paragraph(D) -> str:
+    """Each claim's verdict and what it rests on, at batch size 1, for the chapter's prose."""
+    if not has_latency(D):
+        return "No claim can be judged yet: the paired benchmark has not run on this profile."
+    out = []
     for n in CLAIMS:
         c = claim(D, n)
         m = c["measured"]
-        out |= {f"v{n}": c["verdict"], f"r{n}": interval(m["ratio"], *m["ci"]) if m else NA,
-                f"res{n}": pm_pct(m["resolution"]) if m else NA, f"p{n}": num(m["predicted"], ".3f", "×") if m else NA}
-    ident = claim(D, 9).get("identical") or {}
-    out["ident"] = f"{ident.get('passed', 0)} of {ident.get('n', 0)}" if ident else NA
+        if m is None:
+            out.append(f"Claim {n} is not measured on this profile.")
+            continue
+        where = f" on {task_label(m['stream'])} requests" if m["stream"] != "interleaved" else ""
+        tail = ""
+        if n == 9:
+            i = c.get("identical") or {"n": 0, "passed": 0}
+            tail = f", and {i['passed']} of {i['n']} identity checks of its predictions passed" if i["n"] else \
+                ", and no identity check of its predictions ran"
+        out.append(f"Claim {n} is {c['verdict']}: {WHAT[n].format(r=_measured(m))} at batch size 1{where}{tail}.")
+    return " ".join(out + [CLAIM_RULE])
+
+
+GOAL_WORDS = {"met": "the goal of {g} at batch size {b} is met",
+              "not clearly met": "at or above the goal of {g} at batch size {b}, but its interval reaches below it: "
+                                 "not clearly met",
+              "slower": "mixed batching is slower here, and the goal of {g} at batch size {b} is not met",
+              "short": "the goal of {g} at batch size {b} is not met",
+              "other batch size": "the goal ({g} at batch size {b}) could not be judged: that batch size was not measured"}
+
+
+def mixed_paragraph(D) -> str:
+    """The mixed-adapter serving result for the chapter's prose: throughput against a merged model per task
+    and the goal, against task-homogeneous batches, latency, padding, and the batched LoRA path."""
+    m = mixed_serving(D)
+    if m is None:
+        return "Mixed-adapter serving was not measured on this profile."
+    res = pm_pct(m["resolution"]) if not math.isnan(m["resolution"]) else "not measured"
+    goal = GOAL_WORDS[m["goal_state"]].format(g=f"{m['goal']:.1f}×", b=m["goal_batch"])
+    out = [f"On the same interleaved stream of every task, at batch size {m['batch_size']}, length-bucketed "
+           f"mixed-adapter batches served {interval(m['throughput_ratio'], *m['ci'], digits=2)} the throughput of a "
+           f"merged model per task (A/A resolution {res}; cost model {m['predicted']:.2f}×): {goal}."]
+    if m["vs_multi"]:
+        out.append(f"Against task-homogeneous batches on the same base, switching adapters between batches, the "
+                   f"throughput ratio was {interval(*m['vs_multi'], digits=2)}.")
+    if not math.isnan(m["p50_mixed"]) and not math.isnan(m["p50_routed-merged"]):
+        out.append(f"Median and 99th-percentile latency were {m['p50_mixed']:.0f} and {m['p99_mixed']:.0f} ms against "
+                   f"{m['p50_routed-merged']:.0f} and {m['p99_routed-merged']:.0f} ms for the merged models, with "
+                   f"{100 * m['pad_mixed']:.0f}% of tokens padding against {100 * m['pad_routed-merged']:.0f}%.")
+    if m["batched"]:
+        out.append(f"The batched LoRA path (each request's A and B gathered into one batched product per module) "
+                   f"served {interval(*m['batched'], digits=2)} the throughput of peft's per-adapter loop on the same "
+                   "mixed batches.")
+    else:
+        out.append("The batched LoRA path was not timed on this profile.")
+    return " ".join(out)
+
+
+def resolution_paragraph(D) -> str:
+    """The A/A control's reach from 1 at batch sizes 1 and 32 against the ±2% target, and merged / full."""
+    if not has_latency(D):
+        return "The controls have not run on this profile."
+    rat = D["ratios"]
+    per = {b: resolution(rat, b) for b in TARGET_BATCHES}
+    met = all(not math.isnan(v) and v <= RESOLUTION_TARGET for v in per.values())
+    reach = " and ".join(f"{'not measured' if math.isnan(v) else pm_pct(v)} at batch size {b}" for b, v in per.items())
+    same = timing_error(rat)["same"]
+    same_s = "" if math.isnan(same) else f" Merged against full reached {pm_pct(same)} from 1."
+    return (f"The A/A interval reached {reach} from 1, against a target of {pm_pct(RESOLUTION_TARGET)}: "
+            f"{'met' if met else 'not met'}.{same_s}")
+
+
+def storage_paragraph(D) -> str:
+    """MB on disk of an adapter and of a full model and their ratio; MB in memory of one base with every
+    adapter and of a merged model per task."""
+    st = storage_mb(D) if has_latency(D) else {}
+    if not st or math.isnan(st["adapter"]) or math.isnan(st["full"]):
+        return "Storage was not measured on this profile."
+    out = (f"An adapter takes {st['adapter']:.2f} MB on disk, against {st['full']:.1f} MB for a fully fine-tuned "
+           f"model ({st['full'] / st['adapter']:.0f}× smaller).")
+    if not math.isnan(st["resident"]) and not math.isnan(st["routed"]):
+        out += (f" In memory, one base with every adapter takes {st['resident']:.0f} MB of weights, and one merged "
+                f"model per task takes {st['routed']:.0f} MB.")
     return out
 
 
-def mixed_text(D) -> dict[str, str]:
-    """The mixed-adapter serving result for the prose."""
-    m = mixed_serving(D)
-    keys = ("bs", "ratio", "goal", "met", "p50", "p99", "p50_routed", "p99_routed", "pad", "pad_routed", "predicted",
-            "vs_multi")
-    if m is None:
-        return {**dict.fromkeys(keys, NA), "goal": f"{GOAL_MIXED:.1f}×"}
-    return {"bs": str(m["batch_size"]), "ratio": interval(m["throughput_ratio"], *m["ci"], digits=2),
-            "goal": f"{m['goal']:.1f}×", "met": "met" if m["goal_met"] else "not met",
-            "p50": num(m["p50_mixed"], ".0f"), "p99": num(m["p99_mixed"], ".0f"),
-            "p50_routed": num(m["p50_routed-merged"], ".0f"), "p99_routed": num(m["p99_routed-merged"], ".0f"),
-            "pad": num(100 * m["pad_mixed"], ".0f", "%"), "pad_routed": num(100 * m["pad_routed-merged"], ".0f", "%"),
-            "predicted": num(m["predicted"], ".2f", "×"),
-            "vs_multi": interval(*m["vs_multi"], digits=2) if m["vs_multi"] else NA}
-
-
-def resolution_text(D) -> dict[str, str]:
-    """The controls' largest distances from 1 (A/A, merged / full) and whether the ±2% target was met."""
-    if not has_latency(D):
-        return dict.fromkeys(("aa", "same", "target"), NA)
-    e = timing_error(D["ratios"])
-    met = not math.isnan(e["aa"]) and e["aa"] <= 0.02
-    return {"aa": pm_pct(e["aa"]), "same": pm_pct(e["same"]), "target": "met" if met else "not met"}
-
-
-def storage_text(D) -> dict[str, str]:
-    """MB on disk of an adapter and of a full model, their ratio, MB in memory of the resident and the
-    routed models."""
-    if not has_latency(D):
-        return dict.fromkeys(("adapter", "full", "ratio", "resident", "routed"), NA)
-    s = storage_mb(D)
-    return {"adapter": num(s["adapter"], ".2f"), "full": num(s["full"], ".1f"),
-            "ratio": num(s["full"] / s["adapter"], ".0f"), "resident": num(s["resident"], ".0f"),
-            "routed": num(s["routed"], ".0f")}
-
-
-def correctness_text(D) -> dict[str, str]:
+def correctness_paragraph(D) -> str:
     """Checks passed of checks run; the merged model's lowest agreement and largest |Δlogit|."""
+    from ..report import at_least
     if not has_latency(D) or D["correctness"].empty:
-        return dict.fromkeys(("n", "passed", "merged_agreement", "merged_dlogit"), NA)
+        return "No correctness check has run on this profile."
     c = correctness_summary(D)
-    return {"n": str(c["n"]), "passed": str(c["passed"]),
-            "merged_agreement": num(100 * c["merged_agreement"], ".1f", "%"),
-            "merged_dlogit": num(c["merged_dlogit"], ".2g")}
+    out = f"{c['passed']} of {c['n']} checks passed."
+    if not math.isnan(c["merged_agreement"]):
+        out += (f" The merged model agreed with the unmerged adapter on {at_least(c['merged_agreement'], 'predictions')}; "
+                f"the largest logit difference was {c['merged_dlogit']:.2g}.")
+    return out
 
 
 def arch_note(name: str, R: dict) -> str:
@@ -235,6 +296,35 @@ def vllm_text(D) -> dict[str, str]:
             "ran": "yes" if has_latency(D) and "vllm_meta" in D else "no"}
 
 
+def cost_paragraph(D) -> str:
+    """Where the cost model's prediction and the measurement disagree by more than the A/A resolution at
+    that batch size: the ratios it under-predicts (measured higher) and over-predicts, or that none does."""
+    if not has_latency(D):
+        return "The cost model has nothing to compare with yet: the benchmark has not run on this profile."
+    under, over, unjudged = [], [], 0
+    for r in cost_table(D):
+        if math.isnan(r["resolution"]):
+            unjudged += 1
+            continue
+        name = f"{r['numerator']} / {r['denominator']} at batch size {r['batch_size']}"
+        if r["ci_low"] - r["resolution"] > r["predicted"]:
+            under.append(name)
+        elif r["ci_high"] + r["resolution"] < r["predicted"]:
+            over.append(name)
+    said = []
+    if under:
+        said.append(f"The model under-predicts {', '.join(under)}: the measured ratio is higher than the FLOPs and "
+                    "operator calls explain")
+    if over:
+        said.append(f"It over-predicts {', '.join(over)}: the numerator costs less than its FLOPs and calls suggest")
+    if not said:
+        said.append("Prediction and measurement agree within the A/A resolution for every ratio")
+    if unjudged:
+        said.append(f"{unjudged} ratio{'s have' if unjudged > 1 else ' has'} no A/A control at its batch size and "
+                    "is not judged")
+    return ". ".join(said) + "."
+
+
 # ---------------------------------------------------------------------------- the preface's answer
 def _claim_clause(c: dict) -> str:
     return f"the original's claim {c['claim']} ({c['text']}) is {c['verdict']}"
@@ -243,8 +333,8 @@ def _claim_clause(c: dict) -> str:
 def rq2_answer(D) -> str:
     """The answer to RQ2 in plain sentences for the preface, every value from the benchmark's results: what
     an unmerged adapter costs against the fully fine-tuned model (batch size 1 and the largest measured) and
-    a merged one, the timings' resolution, one base with many adapters, mixed-adapter batching, storage;
-    the verdicts on the original's claims 7-9 in the same words as the chapter's."""
+    a merged one, one base with many adapters, mixed-adapter batching, storage, each ratio beside the A/A
+    resolution at its batch size; the verdicts on the original's claims 7-9 in the chapter's words."""
     from .findings import compare
     if not has_latency(D):
         return "Not measured yet on this profile: the serving benchmark has not run."
@@ -254,26 +344,25 @@ def rq2_answer(D) -> str:
     out = []
     if c7["measured"]:
         big = max(int(b) for b in rat[(rat.numerator == "lora") & (rat.denominator == "full")].batch_size)
-        m, mb = c7["measured"], compare(rat, "lora", "full", big)
-        at_big = f" and {interval(mb['ratio'], *mb['ci'])} at batch size {big}" if big != 1 and mb else ""
-        out.append(f"On {dev}, an unmerged LoRA adapter took {interval(m['ratio'], *m['ci'])} of the fully fine-tuned "
-                   f"model's time at batch size 1{at_big}: {_claim_clause(c7)}.")
+        mb = compare(rat, "lora", "full", big)
+        at_big = f", and {_measured(mb)} at batch size {big}" if big != 1 and mb else ""
+        cpu = "" if env.get("gpu") else " (a CPU: these ratios are not a GPU's)"
+        out.append(f"On {dev}{cpu}, an unmerged LoRA adapter took {_measured(c7['measured'])} of the fully "
+                   f"fine-tuned model's time at batch size 1{at_big}: {_claim_clause(c7)}.")
     if c8["measured"]:
-        m = c8["measured"]
-        out.append(f"Merged into the base, an adapter took {interval(m['ratio'], *m['ci'])} of the full model's "
-                   f"time at batch size 1, where two copies of one model differ by up to {pm_pct(m['resolution'])}: "
-                   f"{_claim_clause(c8)}.")
+        out.append(f"Merged into the base, an adapter took {_measured(c8['measured'])} of the full model's time at "
+                   f"batch size 1: {_claim_clause(c8)}.")
     if c9["measured"]:
-        m = c9["measured"]
-        out.append(f"One base holding every adapter took {interval(m['ratio'], *m['ci'])} of the time of a "
-                   f"single-adapter model per task: {_claim_clause(c9)}.")
+        out.append(f"One base holding every adapter took {_measured(c9['measured'])} of the time of a single-adapter "
+                   f"model per task: {_claim_clause(c9)}.")
     x = mixed_serving(D)
     if x is not None:
-        reach = "reaching" if x["goal_met"] else "short of"
+        goal = GOAL_WORDS[x["goal_state"]].format(g=f"{x['goal']:.1f}×", b=x["goal_batch"])
         out.append(f"Batching requests of different tasks together by length served "
                    f"{interval(x['throughput_ratio'], *x['ci'], digits=2)} the throughput of a merged model per task "
-                   f"at batch size {x['batch_size']}, {reach} the {x['goal']:.1f}× goal.")
-    s = storage_text(D)
-    if s["adapter"] != NA and s["full"] != NA:
-        out.append(f"On disk an adapter takes {s['adapter']} MB against {s['full']} MB for a fully fine-tuned model.")
-    return " ".join(out)
+                   f"at batch size {x['batch_size']}: {goal}.")
+    st = storage_mb(D)
+    if not math.isnan(st["adapter"]) and not math.isnan(st["full"]):
+        out.append(f"On disk an adapter takes {st['adapter']:.2f} MB against {st['full']:.1f} MB for a fully "
+                   "fine-tuned model.")
+    return " ".join(out) or "The serving benchmark ran, but none of its comparisons answers RQ2 on this profile."

@@ -3,7 +3,7 @@ batches it actually served, and two measured constants.
 
 - **FLOPs per request**: the Llama forward on the padded batch (q, k, v, o, the MLP, attention's
   two L x L products and the score head on every position), plus for an unmerged mode each LoRA module's
-  branch, ``2 r (in + out)`` multiply-adds per token and the scale and add (``lora_flops``).
+  branch, ``2 r (in + out)`` FLOPs (``r (in + out)`` multiply-adds) per token and the scale and add (``lora_flops``).
 - **Weight bytes per request**: the weights a forward reads (the embedding rows of its tokens, every
   layer, the head; an unmerged mode also the A and B of each adapter in the batch), over the batch size.
 - **Operator calls**: ATen operator calls of one forward, counted (``count_ops``) on the mode's

@@ -44,7 +44,9 @@ CLAIMS = {
         "numerator": "multi", "denominator": "routed-lora", "claimed": 1.01, "reads": "below"},
 }
 AA = ("merged-aa", "merged")   # the A/A control
-GOAL_MIXED = 1.1               # mixed-adapter throughput over a merged model per task, at the largest batch
+GOAL_MIXED = 1.1               # mixed-adapter throughput over a merged model per task ...
+GOAL_BATCH = 32                # ... at this batch size
+EQUIVALENT = 0.05              # an "equal" claim holds when the widened interval lies within 5% of the claimed ratio
 
 
 # ---------------------------------------------------------------------------- results
@@ -146,65 +148,93 @@ def compare(rat, num: str, den: str, bs: int, stream: str | None = None) -> dict
 
 
 def verdict(c: dict | None, claimed: float, reads: str) -> str:
-    """supported | refuted | inconclusive | not measured: the interval widened by the resolution (by
-    nothing where the resolution was not measured) against the claimed ratio. ``reads`` "equal": the
-    claim holds if the widened interval contains the claimed ratio; "below": if it lies below it."""
+    """supported | refuted | inconclusive | not measured: the interval widened by the resolution against the
+    claimed ratio. ``reads`` "equal": refuted if the widened interval excludes the claimed ratio, supported
+    if it lies within ``EQUIVALENT`` (relative) of it, else inconclusive; "below": supported if it lies below
+    it, refuted if at or above it. Without an A/A control at that batch size the interval is not widened and
+    a verdict that would be "supported" is "inconclusive" (a refutation stands: no resolution narrows it)."""
     if c is None:
         return "not measured"
-    res = 0.0 if math.isnan(c["resolution"]) else c["resolution"]
+    unresolved = math.isnan(c["resolution"])
+    res = 0.0 if unresolved else c["resolution"]
     lo, hi = c["ci"][0] - res, c["ci"][1] + res
     if reads == "equal":
-        return "supported" if lo <= claimed <= hi else "refuted"
-    return "supported" if hi < claimed else "refuted" if lo >= claimed else "inconclusive"
+        v = ("refuted" if not lo <= claimed <= hi else
+             "supported" if claimed * (1 - EQUIVALENT) <= lo and hi <= claimed * (1 + EQUIVALENT) else "inconclusive")
+    else:
+        v = "supported" if hi < claimed else "refuted" if lo >= claimed else "inconclusive"
+    return "inconclusive" if unresolved and v == "supported" else v
 
 
 def claim(D: dict | None, number: int, bs: int = 1) -> dict:
     """One of the original's claims 7-9 at batch size ``bs`` (the original's: 1): the claim, the
     measured comparison (``compare``) and the verdict. Claim 9 also needs identical predictions of
-    the multi-adapter modes: a failed identity check refutes it."""
+    the multi-adapter mode it times (``multi``): a failed identity check refutes it, no check leaves a
+    timing that would support it inconclusive."""
     spec = CLAIMS[number]
     c = compare(D["ratios"], spec["numerator"], spec["denominator"], bs) if has_latency(D) else None
     v = verdict(c, spec["claimed"], spec["reads"])
     out = {"claim": number, **spec, "batch_size": bs, "measured": c, "verdict": v}
     if number == 9 and D is not None:
-        ident = identity_checks(D)
+        ident = identity_checks(D, spec["numerator"])
         out["identical"] = ident
         if ident["n"] and ident["passed"] < ident["n"]:
             out["verdict"] = "refuted"
+        elif not ident["n"] and v == "supported":
+            out["verdict"] = "inconclusive"
     return out
 
 
-def identity_checks(D: dict) -> dict:
-    """The multi-adapter modes' identity checks against single-adapter models: checks run and passed,
-    the largest |Δlogit|."""
+def identity_checks(D: dict, mode: str | None = None) -> dict:
+    """The identity checks of the multi-adapter modes (or of ``mode`` alone) against single-adapter models:
+    checks run and passed, the largest |Δlogit|."""
     c = D["correctness"]
-    c = c[(c["kind"] == "identical") & (c["mode"] != AA[0])] if not c.empty else c
+    if not c.empty:
+        c = c[(c["kind"] == "identical") & ((c["mode"] == mode) if mode else (c["mode"] != AA[0]))]
     return {"n": int(len(c)), "passed": int(c["passed"].sum()) if len(c) else 0,
             "max_dlogit": float(c["max_abs_dlogit"].max()) if len(c) else math.nan}
 
 
+def goal_state(ratio: float, lo: float, hi: float, bs: int) -> str:
+    """Where a mixed-serving throughput ratio stands against the goal (``GOAL_MIXED`` at ``GOAL_BATCH``):
+    ``met`` (the interval's lower end reaches it), ``not clearly met`` (the ratio does, its interval does
+    not), ``slower`` (mixed is slower than a merged model per task: the interval lies below 1), ``short``
+    (otherwise); ``other batch size`` where ``bs`` is not the goal's."""
+    if bs != GOAL_BATCH:
+        return "other batch size"
+    return ("met" if lo >= GOAL_MIXED else "not clearly met" if ratio >= GOAL_MIXED else "slower" if hi < 1
+            else "short")
+
+
 def mixed_serving(D: dict | None, bs: int | None = None) -> dict | None:
     """Mixed-adapter batches (length-bucketed) against a merged model per task on the same stream, at
-    ``bs`` (default the largest measured): throughput ratio with its interval (the inverse of the
-    paired time ratio), p50 and p99 latency of both, padding, whether the goal (>= 1.1x) is met, and
-    the throughput ratio against task-homogeneous batches on the same base (``vs_multi``: ratio, low,
-    high; None where not measured)."""
+    ``bs`` (default the goal's batch size where measured, else the largest): throughput ratio with its
+    interval (the inverse of the paired time ratio), p50 and p99 latency of both, padding, where it stands
+    against the goal (``goal_state``; ``goal_met``), and throughput ratios (ratio, low, high; None where not
+    measured) against task-homogeneous batches on the same base (``vs_multi``) and of the batched LoRA path
+    over peft's per-adapter loop on the same mixed batches (``batched``)."""
     if not has_latency(D):
         return None
     r = rows(D["ratios"], "mixed", "routed-merged")
     if r is None or r.empty:
         return None
-    bs = int(r.batch_size.max()) if bs is None else bs
+    sizes = {int(b) for b in r.batch_size}
+    bs = (GOAL_BATCH if GOAL_BATCH in sizes else max(sizes)) if bs is None else bs
     c = compare(D["ratios"], "mixed", "routed-merged", bs)
     if c is None:
         return None
     lat = D["latency"]
     L = lambda m: lat[(lat["mode"] == m) & (lat.batch_size == bs) & (lat.comparison == c["comparison"])]  # noqa: E731
-    thr, homog = 1 / c["ratio"], compare(D["ratios"], "mixed", "multi", bs)
-    return {"batch_size": bs, "throughput_ratio": thr, "ci": (1 / c["ci"][1], 1 / c["ci"][0]),
-            "vs_multi": None if homog is None else (1 / homog["ratio"], 1 / homog["ci"][1], 1 / homog["ci"][0]),
+
+    def throughput(num, den):
+        x = compare(D["ratios"], num, den, bs)
+        return None if x is None else (1 / x["ratio"], 1 / x["ci"][1], 1 / x["ci"][0])
+    thr, ci = 1 / c["ratio"], (1 / c["ci"][1], 1 / c["ci"][0])
+    state = goal_state(thr, *ci, bs)
+    return {"batch_size": bs, "throughput_ratio": thr, "ci": ci, "vs_multi": throughput("mixed", "multi"),
+            "batched": throughput("batched", "mixed"),
             "predicted": 1 / c["predicted"], "resolution": c["resolution"], "n_pairs": c["n_pairs"],
-            "goal": GOAL_MIXED, "goal_met": bool(1 / c["ci"][1] >= GOAL_MIXED),
+            "goal": GOAL_MIXED, "goal_batch": GOAL_BATCH, "goal_state": state, "goal_met": state == "met",
             **{f"{k}_{m}": float(L(m)[col].iloc[0]) if len(L(m)) else math.nan
                for m in ("mixed", "routed-merged")
                for k, col in (("p50", "latency_p50_ms"), ("p99", "latency_p99_ms"), ("rps", "throughput_rps"),

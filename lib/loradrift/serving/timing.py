@@ -7,8 +7,8 @@ equally often), so each window gives one *pair* (one tuple) of times measured un
 conditions. Before the timed repeats every mode serves ``warmup`` windows untimed.
 
 Each timed call covers what a server does for a batch: tokenise and pad, switch adapter if needed,
-forward, bring the logits to the host. Clock: ``time.perf_counter`` with a device sync on a CPU;
-CUDA events on a GPU. A request's latency is the time from the start of its window until its batch
+forward, bring the logits to the host. Clock: ``time.perf_counter`` on a CPU; CUDA events on a GPU.
+A request's latency is the time from the start of its window until its batch
 is done (the batches before it in the window are its queue); throughput is requests over the summed
 service time of the mode's windows.
 
@@ -30,10 +30,9 @@ from .schedule import in_request_order, padding
 class WallTimer:
     """``time.perf_counter`` around the call, the device synchronised before the clock stops."""
 
-    kind = "perf_counter (+ device sync)"
-
     def __init__(self, device: str = "cpu"):
         self.cuda = str(device).startswith("cuda")
+        self.kind = "time.perf_counter (+ torch.cuda.synchronize)" if self.cuda else "time.perf_counter"
 
     def __call__(self, fn: Callable):
         t0 = time.perf_counter()
