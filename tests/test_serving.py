@@ -686,6 +686,11 @@ def test_run_deploy_end_to_end(tiny_profile, tiny_model, adapters):
     for n in (7, 8, 9):
         assert serving.claim(D, n)["verdict"] in ("supported", "refuted", "inconclusive")
     assert serving.mixed_serving(D)["batch_size"] == 4
+    from loradrift.serving import chapter, findings
+    share = findings.call_share(D)
+    assert set(share) == set(TINY["single"]["windows"]) and all(0 < v < 1 for v in share.values())
+    assert findings.extra_calls(D) == ops("lora")[0] - ops("merged")[0] > 0
+    assert "more operator calls per forward" in chapter.cpu_paragraph(D) and "n/a" not in chapter.cpu_paragraph(D)
     assert serving.headline(D, TASKS)
     assert serving.run_deploy(str(tiny_profile), tasks=TASKS, log=lambda *a: None, repeats=2, warmup=1,
                               bootstrap=20, comparisons=TINY)["skipped"]   # current results are not recomputed

@@ -325,6 +325,23 @@ def cost_paragraph(D) -> str:
     return ". ".join(said) + "."
 
 
+def cpu_paragraph(D) -> str:
+    """What the cost model's split says about this machine: the share of the fully fine-tuned model's time
+    that operator calls take at each batch size, and the unmerged adapter's extra calls per forward."""
+    from ..report import pct
+    from .findings import call_share, extra_calls
+    share = call_share(D) if has_latency(D) else {}
+    if not share:
+        return "How this machine's time splits between operator calls and arithmetic was not measured on this profile."
+    at = " and ".join(f"{pct(v)} at batch size {b}" for b, v in share.items())
+    out = (f"By the cost model's split, issuing operator calls takes {at} of the fully fine-tuned model's time on "
+           "this machine; the rest is arithmetic, so the larger the batch, the closer a ratio comes to its FLOP ratio.")
+    extra = extra_calls(D)
+    if not math.isnan(extra):
+        out += f" An unmerged adapter issues {extra:,.0f} more operator calls per forward than its merged model."
+    return out
+
+
 # ---------------------------------------------------------------------------- the preface's answer
 def _claim_clause(c: dict) -> str:
     return f"the original's claim {c['claim']} ({c['text']}) is {c['verdict']}"

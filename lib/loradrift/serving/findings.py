@@ -268,6 +268,33 @@ def cost_table(D: dict) -> list[dict]:
     return out
 
 
+def call_share(D: dict, mode: str = "full", comparison: str = "single") -> dict[int, float]:
+    """{batch size: the share of ``mode``'s measured window time that its operator calls take by the cost
+    model (calls per window x the measured cost of one call)}, on the comparison's first stream."""
+    from .timing import window_times
+    cost, B = D.get("cost"), D.get("batches")
+    if not has_latency(D) or cost is None or cost.empty or B is None or B.empty or not D["meta"].get("dispatch_s"):
+        return {}
+    per_call = float(sum(D["meta"]["dispatch_s"]) / len(D["meta"]["dispatch_s"]))
+    c = cost[(cost["mode"] == mode) & (cost.comparison == comparison)]
+    out = {}
+    for x in c.itertuples():
+        t = window_times(B[(B.comparison == comparison) & (B.stream == x.stream) & (B.batch_size == x.batch_size)])
+        if mode in t and int(x.batch_size) not in out:
+            out[int(x.batch_size)] = x.ops_per_window * per_call / (float(t[mode].mean()) / 1e3)
+    return dict(sorted(out.items()))
+
+
+def extra_calls(D: dict, num: str = "lora", den: str = "merged", comparison: str = "single") -> float:
+    """Operator calls per forward that ``num`` issues beyond ``den`` (NaN where not counted)."""
+    cost = D.get("cost") if has_latency(D) else None
+    if cost is None or cost.empty:
+        return math.nan
+    c = cost[cost.comparison == comparison]
+    a, b = c[c["mode"] == num].ops_per_forward, c[c["mode"] == den].ops_per_forward
+    return float(a.iloc[0] - b.iloc[0]) if len(a) and len(b) else math.nan
+
+
 # ---------------------------------------------------------------------------- memory, storage, correctness
 def storage_mb(D: dict) -> dict:
     """Mean MB on disk of an adapter and of a fully fine-tuned model; MB of weights in memory of one base
