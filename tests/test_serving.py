@@ -906,7 +906,8 @@ def test_resolution_and_cost_paragraphs_read_the_controls_per_batch_size():
     assert "±1.2% at batch size 1 and ±1.0% at batch size 32 from 1, against a target of ±2.0%: met." in \
         chapter.resolution_paragraph(D)
     cost = chapter.cost_paragraph(D)
-    assert "under-predicts lora / merged at batch size 1" in cost and "over-predicts merged / full at batch size 32" in cost
+    assert "under-predicts lora / merged (batch size 1):" in cost and "over-predicts merged / full (batch size 32):" in cost
     assert "1 ratio has no A/A control" in cost
+    assert chapter._grouped([("a", 1), ("a", 1), ("a", 32), ("b", 1)]) == "a (batch sizes 1 and 32) and b (batch size 1)"
     claims = chapter.claims_paragraph(D)
     assert all(f"Claim {n} is not measured on this profile." in claims for n in (7, 8, 9))   # none at batch size 1

@@ -195,7 +195,7 @@ def claims_paragraph(D) -> str:
             i = c.get("identical") or {"n": 0, "passed": 0}
             tail = f", and {i['passed']} of {i['n']} identity checks of its predictions passed" if i["n"] else \
                 ", and no identity check of its predictions ran"
-        out.append(f"Claim {n} is {c['verdict']}: {WHAT[n].format(r=_measured(m))} at batch size 1{where}{tail}.")
+        out.append(f"Claim {n} is {c['verdict']} here: {WHAT[n].format(r=_measured(m))} at batch size 1{where}{tail}.")
     return " ".join(out + [CLAIM_RULE])
 
 
@@ -296,6 +296,16 @@ def vllm_text(D) -> dict[str, str]:
             "ran": "yes" if has_latency(D) and "vllm_meta" in D else "no"}
 
 
+def _grouped(pairs: list[tuple[str, int]]) -> str:
+    """[("lora / merged", 1), ("lora / merged", 32), ("mixed / multi", 1)] as 'lora / merged (batch sizes 1 and 32)
+    and mixed / multi (batch size 1)'."""
+    from ..report import listing
+    sizes: dict[str, set[int]] = {}
+    for name, bs in pairs:
+        sizes.setdefault(name, set()).add(bs)
+    return listing([f"{n} (batch size{'s' if len(b) > 1 else ''} {listing(sorted(b))})" for n, b in sizes.items()])
+
+
 def cost_paragraph(D) -> str:
     """Where the cost model's prediction and the measurement disagree by more than the A/A resolution at
     that batch size: the ratios it under-predicts (measured higher) and over-predicts, or that none does."""
@@ -306,17 +316,17 @@ def cost_paragraph(D) -> str:
         if math.isnan(r["resolution"]):
             unjudged += 1
             continue
-        name = f"{r['numerator']} / {r['denominator']} at batch size {r['batch_size']}"
+        name = (f"{r['numerator']} / {r['denominator']}", r["batch_size"])
         if r["ci_low"] - r["resolution"] > r["predicted"]:
             under.append(name)
         elif r["ci_high"] + r["resolution"] < r["predicted"]:
             over.append(name)
     said = []
     if under:
-        said.append(f"The model under-predicts {', '.join(under)}: the measured ratio is higher than the FLOPs and "
+        said.append(f"The model under-predicts {_grouped(under)}: the measured ratio is higher than the FLOPs and "
                     "operator calls explain")
     if over:
-        said.append(f"It over-predicts {', '.join(over)}: the numerator costs less than its FLOPs and calls suggest")
+        said.append(f"It over-predicts {_grouped(over)}: the numerator costs less than its FLOPs and calls suggest")
     if not said:
         said.append("Prediction and measurement agree within the A/A resolution for every ratio")
     if unjudged:
@@ -344,7 +354,7 @@ def cpu_paragraph(D) -> str:
 
 # ---------------------------------------------------------------------------- the preface's answer
 def _claim_clause(c: dict) -> str:
-    return f"the original's claim {c['claim']} ({c['text']}) is {c['verdict']}"
+    return f"the original's claim {c['claim']} ({c['text']}) is {c['verdict']} on this machine"
 
 
 def rq2_answer(D) -> str:
