@@ -647,6 +647,11 @@ def _deploy(tiny_profile, tiny_model, adapters, tasks=("rte",), **kw):
     return res, serving.load_results(res["out_dir"])
 
 
+def chapter_text(D):
+    from loradrift.serving import chapter
+    return chapter.mixed_paragraph(D)
+
+
 def test_run_deploy_end_to_end(tiny_profile, tiny_model, adapters):
     res, D = _deploy(tiny_profile, tiny_model, adapters, TASKS)
     out = res["out_dir"]
@@ -685,7 +690,10 @@ def test_run_deploy_end_to_end(tiny_profile, tiny_model, adapters):
     assert meta["design"] == serving.engine.DESIGN and len(meta["dispatch_s"]) == 2 and meta["shape"]["lora_r"] == 4
     for n in (7, 8, 9):
         assert serving.claim(D, n)["verdict"] in ("supported", "refuted", "inconclusive")
-    assert serving.mixed_serving(D)["batch_size"] == 4
+    mx = serving.mixed_serving(D)
+    assert mx["batch_size"] == 4 and mx["lookahead"] == TINY["mixed"]["window"]
+    assert mx["batches_mixed"] == D["schedules"].query("scheduler == 'mixed' and batch_size == 4").batches_per_window.iloc[0]
+    assert f"look-ahead of {TINY['mixed']['window']} batches" in chapter_text(D)
     from loradrift.serving import chapter, findings
     share = findings.call_share(D)
     assert set(share) == set(TINY["single"]["windows"]) and all(0 < v < 1 for v in share.values())
@@ -900,10 +908,16 @@ def test_resolution_and_cost_paragraphs_read_the_controls_per_batch_size():
                   _ratio("merged", "full", 32, 0.9, 0.88, 0.92, predicted=1.0),
                   _ratio("lora", "full", 8, 1.0, 0.99, 1.01)])
     text = chapter.resolution_paragraph(D)
-    assert "±1.2% at batch size 1 and ±3.0% at batch size 32" in text and text.endswith("Merged against full reached ±12.0% from 1.")
-    assert "target of ±2.0%: not met" in text
+    assert "±1.20% at batch size 1 and ±3.00% at batch size 32" in text and text.endswith("Merged against full reached ±12.0% from 1.")
+    assert "target of ±2.0%: not met" in text and "excludes 1" not in text
+    D["ratios"].loc[(D["ratios"].batch_size == 1) & (D["ratios"].numerator == "merged-aa"), ["ratio", "ci_low", "ci_high"]] = \
+        (0.986, 0.98, 0.992)
+    assert "At batch size 1 the A/A interval excludes 1: two copies of one model, loaded the same way, differed by 1.4%" in \
+        chapter.resolution_paragraph(D)
+    D["ratios"].loc[(D["ratios"].batch_size == 1) & (D["ratios"].numerator == "merged-aa"), ["ratio", "ci_low", "ci_high"]] = \
+        (1.0, 0.99, 1.012)
     D["ratios"].loc[(D["ratios"].batch_size == 32) & (D["ratios"].numerator == "merged-aa"), "ci_low"] = 0.995
-    assert "±1.2% at batch size 1 and ±1.0% at batch size 32 from 1, against a target of ±2.0%: met." in \
+    assert "±1.20% at batch size 1 and ±1.00% at batch size 32 from 1, against a target of ±2.0%: met." in \
         chapter.resolution_paragraph(D)
     cost = chapter.cost_paragraph(D)
     assert "under-predicts lora / merged (batch size 1):" in cost and "over-predicts merged / full (batch size 32):" in cost

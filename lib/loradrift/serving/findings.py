@@ -231,10 +231,17 @@ def mixed_serving(D: dict | None, bs: int | None = None) -> dict | None:
         return None if x is None else (1 / x["ratio"], 1 / x["ci"][1], 1 / x["ci"][0])
     thr, ci = 1 / c["ratio"], (1 / c["ci"][1], 1 / c["ci"][0])
     state = goal_state(thr, *ci, bs)
+    sch = D.get("schedules")
+    sch = sch[(sch.stream == "interleaved") & (sch.batch_size == bs)] if sch is not None and not sch.empty else None
+    per_window = {k: float(sch[sch.scheduler == k].batches_per_window.iloc[0])
+                  if sch is not None and (sch.scheduler == k).any() else math.nan for k in ("mixed", "task")}
+    comps = (D["meta"].get("config") or {}).get("comparisons") or {}
+    look = (comps.get(c["comparison"]) or {}).get("window")
     return {"batch_size": bs, "throughput_ratio": thr, "ci": ci, "vs_multi": throughput("mixed", "multi"),
             "batched": throughput("batched", "mixed"),
             "predicted": 1 / c["predicted"], "resolution": c["resolution"], "n_pairs": c["n_pairs"],
             "goal": GOAL_MIXED, "goal_batch": GOAL_BATCH, "goal_state": state, "goal_met": state == "met",
+            "lookahead": look, "batches_mixed": per_window["mixed"], "batches_task": per_window["task"],
             **{f"{k}_{m}": float(L(m)[col].iloc[0]) if len(L(m)) else math.nan
                for m in ("mixed", "routed-merged")
                for k, col in (("p50", "latency_p50_ms"), ("p99", "latency_p99_ms"), ("rps", "throughput_rps"),
