@@ -692,7 +692,7 @@ def test_run_deploy_end_to_end(tiny_profile, tiny_model, adapters):
         assert serving.claim(D, n)["verdict"] in ("supported", "refuted", "inconclusive")
     mx = serving.mixed_serving(D)
     assert mx["batch_size"] == 4 and mx["lookahead"] == TINY["mixed"]["window"]
-    assert mx["batches_mixed"] == D["schedules"].query("scheduler == 'mixed' and batch_size == 4").batches_per_window.iloc[0]
+    assert mx["batches_mixed"] == D["schedules"].query("scheduler == 'mixed' and batch_size == 4 and stream == 'interleaved'").batches_per_window.iloc[0]
     assert f"look-ahead of {TINY['mixed']['window']} batches" in chapter_text(D)
     from loradrift.serving import chapter, findings
     share = findings.call_share(D)
