@@ -68,7 +68,8 @@ def test_every_labelled_figure_and_table_is_referenced_and_every_reference_exist
 LEFTOVERS = {"a template plural": re.compile(r"(?<![\w.])[a-z]+\(s\)(?<!repeat\(s\))"), "an empty path segment": re.compile(r"data//"),
              "minus zero": re.compile(r"(?<![\w.])-0\.0+(?![0-9]*[1-9])"), "a Python boolean cell": re.compile(r"\|\s*(True|False)\s*\|"),
              "'at least' a whole": re.compile(r"at least 100(\.0+)?%"),
-             "an escaped character (an inline value's repr)": re.compile(r"\\x[0-9a-f]{2}")}
+             "an escaped character (an inline value's repr)": re.compile(r"\\x[0-9a-f]{2}"),
+             "an escaped quote (an inline value's repr)": re.compile(r"\\{2,}'")}
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if "```{python}" in p.read_text()], ids=lambda p: p.stem)

@@ -842,6 +842,12 @@ def test_committed_deployment_results_are_current():
     assert serving.outdated_units(prof, meta) == []
 
 
+@pytest.mark.parametrize("r,words", [(1.205, "20.5% more time"), (0.97, "3.0% less time"), (1.0004, "the same time")])
+def test_a_time_ratio_reads_as_more_or_less_time(r, words):
+    from loradrift.serving import chapter
+    assert chapter._more(r) == words
+
+
 @pytest.mark.parametrize("case", ["refuted-7", "supported-7", "no-mixed", "none"])
 def test_rq2_answer_reads_for_every_outcome(case):
     """The preface's RQ2 sentences: each claim's verdict in the chapter's words, batch sizes where measured,
@@ -865,11 +871,12 @@ def test_rq2_answer_reads_for_every_outcome(case):
         assert text.startswith("Not measured yet")
         return
     v7 = "supported" if case == "supported-7" else "refuted"
-    assert f"claim 7 (an unmerged adapter adds 37.5% latency over the fully fine-tuned model) is {v7}" in text
-    assert "claim 8 (a merged adapter costs what the fully fine-tuned model costs) is supported" in text
-    assert "claim 9" in text and "is inconclusive" in text and "On AMD EPYC" in text
-    assert "1.010× [1.000, 1.020] (no A/A control at this batch size; cost model 1.000×) at batch size 32" in text
-    assert "1.031× [1.017, 1.047] (A/A resolution ±1.0%; cost model 1.000×) of the fully" in text or v7 == "supported"
+    assert f"claim 7 (an unmerged adapter adds 37.5%) is {v7}" in text
+    assert "claim 8 (merged costs what full costs) is supported" in text and "On an AMD EPYC CPU" in text
+    assert "claim 9 (many adapters cost under 1% more, with identical predictions) is inconclusive on this machine" in text
+    more = "37.0% more time" if v7 == "supported" else "3.1% more time"
+    assert f"took {more} than the fully fine-tuned model at batch size 1" in text
+    assert "and 1.0% more time at batch size 32 (1.010× [1.000, 1.020])" in text and "resolve ±1.0%" in text
     assert ("1.25× [1.20, 1.28] the throughput" in text and "the goal of 1.1× at batch size 32 is met" in text) == \
         (case != "no-mixed")
     assert "goal" not in text if case == "no-mixed" else True

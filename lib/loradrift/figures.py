@@ -323,7 +323,10 @@ def latency_chart(lat, title: str | None = None):
     lat = _panels(lat)
     base = alt.Chart(lat).encode(x=_batch_axis(lat), color=alt.Color("mode:N", sort=list(MODES)))
     line = base.mark_line(point=True).encode(
-        y=alt.Y("latency_p50_ms:Q", title="latency per request (ms)", scale=alt.Scale(type="log")),
+        y=alt.Y("latency_p50_ms:Q", title="latency per request (ms)",
+                scale=alt.Scale(type="log", nice=False, domain=[0.8 * float(lat.latency_p50_ms.min()),
+                                                               1.25 * float(lat.latency_p99_ms.max())])
+                if len(lat) else alt.Scale(type="log")),
         tooltip=["mode", "panel", "batch_size", "n_requests", alt.Tooltip("latency_p50_ms:Q", format=".2f"),
                  alt.Tooltip("latency_p99_ms:Q", format=".2f"), alt.Tooltip("throughput_rps:Q", format=".1f"),
                  alt.Tooltip("pad_fraction:Q", format=".2f")])
@@ -364,7 +367,11 @@ def ratio_chart(rat):
     base = alt.Chart(r).encode(
         y=alt.Y("stream:N", title=None), color=alt.Color("batch_size:O", title="batch size"),
         yOffset="batch_size:O")
-    x = alt.X("ratio:Q", title="time ratio (paired)", scale=alt.Scale(type="log", zero=False))
+    # a linear axis over the data (and 1): ratios of a few percent vanish on a "nice" log axis of 0.1-10
+    lo = min(r.ci_low.min(), r.predicted.min(), 1.0) if len(r) else 0.9
+    hi = max(r.ci_high.max(), r.predicted.max(), 1.0) if len(r) else 1.1
+    pad = 0.05 * (hi - lo) or 0.01
+    x = alt.X("ratio:Q", title="time ratio (paired)", scale=alt.Scale(domain=[lo - pad, hi + pad], zero=False, nice=False))
     pts = base.mark_point(filled=True).encode(
         x=x, tooltip=["pair", "stream", "batch_size", alt.Tooltip("ratio:Q", format=".3f"),
                       alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n_pairs",
@@ -372,8 +379,8 @@ def ratio_chart(rat):
     pred = base.mark_point(shape="cross", opacity=0.6).encode(x="predicted:Q")
     bars = base.mark_rule().encode(x="ci_low:Q", x2="ci_high:Q")
     one = alt.Chart().mark_rule(strokeDash=[4, 3], color="gray").encode(x=alt.datum(1.0))
-    return alt.layer(one, bars, pred, pts, data=r).properties(width=260, height=110).facet(
-        facet=alt.Facet("pair:N", title=None, sort=RATIO_PAIRS), columns=2)
+    return alt.layer(one, bars, pred, pts, data=r).properties(width=260, height=80).facet(
+        facet=alt.Facet("pair:N", title=None, sort=RATIO_PAIRS), columns=2).resolve_scale(y="independent")
 
 
 # ---- drift

@@ -12,6 +12,7 @@ from .findings import (CLAIMS, EQUIVALENT, against_original, claim, controls, co
 
 RESOLUTION_TARGET = 0.02     # the A/A interval's target reach from 1 ...
 TARGET_BATCHES = (1, 32)     # ... at these batch sizes
+from ..report import listing
 from .modes import MODES
 
 NA = "n/a"
@@ -85,6 +86,7 @@ def cost_model_table(D):
     t["pair"] = t.numerator + " / " + t.denominator
     t["measured [95% CI]"] = [interval(x.measured, x.ci_low, x.ci_high) for x in t.itertuples()]
     t["resolution"] = t.resolution.map(pm_pct)
+    t["extra_ops"] = t.extra_ops.map(lambda v: f"{v:+,.0f}" if v else "0")
     return t[["comparison", "stream", "batch_size", "pair", "flop_ratio", "bytes_ratio", "extra_ops", "predicted",
               "measured [95% CI]", "resolution"]].rename(columns={
         "batch_size": "batch", "flop_ratio": "FLOPs", "bytes_ratio": "weight bytes", "extra_ops": "extra op calls"})
@@ -127,7 +129,9 @@ def storage_table(D):
 
 
 def correctness_table(D):
-    return D["correctness"][["mode", "reference", "stream", "task", "batch_size", "n", "prediction_agreement",
+    from ..report import pct
+    c = D["correctness"].assign(prediction_agreement=lambda d: d.prediction_agreement.map(pct))
+    return c[["mode", "reference", "stream", "task", "batch_size", "n", "prediction_agreement",
                              "max_abs_dlogit", "kind", "passed"]].rename(columns={
         "batch_size": "batch", "prediction_agreement": "agreement", "max_abs_dlogit": "max |Δlogit|"})
 
@@ -162,9 +166,9 @@ def setup_text(D) -> dict[str, str]:
             "minutes": num(meta["wall_time_s"] / 60, ".1f"), "weights": meta["weights"]}
 
 
-CLAIM_RULE = ("An \"equal\" claim is supported when the interval, widened by the resolution on both sides, lies "
+CLAIM_RULE = ("An “equal” claim is supported when the interval, widened by the resolution on both sides, lies "
               f"within {100 * EQUIVALENT:.0f}% of the claimed ratio, refuted when it excludes the claimed ratio, and "
-              "inconclusive otherwise. The \"below 1%\" claim is supported when the widened interval lies below 1.01, "
+              "inconclusive otherwise. The “below 1%” claim is supported when the widened interval lies below 1.01, "
               "refuted when it lies at or above it, and inconclusive when it straddles it.")
 WHAT = {7: "the unmerged adapter took {r} of the fully fine-tuned model's time",
         8: "the merged adapter took {r} of the fully fine-tuned model's time",
@@ -265,11 +269,11 @@ def storage_paragraph(D) -> str:
     st = storage_mb(D) if has_latency(D) else {}
     if not st or math.isnan(st["adapter"]) or math.isnan(st["full"]):
         return "Storage was not measured on this profile."
-    out = (f"An adapter takes {st['adapter']:.2f} MB on disk, against {st['full']:.1f} MB for a fully fine-tuned "
+    out = (f"An adapter takes {st['adapter']:.2f} MiB on disk, against {st['full']:.1f} MiB for a fully fine-tuned "
            f"model ({st['full'] / st['adapter']:.0f}× smaller).")
     if not math.isnan(st["resident"]) and not math.isnan(st["routed"]):
-        out += (f" In memory, one base with every adapter takes {st['resident']:.0f} MB of weights, and one merged "
-                f"model per task takes {st['routed']:.0f} MB.")
+        out += (f" In memory, one base with every adapter takes {st['resident']:.0f} MiB of weights, and one merged "
+                f"model per task takes {st['routed']:.0f} MiB.")
     return out
 
 
@@ -364,35 +368,45 @@ def cpu_paragraph(D) -> str:
 
 
 # ---------------------------------------------------------------------------- the preface's answer
-def _claim_clause(c: dict) -> str:
-    return f"the original's claim {c['claim']} ({c['text']}) is {c['verdict']} on this machine"
+def _more(r: float) -> str:
+    """A time ratio as prose: '20.5% more time', '3.0% less time', 'the same time'."""
+    d = 100 * (r - 1)
+    return "the same time" if round(d, 1) == 0 else f"{abs(d):.1f}% {'more' if d > 0 else 'less'} time"
 
 
 def rq2_answer(D) -> str:
-    """The answer to RQ2 in plain sentences for the preface, every value from the benchmark's results: what
-    an unmerged adapter costs against the fully fine-tuned model (batch size 1 and the largest measured) and
-    a merged one, one base with many adapters, mixed-adapter batching, storage, each ratio beside the A/A
-    resolution at its batch size; the verdicts on the original's claims 7-9 in the chapter's words."""
+    """The answer to RQ2 in a few plain sentences for the preface, every value from the benchmark's results:
+    what an unmerged adapter costs against the fully fine-tuned model (batch size 1 and the largest measured)
+    and merged, the A/A resolution, the verdicts on the original's claims 7-9 in the chapter's words, one base
+    with many adapters, mixed-adapter batching against its goal, and storage."""
     from .findings import compare
     if not has_latency(D):
         return "Not measured yet on this profile: the serving benchmark has not run."
     env = D["meta"].get("environment", {})
-    rat, dev = D["ratios"], env.get("gpu") or env.get("cpu") or "this machine"
+    rat, dev = D["ratios"], env.get("gpu") or f"{env.get('cpu') or 'this'} CPU"
     c7, c8, c9 = (claim(D, n) for n in (7, 8, 9))
     out = []
     if c7["measured"]:
+        m = c7["measured"]
         big = max(int(b) for b in rat[(rat.numerator == "lora") & (rat.denominator == "full")].batch_size)
         mb = compare(rat, "lora", "full", big)
-        at_big = f", and {_measured(mb)} at batch size {big}" if big != 1 and mb else ""
-        cpu = "" if env.get("gpu") else " (a CPU: these ratios are not a GPU's)"
-        out.append(f"On {dev}{cpu}, an unmerged LoRA adapter took {_measured(c7['measured'])} of the fully "
-                   f"fine-tuned model's time at batch size 1{at_big}: {_claim_clause(c7)}.")
+        at_big = (f", and {_more(mb['ratio'])} at batch size {big} ({interval(mb['ratio'], *mb['ci'])})"
+                  if big != 1 and mb else "")
+        out.append(f"On {'an ' if dev[0] in 'AEIOU' else 'a '}{dev}, an unmerged LoRA adapter took {_more(m['ratio'])} "
+                   f"than the fully fine-tuned model at batch size 1 ({interval(m['ratio'], *m['ci'])}){at_big}.")
     if c8["measured"]:
-        out.append(f"Merged into the base, an adapter took {_measured(c8['measured'])} of the full model's time at "
-                   f"batch size 1: {_claim_clause(c8)}.")
+        m = c8["measured"]
+        res = "" if math.isnan(m["resolution"]) else \
+            f"; two copies of one model, the A/A control, resolve {pm_pct(m['resolution'])} at that batch size"
+        out.append(f"Merged into the base, it took {interval(m['ratio'], *m['ci'])} of the full model's time{res}.")
+    judged = [c for c in (c7, c8, c9) if c["measured"]]
+    if judged:
+        out.append("Of the original's serving claims, " + listing(
+            [f"claim {c['claim']} ({CLAIM_SHORT[c['claim']]}) is {c['verdict']}" for c in judged]) + " on this machine.")
     if c9["measured"]:
-        out.append(f"One base holding every adapter took {_measured(c9['measured'])} of the time of a single-adapter "
-                   f"model per task: {_claim_clause(c9)}.")
+        m = c9["measured"]
+        out.append(f"One base holding every adapter took {_more(m['ratio'])} than a single-adapter model per task "
+                   f"({interval(m['ratio'], *m['ci'])}).")
     x = mixed_serving(D)
     if x is not None:
         goal = GOAL_WORDS[x["goal_state"]].format(g=f"{x['goal']:.1f}×", b=x["goal_batch"])
@@ -401,6 +415,10 @@ def rq2_answer(D) -> str:
                    f"at batch size {x['batch_size']}: {goal}.")
     st = storage_mb(D)
     if not math.isnan(st["adapter"]) and not math.isnan(st["full"]):
-        out.append(f"On disk an adapter takes {st['adapter']:.2f} MB against {st['full']:.1f} MB for a fully "
-                   "fine-tuned model.")
+        out.append(f"On disk an adapter takes {st['adapter']:.2f} MiB against {st['full']:.1f} MiB for a fully "
+                   f"fine-tuned model ({st['full'] / st['adapter']:.0f}× smaller).")
     return " ".join(out) or "The serving benchmark ran, but none of its comparisons answers RQ2 on this profile."
+
+
+CLAIM_SHORT = {7: "an unmerged adapter adds 37.5%", 8: "merged costs what full costs",
+               9: "many adapters cost under 1% more, with identical predictions"}
