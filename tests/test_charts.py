@@ -115,3 +115,16 @@ def test_drift_charts_keep_a_solid_legend(monkeypatch):
         ops, labels = _legend(chart)
         assert {"full", "lora"} <= labels, labels                   # the method legend is there
         assert ops and all(float(o) >= 0.7 for o in ops), ops   # 0.7: vega's own for filled points
+
+
+def test_a_chart_past_altairs_row_guard_is_shown_and_the_guard_stays_on():
+    """The per-depth chart of a three-task study has ~6,000 rows: the bundle embeds it; charts built
+    elsewhere keep altair's guard."""
+    import altair as alt
+    import pandas as pd
+    from loradrift.charts import bundle
+    big = alt.Chart(pd.DataFrame({"x": range(6000)})).mark_point().encode(x="x")
+    out = bundle(big, 1.0)
+    assert out["image/png"] and '"x": 5999' in out["text/html"]
+    with pytest.raises(alt.MaxRowsError):
+        big.to_dict()
