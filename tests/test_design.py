@@ -321,6 +321,12 @@ def test_claim_2_reads_for_every_outcome_and_names_the_tasks_left_out(verdict, r
     c2 = {"verdict": verdict, "reason": reason, "signs": {"sst2": "more", "mrpc": "none"}, "underpowered": ["mrpc"]}
     text = study_figures.claim2_sentence(c2, ["sst2", "mrpc", "rte"])
     assert words in text and text.endswith("RTE is not compared (not in the claims, or no drift yet).")
+    text = study_figures.claim2_sentence({**c2, "signs": {"sst2": "more"}}, ["sst2", "mrpc", "rte"], ["sst2", "rte"])
+    assert text.endswith(" MRPC is not compared: a labelled control (not both methods beat the trivial baseline with "
+                         "their interval). RTE is not compared: without drift results yet.")
+    text = study_figures.claim2_sentence({**c2, "signs": {"sst2": "more"}}, ["sst2", "mrpc", "rte"], ["sst2"])
+    assert text.endswith(" MRPC and RTE are not compared: labelled controls (not both methods beat the trivial "
+                         "baseline with their interval).")
 
 
 def test_the_sweep_sentence_orders_rates_and_reads_accuracy_per_rate():
@@ -369,6 +375,9 @@ def test_the_flag_sentence_names_depth_ranges_and_models_per_method():
     assert "the last token is flagged at the final norm in some model (1 LoRA model, at one depth or more)" in text
     assert "lora-r64" not in text
     assert "no model of full FT and LoRA is flagged" in study_figures.flag_sentence(D.assign(top_share=0.1), 0.5, ["full", "lora"])
+    two = pd.concat([D.assign(task="sst2"), D.assign(task="rte", model=D.model + "-rte")])
+    text = study_figures.flag_sentence(two, 0.5, ["full", "lora"])
+    assert "(SST-2: 1 full FT model and 1 LoRA model; RTE: 1 full FT model and 1 LoRA model, at one depth or more)" in text
 
 
 def test_claim_4_words_state_the_threshold_the_verdict_uses():

@@ -347,8 +347,9 @@ def matched_sentence(m: dict, what: str, unit: str) -> str:
 WAY = {"more": "full FT drifts more", "less": "LoRA drifts more", "none": "no difference established"}
 
 
-def claim2_sentence(c2: dict, tasks: list[str]) -> str:
-    """Claim 2's verdict (`design.drift_claims`) in words, naming the tasks it could not compare."""
+def claim2_sentence(c2: dict, tasks: list[str], in_claims: list[str] | None = None) -> str:
+    """Claim 2's verdict (`design.drift_claims`) in words, naming the tasks it could not compare and why:
+    a labelled control (not in ``in_claims``: it did not learn) or no drift results yet."""
     from .report import listing
     per = "; ".join(f"{task_name(t)}: {WAY[w]}" for t, w in c2["signs"].items())
     at = "at the first endpoint's pooling, measure and depth"
@@ -362,8 +363,15 @@ def claim2_sentence(c2: dict, tasks: list[str]) -> str:
                           "none": f"Not decided: no task differs significantly {at} ({per})."}.get(c2["reason"], "")
             }[c2["verdict"]]
     absent = [t for t in tasks if t not in c2["signs"]]
-    return text + ("" if not absent else f" {listing(map(task_name, absent))} {'is' if len(absent) == 1 else 'are'} "
-                   "not compared (not in the claims, or no drift yet).")
+    if in_claims is None:
+        return text + ("" if not absent else f" {listing(map(task_name, absent))} {'is' if len(absent) == 1 else 'are'} "
+                       "not compared (not in the claims, or no drift yet).")
+    why = {"labelled control": [t for t in absent if t not in in_claims], "drift": [t for t in absent if t in in_claims]}
+    words = {"labelled control": lambda n: (f"{'a labelled control' if n == 1 else 'labelled controls'} (not both "
+                                            "methods beat the trivial baseline with their interval)"),
+             "drift": lambda n: "without drift results yet"}
+    return text + "".join(f" {listing(map(task_name, ts))} {'is' if len(ts) == 1 else 'are'} not compared: "
+                          f"{words[k](len(ts))}." for k, ts in why.items() if ts)
 
 
 def size_note(runs, tasks: list[str], compare: list[str]) -> str:
@@ -475,8 +483,11 @@ def flag_sentence(diagnostics, threshold: float, methods: list[str], poolings=("
         if not len(g):
             parts.append(f"the {POOLING_LABELS[p]} is never flagged")
             continue
-        per = listing(plural(g[g.method == m].model.nunique(), f"{method_label(m)} model") for m in methods
-                      if (g.method == m).any())
+        def count(h):
+            return listing(plural(h[h.method == m].model.nunique(), f"{method_label(m)} model") for m in methods
+                           if (h.method == m).any())
+        tasks = list(dict.fromkeys(g.task)) if "task" in g else []
+        per = count(g) if len(tasks) < 2 else "; ".join(f"{task_name(t)}: {count(g[g.task == t])}" for t in tasks)
         inner = g[g.depth_name != "final_norm"].depth
         where = listing(([f"depths {_ranges(inner)}"] if len(inner) else [])
                         + (["the final norm"] if "final_norm" in set(g.depth_name) else []))
