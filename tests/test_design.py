@@ -404,3 +404,16 @@ def test_learning_curve_sentences_read_the_last_step_against_the_slice_noise():
     two_se = 2 * math.sqrt(0.56 * 0.44 / 300)
     assert f"-0.100 against twice the slice's binomial standard error, {two_se:.3f}: falling" in rte
     assert "LoRA has one size so far (500 examples: 0.500)" in rte and rte.startswith(", validation accuracy")
+
+
+def test_the_controls_sentence_reads_the_tasks_outside_the_claims():
+    from loradrift import study_figures
+    study = pd.DataFrame([{"task": t, "method": m, "drift": d, "perm_p": p}
+                          for t, m, d, p in (("sst2", "full", 0.85, 1e-5), ("sst2", "lora", 0.44, 1e-5),
+                                             ("mrpc", "full", 0.62, 0.1), ("mrpc", "lora", 0.28, 0.1),
+                                             ("rte", "full", 0.31, float("nan")), ("rte", "lora", 0.15, float("nan")))])
+    text = study_figures.controls_sentence(study, ["sst2"])
+    assert "SST-2" not in text and "MRPC, full FT 0.62 and LoRA 0.28 (exact permutation p = 0.1); RTE, full FT 0.31 " \
+        "and LoRA 0.15." in text
+    assert study_figures.controls_sentence(study, ["sst2", "mrpc", "rte"]) == ""
+    assert study_figures.controls_sentence(study.assign(drift=float("nan")), ["sst2"]) == ""

@@ -479,3 +479,16 @@ def test_study_time_projects_the_units_not_done_from_the_done_ones(tiny_profile,
     assert tr["projected_from_other_tasks"] == n_sst2_full
     # mrpc trains on its whole split, whose size data_stats does not give here; LoRA has no done unit
     assert tr["not_projected"] == len(units(prof)) - 3 - n_sst2_full
+
+
+def test_the_headline_puts_every_task_on_the_first_endpoints_scale():
+    import pandas as pd
+    cfg = {"primary": [{"task": "sst2", "pooling": "last", "measure": "debiased_cka", "depth": "final_norm"},
+                       {"task": "sst2", "pooling": "masked", "measure": "debiased_cka", "depth": "final_norm"},
+                       {"task": "rte", "pooling": "masked", "measure": "cka", "depth": "mean"}]}
+    registered = pd.DataFrame(columns=["family"])
+    assert findings._headline_endpoint(cfg, "sst2", registered) == ("last", "debiased_cka", "final_norm")
+    assert findings._headline_endpoint(cfg, "rte", registered) == ("masked", "cka", "mean")         # its own
+    assert findings._headline_endpoint(cfg, "mrpc", registered) == ("last", "debiased_cka", "final_norm")  # the first
+    assert findings._headline_endpoint(cfg, "mrpc", pd.DataFrame()) == ("masked", "cka", "final_norm")  # before registration
+    assert findings._headline_endpoint({}, "mrpc", registered) == ("masked", "cka", "final_norm")

@@ -294,13 +294,12 @@ def outdated(prof=None) -> dict:
 
 # ---------------------------------------------------------------------------- the preface's headline
 def _headline_endpoint(cfg: dict, task: str, tests) -> tuple[str, str, str]:
-    """(pooling, measure, depth) the preface quotes for a task: its first pre-registered primary endpoint
-    when the results have one, else (results from before the registration) masked-mean 1 - CKA at the final norm."""
-    if "family" in tests:
-        for e in cfg.get("primary") or []:
-            if e["task"] == task:
-                return e["pooling"], e["measure"], e["depth"]
-    return "masked", "cka", "final_norm"
+    """(pooling, measure, depth) the preface quotes for a task: its first pre-registered primary endpoint; for
+    a task without one, the first endpoint's pooling, measure and depth (every row on one scale); for results
+    from before the registration, masked-mean 1 - CKA at the final norm."""
+    primary = (cfg.get("primary") or []) if "family" in tests else []
+    e = next((e for e in primary if e["task"] == task), primary[0] if primary else None)
+    return (e["pooling"], e["measure"], e["depth"]) if e else ("masked", "cka", "final_norm")
 
 
 def headline_study(prof=None):

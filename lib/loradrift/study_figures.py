@@ -295,6 +295,26 @@ def _k_of_n(k: int, n: int) -> str:
     return "the one" if n == 1 else f"all {n}" if k == n else f"{k} of the {n}"
 
 
+def controls_sentence(study, in_claims: list[str]) -> str:
+    """The preface's line on the tasks outside the drift claims (``findings.headline_study`` rows): the same
+    endpoint's drift of the two compared methods per task, the seeds and the exact permutation p, said to
+    be no evidence; "" where every task with drift is in the claims."""
+    if study is None or not len(study):
+        return ""
+    parts = []
+    for task, g in study[~study.task.isin(in_claims) & study.drift.notna()].groupby("task", sort=False):
+        if len(g) < 2:
+            continue
+        a, b = g.iloc[0], g.iloc[1]
+        p = "" if g.perm_p.isna().all() else f" (exact permutation p = {g.perm_p.iloc[0]:.2g})"
+        parts.append(f"{task_name(task)}, {method_label(a.method)} {a.drift:.2f} and {method_label(b.method)} "
+                     f"{b.drift:.2f}{p}")
+    if not parts:
+        return ""
+    return ("On the labelled controls, where not both methods beat the trivial baseline, the same endpoint reads: "
+            + "; ".join(parts) + ". They are shown, not counted in the claims.")
+
+
 def rq1_answer(c1: dict, task: str) -> str:
     """Claim 1's verdict (`design.drift_claims`) as the answer to RQ1, on ``task`` (its display name)."""
     k, n = c1["significant"], c1["n"]
