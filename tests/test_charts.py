@@ -97,8 +97,10 @@ def test_printed_size_is_the_shrink_to_the_text_width():
 
 def _legend(chart) -> tuple[list[str], set[str]]:
     """The opacity of each legend symbol and the legends' labels, from the chart's SVG."""
+    import altair as alt
     import vl_convert as vlc
-    svg = vlc.vegalite_to_svg(chart.to_dict())
+    with alt.data_transformers.disable_max_rows():   # as charts.bundle shows them: the per-depth chart has ~6,000 rows
+        svg = vlc.vegalite_to_svg(chart.to_dict())
     labels = set(re.findall(r'role-legend-label.*?<text[^>]*>([^<]+)</text>', svg))
     return re.findall(r'role-legend-symbol.*?<path[^>]*?opacity="([^"]+)"', svg), labels
 
