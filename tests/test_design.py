@@ -417,3 +417,16 @@ def test_the_controls_sentence_reads_the_tasks_outside_the_claims():
         "and LoRA 0.15." in text
     assert study_figures.controls_sentence(study, ["sst2", "mrpc", "rte"]) == ""
     assert study_figures.controls_sentence(study.assign(drift=float("nan")), ["sst2"]) == ""
+
+
+def test_the_learning_curve_chart_draws_each_task_in_its_own_panel():
+    """Every layer takes the facet's rows (a layer with data of its own is drawn whole in every panel) and
+    validation is the solid line, as the caption says."""
+    from loradrift import study_figures
+    lc = pd.DataFrame([{"task": t, "method": m, "train_size": n, "seed": 0, "val_score": 0.7, "test_score": 0.6}
+                       for t in ("sst2", "rte") for m in ("full", "lora") for n in (250, 500)])
+    base = pd.DataFrame([{"task": t, "baseline": "majority", "accuracy": 0.5, "f1": 0.6} for t in ("sst2", "rte")])
+    spec = study_figures.learning_curve_chart(lc, base).to_dict()
+    assert "facet" in spec and all("data" not in layer for layer in spec["spec"]["layer"])
+    dash = spec["spec"]["layer"][0]["encoding"]["strokeDash"]["scale"]
+    assert dash["domain"][0] == "validation" and dash["range"][0] == [1, 0]

@@ -44,23 +44,26 @@ def learning_curve_chart(lc, baselines):
     """Validation metric (solid) and test metric (dashed) against training-set size, per task; the
     grey rule is the task's best trivial baseline on the test split."""
     import altair as alt
-    import pandas as pd
     from .design import best_baseline
     from .tasks import task_metric
     df = lc.assign(task=lc.task.map(task_name), method=lc.method.map(method_label)).melt(
         id_vars=["task", "method", "train_size"], value_vars=["val_score", "test_score"], var_name="split",
         value_name="score")
     df["split"] = df.split.map({"val_score": "validation", "test_score": "test"})
-    base = pd.DataFrame([{"task": task_name(t), "baseline": best_baseline(baselines, t, task_metric(t))[0]}
-                         for t in lc.task.unique()])
-    lines = alt.Chart(df).mark_line(point=True).encode(
+    # one frame for every layer, so that each task's panel holds its own rows (layers with data of their own
+    # are drawn whole in every panel of a facet)
+    base = {task_name(t): best_baseline(baselines, t, task_metric(t))[0] for t in lc.task.unique()}
+    df["baseline"] = df.task.map(base)
+    lines = alt.Chart().mark_line(point=True).encode(
         x=alt.X("train_size:Q", scale=alt.Scale(type="log"), title="training examples"),
         y=alt.Y("score:Q", scale=alt.Scale(zero=False), title="metric (F1 for MRPC, else accuracy)"),
-        color=alt.Color("method:N", title="method"), strokeDash=alt.StrokeDash("split:N", title="split"),
+        color=alt.Color("method:N", title="method"),
+        strokeDash=alt.StrokeDash("split:N", title="split", legend=alt.Legend(symbolType="stroke", symbolStrokeColor="gray"),
+                                  scale=alt.Scale(domain=["validation", "test"], range=[[1, 0], [5, 3]])),
         tooltip=["task", "method", "split", "train_size", alt.Tooltip("score:Q", format=".3f")])
-    rule = alt.Chart(base).mark_rule(color="grey").encode(y="baseline:Q")
-    return alt.layer(lines, rule).properties(width=190, height=170).facet(
-        column=alt.Column("task:N", title=None), data=df)
+    rule = alt.Chart().mark_rule(color="grey").encode(y="min(baseline):Q")
+    return alt.layer(lines, rule, data=df).properties(width=190, height=170).facet(
+        column=alt.Column("task:N", title=None))
 
 
 def learning_curve_sentences(lc, prof: dict) -> str:
