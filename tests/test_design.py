@@ -430,3 +430,7 @@ def test_the_learning_curve_chart_draws_each_task_in_its_own_panel():
     assert "facet" in spec and all("data" not in layer for layer in spec["spec"]["layer"])
     dash = spec["spec"]["layer"][0]["encoding"]["strokeDash"]["scale"]
     assert dash["domain"][0] == "validation" and dash["range"][0] == [1, 0]
+    D = pd.DataFrame([{"task": t, "pooling": "masked", "depth": d, "depth_name": f"layer_{d}", "base_share": 0.5,
+                       "base_corr": 0.1} for t in ("sst2", "rte") for d in (0, 1)])
+    spec = study_figures.dominance_chart(D, 0.5).to_dict()
+    assert "facet" in spec and all("data" not in layer for layer in spec["spec"]["layer"])

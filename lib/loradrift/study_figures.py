@@ -220,14 +220,15 @@ def dominance_chart(D, threshold: float):
     threshold: above it, one coordinate decides what any measure of that input reports."""
     import altair as alt
     import pandas as pd
-    d = D.assign(task=D.task.map(task_name), pooling=D.pooling.map(lambda p: POOLING_LABELS.get(p, p)))
-    enc = dict(x=alt.X("depth:Q", title="depth (0 = embedding, last = final norm)", axis=alt.Axis(tickMinStep=1)),
+    d = D.assign(task=D.task.map(task_name), pooling=D.pooling.map(lambda p: POOLING_LABELS.get(p, p)), t=threshold)
+    enc = dict(x=alt.X("depth:Q", title="depth", axis=alt.Axis(tickMinStep=1)),
                y=alt.Y("base_share:Q", title="top coordinate's share of variance", scale=alt.Scale(domain=[0, 1])))
-    lines = alt.Chart(d).mark_line(point=True).encode(
+    # every layer takes the facet's rows: a layer with data of its own is drawn whole in every task's panel
+    lines = alt.Chart().mark_line(point=True).encode(
         **enc, color=alt.Color("pooling:N", title="pooling"),
         tooltip=["task", "pooling", "depth_name", alt.Tooltip("base_share:Q", format=".3f"),
                  alt.Tooltip("base_corr:Q", title="corr. with 1/length", format=".2f")])
-    rule = alt.Chart(pd.DataFrame({"t": [threshold]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="t:Q")
+    rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="grey").encode(y="min(t):Q")
     return alt.layer(lines, rule, data=d).properties(width=220, height=170).facet(
         column=alt.Column("task:N", title=None)).configure_legend(orient="bottom")
 
@@ -249,7 +250,6 @@ VERDICT_WORDS = {
 def claims_table(rq1: dict, c5, c6, original: dict):
     """The original's claims 1-6 and what this study concludes: 1-4 from `design.drift_claims`, 5 and 6
     from `design.claim_5` / `design.claim_6` (``original``: `design.ORIGINAL_RQ1`)."""
-    import pandas as pd
     rows = [{"claim": n, "the original": original[n], "verdict here": VERDICT_WORDS[n].get(rq1[n]["verdict"], rq1[n]["verdict"])}
             for n in sorted(rq1)]
     rows[0]["verdict here"] += "; at matched accuracy: " + MATCHED_WORDS[rq1[1]["matched_direction"]]
