@@ -219,7 +219,6 @@ def dominance_chart(D, threshold: float):
     (`drift.findings.dominance`), one line per pooling, a panel per task; the dashed rule is the flag's
     threshold: above it, one coordinate decides what any measure of that input reports."""
     import altair as alt
-    import pandas as pd
     d = D.assign(task=D.task.map(task_name), pooling=D.pooling.map(lambda p: POOLING_LABELS.get(p, p)), t=threshold)
     enc = dict(x=alt.X("depth:Q", title="depth", axis=alt.Axis(tickMinStep=1)),
                y=alt.Y("base_share:Q", title="top coordinate's share of variance", scale=alt.Scale(domain=[0, 1])))
@@ -250,6 +249,7 @@ VERDICT_WORDS = {
 def claims_table(rq1: dict, c5, c6, original: dict):
     """The original's claims 1-6 and what this study concludes: 1-4 from `design.drift_claims`, 5 and 6
     from `design.claim_5` / `design.claim_6` (``original``: `design.ORIGINAL_RQ1`)."""
+    import pandas as pd
     rows = [{"claim": n, "the original": original[n], "verdict here": VERDICT_WORDS[n].get(rq1[n]["verdict"], rq1[n]["verdict"])}
             for n in sorted(rq1)]
     rows[0]["verdict here"] += "; at matched accuracy: " + MATCHED_WORDS[rq1[1]["matched_direction"]]
