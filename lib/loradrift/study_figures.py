@@ -78,7 +78,8 @@ def learning_curve_sentences(lc, prof: dict) -> str:
         n_val = (prof["data"].get("tasks") or {}).get(task, {}).get("validation_size")
         parts = []
         for m, r in lc[lc.task == task].groupby("method"):
-            sizes, val = r.sort_values("train_size").train_size.to_list(), r.sort_values("train_size").val_score.to_list()
+            r = r.sort_values("train_size")
+            sizes, val = r.train_size.to_list(), r.val_score.to_list()
             if len(sizes) < 2:
                 parts.append(f"{method_label(m)} has one size so far ({sizes[0]:,} examples: {val[0]:.3f})")
                 continue

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import math
 
+from ..report import at_least, listing, pct
 from ..tasks import task_name as task_label
-from .findings import (CLAIMS, EQUIVALENT, against_original, claim, controls, correctness_summary, cost_table,
-                       has_latency, mixed_serving, resolution, storage_mb, timing_error)
-
-RESOLUTION_TARGET = 0.02     # the A/A interval's target reach from 1 ...
-TARGET_BATCHES = (1, 32)     # ... at these batch sizes
-from ..report import listing
+from .findings import (CLAIMS, EQUIVALENT, against_original, call_share, claim, compare, controls,
+                       correctness_summary, cost_table, extra_calls, has_latency, mixed_serving, resolution,
+                       storage_mb, timing_error)
 from .modes import MODES
 
 NA = "n/a"
+RESOLUTION_TARGET = 0.02     # the A/A interval's target reach from 1 ...
+TARGET_BATCHES = (1, 32)     # ... at these batch sizes
 
 
 def num(x, spec: str, suffix: str = "", na: str = NA) -> str:
@@ -129,7 +129,6 @@ def storage_table(D):
 
 
 def correctness_table(D):
-    from ..report import pct
     c = D["correctness"].assign(prediction_agreement=lambda d: d.prediction_agreement.map(pct))
     return c[["mode", "reference", "stream", "task", "batch_size", "n", "prediction_agreement",
                              "max_abs_dlogit", "kind", "passed"]].rename(columns={
@@ -174,6 +173,8 @@ WHAT = {7: "the unmerged adapter took {r} of the fully fine-tuned model's time",
         8: "the merged adapter took {r} of the fully fine-tuned model's time",
         9: "one base holding every adapter, switching adapters between task-homogeneous batches, took {r} of the "
            "time of a single-adapter model per task"}
+CLAIM_SHORT = {7: "an unmerged adapter adds 37.5%", 8: "merged costs what full costs",
+               9: "many adapters cost under 1% more, with identical predictions"}
 
 
 def _measured(m: dict) -> str:
@@ -211,6 +212,11 @@ GOAL_WORDS = {"met": "the goal of {g} at batch size {b} is met",
               "other batch size": "the goal ({g} at batch size {b}) could not be judged: that batch size was not measured"}
 
 
+def _goal(m: dict) -> str:
+    """Where ``mixed_serving``'s result stands against its goal, in words."""
+    return GOAL_WORDS[m["goal_state"]].format(g=f"{m['goal']:.1f}×", b=m["goal_batch"])
+
+
 def mixed_paragraph(D) -> str:
     """The mixed-adapter serving result for the chapter's prose: throughput against a merged model per task
     and the goal, against task-homogeneous batches, latency, padding, and the batched LoRA path."""
@@ -218,7 +224,7 @@ def mixed_paragraph(D) -> str:
     if m is None:
         return "Mixed-adapter serving was not measured on this profile."
     res = pm_pct(m["resolution"]) if not math.isnan(m["resolution"]) else "not measured"
-    goal = GOAL_WORDS[m["goal_state"]].format(g=f"{m['goal']:.1f}×", b=m["goal_batch"])
+    goal = _goal(m)
     out = [f"On the same interleaved stream of every task, at batch size {m['batch_size']}, length-bucketed "
            f"mixed-adapter batches served {interval(m['throughput_ratio'], *m['ci'], digits=2)} the throughput of a "
            f"merged model per task (A/A resolution {res}; cost model {m['predicted']:.2f}×): {goal}."]
@@ -279,7 +285,6 @@ def storage_paragraph(D) -> str:
 
 def correctness_paragraph(D) -> str:
     """Checks passed of checks run; the merged model's lowest agreement and largest |Δlogit|."""
-    from ..report import at_least
     if not has_latency(D) or D["correctness"].empty:
         return "No correctness check has run on this profile."
     c = correctness_summary(D)
@@ -314,7 +319,6 @@ def vllm_text(D) -> dict[str, str]:
 def _grouped(pairs: list[tuple[str, int]]) -> str:
     """[("lora / merged", 1), ("lora / merged", 32), ("mixed / multi", 1)] as 'lora / merged (batch sizes 1 and 32)
     and mixed / multi (batch size 1)'."""
-    from ..report import listing
     sizes: dict[str, set[int]] = {}
     for name, bs in pairs:
         sizes.setdefault(name, set()).add(bs)
@@ -353,8 +357,6 @@ def cost_paragraph(D) -> str:
 def cpu_paragraph(D) -> str:
     """What the cost model's split says about this machine: the share of the fully fine-tuned model's time
     that operator calls take at each batch size, and the unmerged adapter's extra calls per forward."""
-    from ..report import pct
-    from .findings import call_share, extra_calls
     share = call_share(D) if has_latency(D) else {}
     if not share:
         return "How this machine's time splits between operator calls and arithmetic was not measured on this profile."
@@ -379,7 +381,6 @@ def rq2_answer(D) -> str:
     what an unmerged adapter costs against the fully fine-tuned model (batch size 1 and the largest measured)
     and merged, the A/A resolution, the verdicts on the original's claims 7-9 in the chapter's words, one base
     with many adapters, mixed-adapter batching against its goal, and storage."""
-    from .findings import compare
     if not has_latency(D):
         return "Not measured yet on this profile: the serving benchmark has not run."
     env = D["meta"].get("environment", {})
@@ -409,16 +410,12 @@ def rq2_answer(D) -> str:
                    f"({interval(m['ratio'], *m['ci'])}).")
     x = mixed_serving(D)
     if x is not None:
-        goal = GOAL_WORDS[x["goal_state"]].format(g=f"{x['goal']:.1f}×", b=x["goal_batch"])
         out.append(f"Batching requests of different tasks together by length served "
                    f"{interval(x['throughput_ratio'], *x['ci'], digits=2)} the throughput of a merged model per task "
-                   f"at batch size {x['batch_size']}: {goal}.")
+                   f"at batch size {x['batch_size']}: {_goal(x)}.")
     st = storage_mb(D)
     if not math.isnan(st["adapter"]) and not math.isnan(st["full"]):
         out.append(f"On disk an adapter takes {st['adapter']:.2f} MiB against {st['full']:.1f} MiB for a fully "
                    f"fine-tuned model ({st['full'] / st['adapter']:.0f}× smaller).")
     return " ".join(out) or "The serving benchmark ran, but none of its comparisons answers RQ2 on this profile."
 
-
-CLAIM_SHORT = {7: "an unmerged adapter adds 37.5%", 8: "merged costs what full costs",
-               9: "many adapters cost under 1% more, with identical predictions"}
