@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -359,3 +360,76 @@ def test_setup_reruns_a_sanity_check_recorded_for_another_task(tiny_profile, mon
                                                      "lora": {"task": "rte", "final_loss": 0.02, "passed": True}})
     stages.run_setup(prof)
     assert calls == ["lora"]   # full's check is of sst2 already; lora's was of rte
+
+
+def _evaluations(monkeypatch):
+    """Count the Trainer's evaluation passes (during training and after) by the step they ran at."""
+    import transformers
+    real, calls = transformers.Trainer.evaluate, []
+
+    def counting(self, *a, **k):
+        calls.append((self.state.global_step, k.get("metric_key_prefix", "eval")))
+        return real(self, *a, **k)
+    monkeypatch.setattr(transformers.Trainer, "evaluate", counting)
+    return calls
+
+
+def _off_schedule(tiny_profile, **training):
+    """10 steps with an evaluation every 4 (32 examples, batch 8, 2.5 epochs): training ends off schedule."""
+    prof = load_profile(str(tiny_profile))
+    prof["training"]["common"].update(evals_per_epoch=1, early_stopping_patience=1000, **training)
+    prof["methods"]["full"]["num_train_epochs"] = 2.5
+    return prof
+
+
+@pytest.mark.parametrize("at_end, steps", [(None, [4, 8, 10]), (True, [4, 8, 10]), (False, [4, 8])])
+def test_eval_at_end_decides_the_extra_final_evaluation(tiny_profile, monkeypatch, at_end, steps):
+    extra = {} if at_end is None else {"eval_at_end": at_end}
+    calls = _evaluations(monkeypatch)
+    rec = train_unit(_off_schedule(tiny_profile, **extra), "rte", "full", 0, force=True)
+    assert rec["steps"] == 10
+    assert [s for s, prefix in calls if prefix == "eval"] == steps
+    assert [c["step"] for c in rec["curves"]["validation"]] == steps
+    # the validation record is the kept weights' own evaluation, not a second pass over the slice
+    assert [prefix for _, prefix in calls if prefix != "eval"] == []
+    assert ("eval_at_end" in rec["config"]["training"]) == (at_end is not None)
+
+
+def test_recorded_validation_is_a_reevaluation_of_the_kept_weights(tiny_profile, monkeypatch):
+    from loradrift import train as tr
+    kept = {}
+    real_score = tr._score
+
+    def scoring(prof, cfg, trainer, enc, last):
+        kept["again"] = trainer.evaluate(enc["validation"], metric_key_prefix="validation")
+        return real_score(prof, cfg, trainer, enc, last)
+    monkeypatch.setattr(tr, "_score", scoring)
+    rec = train_unit(_off_schedule(tiny_profile), "rte", "full", 0, force=True)
+    v, again = rec["validation"], kept["again"]
+    assert v["best_step"] in (4, 8, 10) and v[v["metric"]] == v["best"]
+    assert (v["accuracy"], v["f1"]) == (again["validation_accuracy"], again["validation_f1"])
+    assert v["loss"] == pytest.approx(again["validation_loss"], rel=1e-6)
+
+
+def test_no_resume_checkpoint_within_the_last_evaluation_interval(tiny_profile, monkeypatch):
+    import transformers
+    from loradrift.trainer import counting_trainer_class
+    cls = counting_trainer_class()
+    real, seen = cls._save_checkpoint, []
+
+    def recording(self, *a, **k):   # the checkpoints on disk after each save the Trainer asks for
+        out = real(self, *a, **k)
+        seen.append((self.state.global_step, sorted(p.name for p in Path(self.args.output_dir).glob("checkpoint-*"))))
+        return out
+    monkeypatch.setattr(cls, "_save_checkpoint", recording)
+    monkeypatch.setattr("loradrift.train.counting_trainer_class", lambda: cls)
+    prof = _off_schedule(tiny_profile)
+    prof["methods"]["full"]["num_train_epochs"] = 3.5       # 14 steps: saves due at 4, 8 and 12
+    prof["run"] = {"checkpoint_every_evals": 1}
+    rec = train_unit(prof, "rte", "full", 0, force=True)
+    assert rec["steps"] == 14
+    # 12 is 2 steps from the end, less than one evaluation interval (4): the checkpoint of step 8 stays
+    # saves asked at 4, 8, 12 and at the end (14, refused: training stops there); none is written for 12
+    assert [step for step, _ in seen] == [4, 8, 12, 14]
+    assert "checkpoint-8" in seen[1][1] and seen[2][1] == seen[1][1] == seen[3][1]
+    assert transformers.Trainer._save_checkpoint is not recording

@@ -31,7 +31,8 @@ from .store import result_path as _result_path
 from .data import study_splits, tokenize, tokenize_original_eval
 from .tasks import get_task, task_metric
 from .models import build_for_training, parameter_counts
-from .trainer import _stop_when_fit, best_weights, checkpoint_problem, counting_trainer_class, precision
+from .trainer import (_no_eval_at_end, _stop_when_fit, best_weights, checkpoint_problem, counting_trainer_class,
+                      precision)
 from . import tracking
 
 
@@ -258,6 +259,8 @@ def _fit(prof: dict, cfg: dict, force: bool, glue_source):
                    *tracking.trainer_callbacks()])
     trainer.best = best = best_weights(model, args.metric_for_best_model, args.greater_is_better)
     trainer.add_callback(best)
+    if not cfg["training"].get("eval_at_end", True):
+        trainer.add_callback(_no_eval_at_end())
     last = _resume_point(ck_dir, rid)
     if last:
         print(f"[{rid}] resuming from {last}")
@@ -288,11 +291,19 @@ def _original_eval(trainer, enc: dict) -> dict | None:
             "n": len(enc["test_original"]), **_class_shares(pred.predictions)}
 
 
+def _best_validation(trainer) -> dict | None:
+    """The validation metrics of the kept weights, as their evaluation during training logged them (the same
+    weights on the same slice: re-evaluating them would repeat a whole pass); None when no evaluation ran."""
+    step = trainer.best.step
+    row = next((r for r in reversed(trainer.state.log_history) if r.get("step") == step and "eval_loss" in r), None)
+    return None if row is None else {f"validation_{k}": row[f"eval_{k}"] for k in ("accuracy", "f1", "loss")}
+
+
 def _score(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
-    """Score the kept (best) weights on the validation slice and the test split: the unit's result record
-    (every count covers the whole unit, resumed or not)."""
+    """Score the kept (best) weights on the test split (their validation metrics are those of the evaluation
+    that chose them): the unit's result record (every count covers the whole unit, resumed or not)."""
     task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
-    val = trainer.evaluate(enc["validation"], metric_key_prefix="validation")
+    val = _best_validation(trainer) or trainer.evaluate(enc["validation"], metric_key_prefix="validation")
     pred = trainer.predict(enc["test"], metric_key_prefix="test")
     test, shares = pred.metrics, _class_shares(pred.predictions)
     hist, state = trainer.state.log_history, trainer.state

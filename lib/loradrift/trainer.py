@@ -54,6 +54,10 @@ def counting_trainer_class():
                 # training ends at this step: a checkpoint would resume nothing (and a resumed Trainer forgets the
                 # stop and trains on); an interrupted unit replays from its previous checkpoint instead
                 return None
+            if 0 < self.state.max_steps - self.state.global_step < int(self.args.eval_steps or 0):
+                # less than one evaluation interval is left: writing model and optimizer (three copies of the
+                # weights for full fine-tuning) would cost more than replaying that interval after a crash
+                return None
             best = getattr(self, "best", None)  # the BestWeights callback, when the unit keeps best weights
             if best is not None:
                 best.save_into(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")
@@ -208,6 +212,19 @@ def best_weights(model, metric: str, greater_is_better: bool = True) -> "_BestWe
     from transformers import TrainerCallback
     cls = type("BestWeights", (_BestWeights, TrainerCallback), {})
     return cls(model, metric, greater_is_better)
+
+
+def _no_eval_at_end():
+    """A callback that cancels the Trainer's extra evaluation when training ends between two scheduled ones
+    (``training.eval_at_end: false``): it scores weights a few steps past the last scheduled evaluation,
+    costs a whole pass over the validation slice, and can change which weights a unit keeps."""
+    from transformers import TrainerCallback
+
+    class NoEvalAtEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= state.max_steps and state.eval_steps and state.global_step % state.eval_steps:
+                control.should_evaluate = False
+    return NoEvalAtEnd()
 
 
 def _stop_when_fit(threshold: float, window: int = 3):
