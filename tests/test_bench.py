@@ -42,6 +42,57 @@ def test_bench_runs_on_the_tiny_profile_and_is_cached(tiny_profile, capsys):
     assert bench.run_bench(prof)["key"] == out["key"] and "current" in capsys.readouterr().out
     prof["bench"]["batches"] = 3
     assert bench.run_bench(prof)["throughput"][0]["batches"] == 3  # a changed setting re-measures
+    # every listed task is timed, and each trained method's step is profiled on each task's batches
+    prof["bench"].update(tasks=["rte", "sst2"], profile_steps=1)
+    out = bench.run_bench(prof)
+    assert out["tasks"] == ["rte", "sst2"] and out["task"] == "rte"
+    assert {(r["task"], r["method"]) for r in out["throughput"]} == \
+        {(t, m) for t in ("rte", "sst2") for m in ("full", "lora", "extract")}
+    assert {(r["task"], r["method"], r["steps"]) for r in out["step_profile"]} == \
+        {(t, m, 1) for t in ("rte", "sst2") for m in ("full", "lora")}
+    assert out["levers"] is None
+
+
+def test_operator_groups():
+    assert bench.op_group("aten::mm") == bench.op_group("aten::addmm") == "matrix products"
+    assert bench.op_group("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
+    assert bench.op_group("aten::_fused_adamw_") == bench.op_group("Optimizer.step#AdamW.step") == "optimizer"
+    assert bench.op_group("aten::_to_copy") == bench.op_group("aten::copy_") == "casts and copies"
+    # near names are not matrix products: mm is matched whole, not as a prefix
+    assert bench.op_group("aten::mm_backward_like") == bench.op_group("aten::mul") == "other"
+    assert bench.op_group("autograd::engine::evaluate_function: MmBackward0") == "other"
+
+
+def test_step_profile_shares_and_the_matrix_products_rate(tiny_model):
+    import torch
+    model = load_classifier(str(tiny_model), "float32", 2)
+    ids = torch.full((4, 12), 5)
+    data = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 0, 1])}] * 3
+    r = bench.step_profile(model, data, "full", "fp32", ceiling=1.0)
+    assert r["steps"] == 2 and set(r["shares"]) == {"matrix products", "attention", "optimizer",
+                                                      "casts and copies", "other"}
+    assert sum(r["shares"].values()) == pytest.approx(1.0)
+    assert r["shares"]["matrix products"] > 0 and r["shares"]["optimizer"] > 0
+    # the matrix products' FLOPs the profiler counts are the hand count: every linear layer (the score head
+    # too: it scores every position) in the forward pass, the activations' gradients and the weights' gradients
+    n, _ = bench.linear_weights(model)
+    assert r["matmul_flops"] == 2 * 3 * (2 * n * 4 * 12)
+    assert r["matmul_fraction_of_ceiling"] == pytest.approx(r["matmul_gflops"])  # against a ceiling of 1 GFLOP/s
+
+
+def test_levers_run_in_fresh_processes_side_by_side(tiny_profile):
+    prof = load_profile(str(tiny_profile))
+    rows = bench.levers(prof, "sst2", "full", "fp32", n_batches=2, threads=1, budget_s=300,
+                        which=("eager", "pinned", "eager"))
+    assert [r["lever"] for r in rows] == ["eager", "pinned", "eager"]
+    assert all(r["tokens_per_s"] > 0 and r["batches"] == 2 for r in rows)
+    assert rows[1]["env"] == {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"} and rows[0]["env"] == {}
+    eager = (rows[0]["tokens_per_s"] + rows[2]["tokens_per_s"]) / 2
+    assert rows[1]["vs_eager"] == pytest.approx(rows[1]["tokens_per_s"] / eager)
+    # a probe past its budget is recorded as such, not waited for
+    late = bench.levers(prof, "sst2", "full", "fp32", n_batches=2, threads=1, budget_s=0.5, which=("compiled",))
+    assert late[0]["error"] == "not finished in 0 s" or late[0]["error"].startswith("not finished in")
+    assert late[0]["vs_eager"] is None and late[0]["process_s"] < 30
 
 
 def test_throughput_counts_flops_per_real_token(tiny_model, monkeypatch):

@@ -115,7 +115,8 @@ def throughput(model, data: list[dict], mode: str, precision: str, lr: float = 1
     """Real tokens/s and FLOP/s of training steps (forward, backward, AdamW) or of extraction forwards."""
     train = mode != "extract"
     model.train(train)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr) if train else None
+    # the Trainer's optimizer (transformers' default optim, adamw_torch_fused)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True) if train else None
 
     def step(b):
         with _autocast(precision), (contextlib.nullcontext() if train else torch.no_grad()):
@@ -126,7 +127,9 @@ def throughput(model, data: list[dict], mode: str, precision: str, lr: float = 1
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    step(data[0])  # warm-up (allocations, oneDNN primitive creation)
+    t0 = time.perf_counter()
+    step(data[0])  # warm-up (allocations, oneDNN primitive creation; a compiled model compiles here)
+    warmup = time.perf_counter() - t0
     real = flops = 0.0
     t0 = time.perf_counter()
     for b in data[1:]:
@@ -136,7 +139,126 @@ def throughput(model, data: list[dict], mode: str, precision: str, lr: float = 1
         flops += float(sum(float(x) * flops_per_token(model, float(x), mode) for x in lengths))
     s = time.perf_counter() - t0
     return {"mode": mode, "precision": precision, "batches": len(data) - 1, "tokens": real, "seconds": s,
-            "tokens_per_s": real / s, "gflops": flops / s / 1e9}
+            "tokens_per_s": real / s, "gflops": flops / s / 1e9, "warmup_s": warmup}
+
+
+# ------------------------------------------------------------------------------------- where a step's time goes
+# operator groups by name, in order (the first match wins); self time only, so nothing is counted twice
+OP_GROUPS = (("attention", ("scaled_dot_product",)),
+             ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
+                                  "aten::linear")),
+             ("optimizer", ("adam", "optimizer.step", "_foreach_")),
+             ("casts and copies", ("aten::_to_copy", "aten::to", "aten::copy_")))
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def op_group(name: str) -> str:
+    """The group of a profiler event (``OP_GROUPS``; ``other``: elementwise work, norms, the loss, autograd's
+    own bookkeeping)."""
+    low = name.lower()
+    for group, keys in OP_GROUPS:
+        if any(low == k or low.startswith(k + "#") or (not k.startswith("aten::") and k in low) for k in keys):
+            return group
+    return "other"
+
+
+def step_profile(model, data: list[dict], mode: str, precision: str, ceiling: float) -> dict:
+    """Where the time of training steps goes (torch.profiler, CPU self time, after one warm-up step): the
+    share of each operator group, and the rate the matrix products themselves reach (the FLOPs the profiler
+    counts for them over their time) against ``ceiling`` GFLOP/s."""
+    from torch.profiler import ProfilerActivity, profile
+    model.train(True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+
+    def step(b):
+        with _autocast(precision):
+            out = model(**b)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    step(data[0])
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for b in data[1:]:
+            step(b)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares = {g: 0.0 for g, _ in OP_GROUPS} | {"other": 0.0}
+    for e in events:
+        shares[op_group(e.key)] += e.self_cpu_time_total / total
+    mm = [e for e in events if e.key in MATMUL_OPS]
+    mm_s = sum(e.self_cpu_time_total for e in mm) / 1e6
+    mm_flops = sum(e.flops for e in mm)
+    return {"mode": mode, "precision": precision, "steps": len(data) - 1, "profiled_s": wall,
+            "shares": shares, "matmul_flops": mm_flops, "matmul_gflops": mm_flops / mm_s / 1e9 if mm_s else None,
+            "matmul_fraction_of_ceiling": mm_flops / mm_s / 1e9 / ceiling if mm_s and ceiling else None}
+
+
+# ------------------------------------------------------------------------------------- levers
+# each lever runs in a fresh process: thread pinning must be set before OpenMP starts, and a compiled
+# model's cost (and a compilation that does not finish in its budget) stays out of this one
+LEVERS = {"eager": ({}, False),
+          "pinned": ({"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, False),
+          "compiled": ({}, True)}
+
+
+def lever_probe(spec: dict) -> dict:
+    """In a fresh process: the training rate of ``spec['method']`` on ``spec['task']`` batches, eager or
+    ``torch.compile``d (``spec['compile']``), with the environment the parent set."""
+    from .methods import kind_of
+    from .models import base_model_path, load_classifier, load_tokenizer
+    prof = spec["prof"]
+    torch.set_num_threads(int(spec["threads"]))
+    tok = load_tokenizer(base_model_path(prof))
+    data = batches(prof, spec["task"], tok, int(spec["batch_size"]), int(spec["batches"]) + 1, spec.get("glue_source"))
+    model = load_classifier(base_model_path(prof), "float32", tok.pad_token_id)
+    kind = kind_of(prof, spec["method"])
+    model = kind.prepare(model, prof["methods"][spec["method"]])
+    if spec.get("compile"):
+        model = torch.compile(model, dynamic=True)
+    return throughput(model, data, kind.name, spec["precision"])
+
+
+def levers(prof: dict, task: str, method: str, precision: str, n_batches: int, threads: int,
+           budget_s: float, glue_source=None, which=("eager", "pinned", "eager", "compiled")) -> list[dict]:
+    """Standard levers measured side by side, each in a fresh process: eager (twice, first and third, so that
+    a drift of the machine shows), thread pinning (OMP_PROC_BIND=close, OMP_PLACES=cores) and
+    ``torch.compile`` (dynamic shapes; its compilation is the warm-up step). A probe that runs past
+    ``budget_s`` is recorded as not finished, with the time it was given."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    spec = {"prof": prof, "task": task, "method": method, "precision": precision, "batches": n_batches,
+            "threads": threads, "glue_source": glue_source,
+            "batch_size": prof["training"]["common"]["per_device_train_batch_size"]}
+    rows = []
+    for lever in which:
+        env, compiled = LEVERS[lever]
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
+            with open(src, "w") as f:
+                json.dump({**spec, "compile": compiled}, f, default=str)
+            code = ("import json,sys; from loradrift.bench import lever_probe; "
+                    "json.dump(lever_probe(json.load(open(sys.argv[1]))), open(sys.argv[2], 'w'))")
+            t0 = time.perf_counter()
+            try:
+                p = subprocess.run([sys.executable, "-c", code, src, out], env={**os.environ, **env},
+                                   capture_output=True, text=True, timeout=budget_s)
+                ok = p.returncode == 0
+                r = json.load(open(out)) if ok else {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            except subprocess.TimeoutExpired:
+                r = {"error": f"not finished in {budget_s:.0f} s"}
+        r.update(lever=lever, task=task, method=method, precision=precision, env=env,
+                 process_s=time.perf_counter() - t0, load_avg=list(os.getloadavg()))
+        rows.append(r)
+        print(f"bench lever {lever:<8}: " + (f"{r['tokens_per_s']:8.0f} tokens/s (warm-up {r['warmup_s']:.1f} s)"
+                                             if "tokens_per_s" in r else r["error"]))
+    eager = [r["tokens_per_s"] for r in rows if r["lever"] == "eager" and "tokens_per_s" in r]
+    for r in rows:
+        r["vs_eager"] = r["tokens_per_s"] / float(np.mean(eager)) if eager and "tokens_per_s" in r else None
+    return rows
 
 
 def bench_methods(prof: dict) -> list[str]:
@@ -153,12 +275,14 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
     cfg = prof.get("bench") or {}
     threads = int(cfg.get("threads") or torch.get_num_threads())
     torch.set_num_threads(threads)
-    task = (tasks or [cfg.get("task", prof["tasks"][0])])[0]
+    # the tasks whose batches are timed (``bench.tasks``, else ``bench.task``, else the profile's first)
+    bench_tasks = list(tasks or cfg.get("tasks") or [cfg.get("task", prof["tasks"][0])])
+    task = bench_tasks[0]
     n_batches = int(n_batches or cfg.get("batches", 6))
     methods = bench_methods(prof)
-    settings = {"model": prof["model"], "methods": {m: prof["methods"][m] for m in methods}, "task": task, "threads": threads,
-                "batches": n_batches, "batch_size": prof["training"]["common"]["per_device_train_batch_size"],
-                "bench": cfg}
+    settings = {"model": prof["model"], "methods": {m: prof["methods"][m] for m in methods}, "tasks": bench_tasks,
+                "threads": threads, "batches": n_batches,
+                "batch_size": prof["training"]["common"]["per_device_train_batch_size"], "bench": cfg}
     out_path = result_path(prof["name"], "bench")
     if is_current(out_path, key(settings)):
         print(f"bench results are current: {out_path} (skipped)")
@@ -171,27 +295,41 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
     measure_ceilings = lambda: [r for p in precisions  # noqa: E731
                                 for r in matmul_ceiling(model_shapes(base), p, int(cfg.get("reps", 10)))]
     first = measure_ceilings()
-    rows = []
-    for method in methods + ["extract"]:
-        bs = int(prof["training"]["common"]["per_device_train_batch_size"])
-        data = batches(prof, task, tok, bs, n_batches + 1, glue_source)
-        for p in precisions:
-            model = load_classifier(path, "float32", tok.pad_token_id)
+    bs = int(prof["training"]["common"]["per_device_train_batch_size"])
+    fresh = lambda method: (load_classifier(path, "float32", tok.pad_token_id) if method == "extract"  # noqa: E731
+                            else kind_of(prof, method).prepare(load_classifier(path, "float32", tok.pad_token_id),
+                                                               prof["methods"][method]))
+    rows, profiles = [], []
+    train_precision = precisions[-1]   # bf16 where the device has it, as the profile's units train
+    for t in bench_tasks:
+        data = batches(prof, t, tok, bs, n_batches + 1, glue_source)
+        for method in methods + ["extract"]:
             mode = "extract" if method == "extract" else kind_of(prof, method).name
-            if method != "extract":
-                model = kind_of(prof, method).prepare(model, prof["methods"][method])
-            r = throughput(model, data, mode, p)
-            r.update(method=method, task=task, batch_size=bs, load_avg=list(os.getloadavg()))
-            rows.append(r)
-            print(f"bench {method:<8} {p}: {r['tokens_per_s']:8.0f} tokens/s, {r['gflops']:6.1f} GFLOP/s")
+            for p in precisions:
+                r = throughput(fresh(method), data, mode, p)
+                r.update(method=method, task=t, batch_size=bs, load_avg=list(os.getloadavg()))
+                rows.append(r)
+                print(f"bench {t:<5} {method:<8} {p}: {r['tokens_per_s']:8.0f} tokens/s, {r['gflops']:6.1f} GFLOP/s")
+            if method != "extract" and int(cfg.get("profile_steps", 3)):
+                r = step_profile(fresh(method), data[: int(cfg.get("profile_steps", 3)) + 1], mode, train_precision,
+                                 max(c["gflops"] for c in first if c["dtype"] == train_precision))
+                profiles.append({**r, "method": method, "task": t})
+    lever_cfg = cfg.get("levers") or {}
+    lever_rows = levers(prof, lever_cfg.get("task", task), lever_cfg.get("method", methods[0]), train_precision,
+                        int(lever_cfg.get("batches", 4)), threads, float(lever_cfg.get("budget_s", 900)),
+                        glue_source, lever_cfg.get("which") or ("eager", "pinned", "eager", "compiled")) \
+        if lever_cfg else None
     # the ceilings again after the rates, each shape's faster measurement kept: a ceiling measured while
     # something else ran is not a ceiling (the load averages before and after are recorded too)
     ceilings = [max(a, b, key=lambda r: r["gflops"]) for a, b in zip(first, measure_ceilings())]
     best = {p: max(r["gflops"] for r in ceilings if r["dtype"] == p) for p in precisions}
     for r in rows:
         r["fraction_of_ceiling"] = r["gflops"] / best[r["precision"]]
-    out = {"profile": prof["name"], "key": key(settings), "threads": threads, "task": task, "ceilings": ceilings,
-           "ceiling": best, "throughput": rows, "drift_measures": _drift_measures(prof, cfg),
+    for r in profiles:   # against the final ceiling, as the rates are
+        r["matmul_fraction_of_ceiling"] = r["matmul_gflops"] / best[r["precision"]] if r["matmul_gflops"] else None
+    out = {"profile": prof["name"], "key": key(settings), "threads": threads, "task": task, "tasks": bench_tasks,
+           "ceilings": ceilings, "ceiling": best, "throughput": rows, "step_profile": profiles,
+           "levers": lever_rows, "drift_measures": _drift_measures(prof, cfg),
            "extraction": extraction_agreement(prof, task, int(cfg.get("extraction_examples", 128)), glue_source),
            "load_avg_before": load_before, "load_avg_after": list(os.getloadavg()), "environment": environment()}
     write_json(out_path, out)
