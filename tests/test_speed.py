@@ -70,3 +70,66 @@ def test_rate_gain_counts_only_units_on_an_idle_machine():
         {"method": "lora", "precision": "fp32", "tokens_per_wall_s": 100.0, "load": 2.0}])
     g = speed.rate_gain(rates)
     assert g["full"] == pytest.approx(3.0) and math.isnan(g["lora"])
+
+
+def _bench(step_fraction=0.2, matmul=0.7, mm_share=0.4, levers=None):
+    """A bench result with two tasks, their rates and step profiles (full FT and LoRA), and levers."""
+    thr, prof = [], []
+    for t in ("sst2", "mrpc"):
+        for m in ("full", "lora", "extract"):
+            for p, rate in (("fp32", 100.0), ("bf16", 170.0 if t == "sst2" else 150.0)):
+                thr.append({"task": t, "method": m, "precision": p, "tokens_per_s": rate,
+                            "fraction_of_ceiling": step_fraction / (2 if t == "sst2" else 1)})
+            if m != "extract":
+                rest = (1 - mm_share) / 4
+                prof.append({"task": t, "method": m, "precision": "bf16", "steps": 3,
+                             "shares": {"matrix products": mm_share, "attention": rest, "optimizer": rest + 0.05,
+                                        "casts and copies": rest - 0.05, "other": rest},
+                             "matmul_fraction_of_ceiling": matmul})
+    return {"task": "sst2", "tasks": ["sst2", "mrpc"], "ceiling": {"fp32": 230.0, "bf16": 1000.0},
+            "throughput": thr, "step_profile": prof, "levers": levers}
+
+
+def test_speedups_are_per_task():
+    b = _bench()
+    assert speed.bf16_speedup(b, "sst2") == {"full": pytest.approx(1.7), "lora": pytest.approx(1.7),
+                                             "extract": pytest.approx(1.7)}
+    assert speed.bf16_speedup(b, "mrpc")["full"] == pytest.approx(1.5)
+    assert speed.bf16_speedup(b) == speed.bf16_speedup(b, "sst2")   # the bench's first task
+    text = speed.speedup_text(b)
+    assert text.startswith("on SST-2 batches full FT 1.70×") and "; on MRPC batches full FT 1.50×" in text
+    assert speed.speedup_text(None) == "not measured"
+
+
+@pytest.mark.parametrize("matmul, share, where", [
+    (0.7, 0.4, "outside the matrix products"),
+    (0.3, 0.4, "run well below the ceiling"),
+    (0.8, 0.8, "mostly matrix products running near the ceiling")])
+def test_step_paragraph_says_where_the_distance_lies(matmul, share, where):
+    b = _bench(matmul=matmul, mm_share=share)
+    text = speed.step_paragraph(b)
+    assert where in text
+    # one sentence per task for full fine-tuning, the closest task named (MRPC: 20% against SST-2's 10%)
+    assert "On SST-2 batches a full fine-tuning step in bf16 reached 10% of the ceiling" in text
+    assert "On MRPC batches a full fine-tuning step in bf16 reached 20%" in text and "On MRPC, the closest" in text
+    assert f"took only {100 * share:.0f}% of the step" in text and "optimizer" in text
+    d = speed.step_breakdown(b)
+    assert len(d) == 4 and (d.step_of_ceiling > 0).all()
+    assert speed.step_paragraph({"throughput": []}) == "The steps were not profiled."
+
+
+def test_lever_sentence_reads_for_every_outcome():
+    import pandas as pd
+    rows = pd.DataFrame([
+        {"lever": "eager", "tokens_per_s": 100.0, "vs_eager": 100 / 101, "warmup_s": 3.0},
+        {"lever": "pinned", "tokens_per_s": 100.5, "vs_eager": 100.5 / 101, "warmup_s": 3.0},
+        {"lever": "eager", "tokens_per_s": 102.0, "vs_eager": 102 / 101, "warmup_s": 3.0},
+        {"lever": "compiled", "tokens_per_s": 150.0, "vs_eager": 150 / 101, "warmup_s": 300.0}])
+    text = speed.lever_sentence(rows)
+    assert "Pinning the threads" in text and "no different (within 2%)" in text
+    assert "torch.compile (dynamic shapes) ran at 1.49× the eager rate, after a first step of 300 s: faster" in text
+    assert "differed by 2.0%" in text
+    slow = rows.assign(vs_eager=[1.0, 0.9, 1.0, None], error=[None, None, None, "not finished in 900 s"])
+    text = speed.lever_sentence(slow)
+    assert "0.90× the eager rate: slower" in text and "gave no rate: not finished in 900 s" in text
+    assert speed.lever_sentence(pd.DataFrame()) == "No lever was measured."

@@ -270,13 +270,42 @@ def headline_serving_table(srv):
 
 # ---- speed and precision (setup chapter)
 def bench_table(bench: dict):
-    """Measured rates against the device's matrix-multiply ceiling, one row per method x precision."""
+    """Measured rates against the device's matrix-multiply ceiling, one row per task x method x precision."""
     import pandas as pd
-    rows = [{"work": "extraction" if r["method"] == "extract" else f"training, {method_label(r['method'])}",
+
+    from .tasks import task_name
+    rows = [{"task": task_name(r.get("task", bench.get("task"))),
+             "work": "extraction" if r["method"] == "extract" else f"training, {method_label(r['method'])}",
              "precision": r["precision"], "tokens/s": round(r["tokens_per_s"]), "GFLOP/s": round(r["gflops"], 1),
              "ceiling GFLOP/s": round(bench["ceiling"][r["precision"]], 1),
              "of ceiling": f"{100 * r['fraction_of_ceiling']:.0f}%"} for r in bench["throughput"]]
     return pd.DataFrame(rows)
+
+
+def step_breakdown_table(d):
+    """Where a training step's time goes (``speed.step_breakdown``): shares per operator group, then the
+    matrix products' own rate and the whole step's, both against the ceiling."""
+    from .speed import GROUPS
+    from .tasks import task_name
+    pct = lambda x: "–" if missing(x) else f"{100 * x:.0f}%"  # noqa: E731
+    out = d.assign(task=d.task.map(task_name), method=d.method.map(method_label))
+    for g in GROUPS:
+        out[g] = out[g].map(pct)
+    out["matrix products' rate, of ceiling"] = out.matmul_of_ceiling.map(pct)
+    out["whole step, of ceiling"] = out.step_of_ceiling.map(pct)
+    return out.drop(columns=["matmul_of_ceiling", "step_of_ceiling"])
+
+
+def levers_table(rows):
+    """The levers side by side: rate, against eager, first (warm-up) step, the process's whole time."""
+    import pandas as pd
+    names = {"eager": "eager", "pinned": "threads pinned", "compiled": "torch.compile"}
+    return pd.DataFrame([{"lever": names.get(r.lever, r.lever),
+                          "tokens/s": "–" if missing(getattr(r, "tokens_per_s", None)) else round(r.tokens_per_s),
+                          "vs eager": "–" if missing(r.vs_eager) else f"{r.vs_eager:.2f}×",
+                          "first step, s": "–" if missing(getattr(r, "warmup_s", None)) else round(r.warmup_s, 1),
+                          "process, s": round(r.process_s), "note": r.error if isinstance(getattr(r, "error", None), str) else ""}
+                         for r in rows.itertuples()])
 
 
 def precision_table(check):
