@@ -70,8 +70,9 @@ def test_step_profile_shares_and_the_matrix_products_rate(tiny_model):
     data = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 0, 1])}] * 3
     r = bench.step_profile(model, data, "full", "fp32", ceiling=1.0)
     assert r["steps"] == 2 and set(r["shares"]) == {"matrix products", "attention", "optimizer",
-                                                      "casts and copies", "other"}
-    assert sum(r["shares"].values()) == pytest.approx(1.0)
+                                                      "casts and copies", "other", "unattributed"}
+    assert sum(r["shares"].values()) == pytest.approx(1.0)   # of the profiled steps' wall time
+    assert 0 < r["operators_s"] <= r["profiled_s"]
     assert r["shares"]["matrix products"] > 0 and r["shares"]["optimizer"] > 0
     # the matrix products' FLOPs the profiler counts are the hand count: every linear layer (the score head
     # too: it scores every position) in the forward pass, the activations' gradients and the weights' gradients
@@ -82,6 +83,7 @@ def test_step_profile_shares_and_the_matrix_products_rate(tiny_model):
 
 def test_levers_run_in_fresh_processes_side_by_side(tiny_profile):
     prof = load_profile(str(tiny_profile))
+    assert bench.LEVER_ORDER == ("eager", "pinned", "eager", "compiled", "eager")  # eager around every lever
     rows = bench.levers(prof, "sst2", "full", "fp32", n_batches=2, threads=1, budget_s=300,
                         which=("eager", "pinned", "eager"))
     assert [r["lever"] for r in rows] == ["eager", "pinned", "eager"]
@@ -91,7 +93,7 @@ def test_levers_run_in_fresh_processes_side_by_side(tiny_profile):
     assert rows[1]["vs_eager"] == pytest.approx(rows[1]["tokens_per_s"] / eager)
     # a probe past its budget is recorded as such, not waited for
     late = bench.levers(prof, "sst2", "full", "fp32", n_batches=2, threads=1, budget_s=0.5, which=("compiled",))
-    assert late[0]["error"] == "not finished in 0 s" or late[0]["error"].startswith("not finished in")
+    assert late[0]["error"] == "not finished in 0.5 s"
     assert late[0]["vs_eager"] is None and late[0]["process_s"] < 30
 
 

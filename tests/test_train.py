@@ -433,3 +433,47 @@ def test_no_resume_checkpoint_within_the_last_evaluation_interval(tiny_profile, 
     assert [step for step, _ in seen] == [4, 8, 12, 14]
     assert "checkpoint-8" in seen[1][1] and seen[2][1] == seen[1][1] == seen[3][1]
     assert transformers.Trainer._save_checkpoint is not recording
+
+
+def test_eval_at_end_false_keeps_an_evaluation_that_falls_on_the_last_step(tiny_profile, monkeypatch):
+    calls = _evaluations(monkeypatch)
+    prof = _off_schedule(tiny_profile, eval_at_end=False)
+    prof["methods"]["full"]["num_train_epochs"] = 3          # 12 steps: the last one is scheduled
+    rec = train_unit(prof, "rte", "full", 0, force=True)
+    assert [s for s, prefix in calls if prefix == "eval"] == [4, 8, 12] and rec["steps"] == 12
+
+
+@pytest.mark.parametrize("epochs, every_evals, kept", [
+    (3, 1, ["checkpoint-8"]),       # 12 steps: at 8 exactly one interval (4) is left, so it is written
+    (3.25, 2, ["checkpoint-8"]),    # 13 steps, a save every 8: 5 left, more than an evaluation interval
+    (2.75, 2, [])])                 # 11 steps: 3 left at 8, less than an interval: not written
+def test_the_last_checkpoint_rule_counts_evaluation_intervals(tiny_profile, monkeypatch, epochs, every_evals, kept):
+    from loradrift.trainer import counting_trainer_class
+    cls = counting_trainer_class()
+    real, seen = cls._save_checkpoint, {}
+
+    def recording(self, *a, **k):
+        out = real(self, *a, **k)
+        seen[self.state.global_step] = sorted(p.name for p in Path(self.args.output_dir).glob("checkpoint-*"))
+        return out
+    monkeypatch.setattr(cls, "_save_checkpoint", recording)
+    monkeypatch.setattr("loradrift.train.counting_trainer_class", lambda: cls)
+    prof = _off_schedule(tiny_profile)
+    prof["methods"]["full"]["num_train_epochs"] = epochs
+    prof["run"] = {"checkpoint_every_evals": every_evals}
+    train_unit(prof, "rte", "full", 0, force=True)
+    assert [c for c in seen.get(8, []) if c == "checkpoint-8"] == kept
+
+
+def test_best_validation_reads_the_best_steps_evaluation():
+    from types import SimpleNamespace as NS
+
+    from loradrift.train import _best_validation
+    ev = lambda step, acc: {"step": step, "eval_loss": 1 - acc, "eval_accuracy": acc, "eval_f1": acc / 2}  # noqa: E731
+    history = [{"step": 2, "loss": 0.7}, ev(4, 0.6), {"step": 8, "loss": 0.5}, ev(8, 0.5), ev(12, 0.55)]
+    t = NS(best=NS(step=4), state=NS(log_history=history))
+    assert _best_validation(t) == {"validation_accuracy": 0.6, "validation_f1": 0.3, "validation_loss": 0.4}
+    t.best.step = 8   # the training-loss row at the same step is not an evaluation
+    assert _best_validation(t)["validation_accuracy"] == 0.5
+    t.best.step = 6
+    assert _best_validation(t) is None

@@ -111,24 +111,38 @@ def batches(prof: dict, task: str, tok, batch_size: int, n: int, glue_source=Non
             for i in range(0, len(rows), batch_size)]
 
 
-def throughput(model, data: list[dict], mode: str, precision: str, lr: float = 1e-5) -> dict:
-    """Real tokens/s and FLOP/s of training steps (forward, backward, AdamW) or of extraction forwards."""
-    train = mode != "extract"
-    model.train(train)
-    # the Trainer's optimizer (transformers' default optim, adamw_torch_fused)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True) if train else None
+def _train_step(model, precision: str, max_grad_norm: float = 1.0, lr: float = 1e-5):
+    """One training step as the Trainer takes it: forward and backward under the precision's autocast,
+    gradients clipped to ``max_grad_norm``, transformers' default optimizer (adamw_torch_fused)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, fused=True)
 
     def step(b):
-        with _autocast(precision), (contextlib.nullcontext() if train else torch.no_grad()):
-            out = model(**b) if train else model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                                 output_hidden_states=True)
-        if train:
-            out.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        with _autocast(precision):
+            out = model(**b)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def throughput(model, data: list[dict], mode: str, precision: str, warm_all: bool = False) -> dict:
+    """Real tokens/s and FLOP/s of training steps (forward, backward, clipping, AdamW) or of extraction
+    forwards. The first batch is an untimed warm-up, or, with ``warm_all``, every batch once (a compiled
+    model compiles for every shape it meets there, not inside the timed pass)."""
+    train = mode != "extract"
+    model.train(train)
+    if train:
+        step = _train_step(model, precision)
+    else:
+        def step(b):
+            with _autocast(precision), torch.no_grad():
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
 
     t0 = time.perf_counter()
-    step(data[0])  # warm-up (allocations, oneDNN primitive creation; a compiled model compiles here)
+    for b in (data if warm_all else data[:1]):  # allocations, oneDNN primitives; a compiled model compiles here
+        step(b)
     warmup = time.perf_counter() - t0
     real = flops = 0.0
     t0 = time.perf_counter()
@@ -163,19 +177,13 @@ def op_group(name: str) -> str:
 
 
 def step_profile(model, data: list[dict], mode: str, precision: str, ceiling: float) -> dict:
-    """Where the time of training steps goes (torch.profiler, CPU self time, after one warm-up step): the
-    share of each operator group, and the rate the matrix products themselves reach (the FLOPs the profiler
-    counts for them over their time) against ``ceiling`` GFLOP/s."""
+    """Where the time of training steps goes (torch.profiler, CPU self time, after one warm-up step): each
+    operator group's share of the profiled steps' wall time, and the rate the matrix products themselves
+    reach (the FLOPs the profiler counts for them, padded positions included, over their time) against
+    ``ceiling`` GFLOP/s. "attention" is the fused scaled-dot-product kernels only."""
     from torch.profiler import ProfilerActivity, profile
     model.train(True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
-
-    def step(b):
-        with _autocast(precision):
-            out = model(**b)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = _train_step(model, precision)
     step(data[0])
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
@@ -183,15 +191,18 @@ def step_profile(model, data: list[dict], mode: str, precision: str, ceiling: fl
             step(b)
     wall = time.perf_counter() - t0
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    shares = {g: 0.0 for g, _ in OP_GROUPS} | {"other": 0.0}
+    seconds = {g: 0.0 for g, _ in OP_GROUPS} | {"other": 0.0}
     for e in events:
-        shares[op_group(e.key)] += e.self_cpu_time_total / total
+        seconds[op_group(e.key)] += e.self_cpu_time_total / 1e6
+    # shares of the profiled steps' wall time; "unattributed" is the rest (Python between operators, the
+    # profiler's own bookkeeping), floored at 0
+    shares = {g: v / wall for g, v in seconds.items()}
+    shares["unattributed"] = max(0.0, 1 - sum(shares.values()))
     mm = [e for e in events if e.key in MATMUL_OPS]
     mm_s = sum(e.self_cpu_time_total for e in mm) / 1e6
     mm_flops = sum(e.flops for e in mm)
     return {"mode": mode, "precision": precision, "steps": len(data) - 1, "profiled_s": wall,
-            "shares": shares, "matmul_flops": mm_flops, "matmul_gflops": mm_flops / mm_s / 1e9 if mm_s else None,
+            "operators_s": sum(seconds.values()), "shares": shares, "matmul_flops": mm_flops, "matmul_gflops": mm_flops / mm_s / 1e9 if mm_s else None,
             "matmul_fraction_of_ceiling": mm_flops / mm_s / 1e9 / ceiling if mm_s and ceiling else None}
 
 
@@ -201,6 +212,7 @@ def step_profile(model, data: list[dict], mode: str, precision: str, ceiling: fl
 LEVERS = {"eager": ({}, False),
           "pinned": ({"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, False),
           "compiled": ({}, True)}
+LEVER_ORDER = ("eager", "pinned", "eager", "compiled", "eager")   # an eager run before and after every lever
 
 
 def lever_probe(spec: dict) -> dict:
@@ -217,15 +229,20 @@ def lever_probe(spec: dict) -> dict:
     model = kind.prepare(model, prof["methods"][spec["method"]])
     if spec.get("compile"):
         model = torch.compile(model, dynamic=True)
-    return throughput(model, data, kind.name, spec["precision"])
+    out = throughput(model, data, kind.name, spec["precision"], warm_all=True)
+    if spec.get("compile"):   # graphs compiled over the warm-up pass: more than one means recompilations
+        from torch._dynamo.utils import counters
+        out["graphs"] = int(counters["stats"]["unique_graphs"])
+    return out
 
 
 def levers(prof: dict, task: str, method: str, precision: str, n_batches: int, threads: int,
-           budget_s: float, glue_source=None, which=("eager", "pinned", "eager", "compiled")) -> list[dict]:
-    """Standard levers measured side by side, each in a fresh process: eager (twice, first and third, so that
-    a drift of the machine shows), thread pinning (OMP_PROC_BIND=close, OMP_PLACES=cores) and
-    ``torch.compile`` (dynamic shapes; its compilation is the warm-up step). A probe that runs past
-    ``budget_s`` is recorded as not finished, with the time it was given."""
+           budget_s: float, glue_source=None, which=LEVER_ORDER) -> list[dict]:
+    """Standard levers measured side by side, each in a fresh process, every probe warmed on all its batches
+    before the timed pass: eager between every two levers (so that a drift of the machine shows), thread
+    pinning (OMP_PROC_BIND=close, OMP_PLACES=cores) and ``torch.compile`` (dynamic shapes; it compiles in
+    the warm-up pass, and the graphs it made are counted). A probe that runs past ``budget_s`` is killed
+    with its process group and recorded as not finished."""
     import json
     import subprocess
     import sys
@@ -243,13 +260,16 @@ def levers(prof: dict, task: str, method: str, precision: str, n_batches: int, t
             code = ("import json,sys; from loradrift.bench import lever_probe; "
                     "json.dump(lever_probe(json.load(open(sys.argv[1]))), open(sys.argv[2], 'w'))")
             t0 = time.perf_counter()
+            p = subprocess.Popen([sys.executable, "-c", code, src, out], env={**os.environ, **env},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
             try:
-                p = subprocess.run([sys.executable, "-c", code, src, out], env={**os.environ, **env},
-                                   capture_output=True, text=True, timeout=budget_s)
-                ok = p.returncode == 0
-                r = json.load(open(out)) if ok else {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+                _, err = p.communicate(timeout=budget_s)
+                r = json.load(open(out)) if p.returncode == 0 else \
+                    {"error": (err.strip().splitlines() or ["?"])[-1][:300]}
             except subprocess.TimeoutExpired:
-                r = {"error": f"not finished in {budget_s:.0f} s"}
+                os.killpg(p.pid, 9)   # the probe and any compile workers it started
+                p.communicate()
+                r = {"error": f"not finished in {budget_s:g} s"}
         r.update(lever=lever, task=task, method=method, precision=precision, env=env,
                  process_s=time.perf_counter() - t0, load_avg=list(os.getloadavg()))
         rows.append(r)
@@ -300,7 +320,11 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
                             else kind_of(prof, method).prepare(load_classifier(path, "float32", tok.pad_token_id),
                                                                prof["methods"][method]))
     rows, profiles = [], []
-    train_precision = precisions[-1]   # bf16 where the device has it, as the profile's units train
+    # the precision the profile's units train in (trainer.precision), where the device has it
+    from .config import unit_config
+    from .trainer import precision as unit_precision
+    wanted = "bf16" if unit_precision(unit_config(prof, task, methods[0], prof["seeds"][0])) == "bf16-autocast" else "fp32"
+    train_precision = wanted if wanted in precisions else "fp32"
     for t in bench_tasks:
         data = batches(prof, t, tok, bs, n_batches + 1, glue_source)
         for method in methods + ["extract"]:
@@ -310,14 +334,14 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
                 r.update(method=method, task=t, batch_size=bs, load_avg=list(os.getloadavg()))
                 rows.append(r)
                 print(f"bench {t:<5} {method:<8} {p}: {r['tokens_per_s']:8.0f} tokens/s, {r['gflops']:6.1f} GFLOP/s")
-            if method != "extract" and int(cfg.get("profile_steps", 3)):
+            if method != "extract" and int(cfg.get("profile_steps", 3)) and not torch.cuda.is_available():
                 r = step_profile(fresh(method), data[: int(cfg.get("profile_steps", 3)) + 1], mode, train_precision,
                                  max(c["gflops"] for c in first if c["dtype"] == train_precision))
                 profiles.append({**r, "method": method, "task": t})
     lever_cfg = cfg.get("levers") or {}
     lever_rows = levers(prof, lever_cfg.get("task", task), lever_cfg.get("method", methods[0]), train_precision,
                         int(lever_cfg.get("batches", 4)), threads, float(lever_cfg.get("budget_s", 900)),
-                        glue_source, lever_cfg.get("which") or ("eager", "pinned", "eager", "compiled")) \
+                        glue_source, lever_cfg.get("which") or LEVER_ORDER) \
         if lever_cfg else None
     # the ceilings again after the rates, each shape's faster measurement kept: a ceiling measured while
     # something else ran is not a ceiling (the load averages before and after are recorded too)

@@ -39,19 +39,20 @@ def bf16_speedup(bench: dict, task: str | None = None) -> dict[str, float]:
     return {m: rate[(m, "bf16")] / rate[(m, "fp32")] for m, p in rate if p == "fp32" and (m, "bf16") in rate}
 
 
-GROUPS = ("matrix products", "attention", "optimizer", "casts and copies", "other")
+GROUPS = ("matrix products", "attention", "optimizer", "casts and copies", "other", "unattributed")
 
 
 def step_breakdown(bench: dict):
-    """One row per task x trained method: the share of a profiled training step in each operator group, the
-    matrix products' own rate against the ceiling while they run, and the whole step's (the bench's rate in
-    the same precision). Empty for a bench without step profiles."""
+    """One row per task x trained method: each operator group's share of the profiled training steps' wall
+    time, the matrix products' own rate against the ceiling while they run, and the whole step's (the
+    unprofiled rate of the same task, method and precision in @tbl-bench). Empty without step profiles."""
     import pandas as pd
     whole = {(r["task"], r["method"], r["precision"]): r["fraction_of_ceiling"] for r in bench["throughput"]
              if "task" in r}
     rows = [{"task": r["task"], "method": r["method"], "precision": r["precision"],
              **{g: r["shares"].get(g, 0.0) for g in GROUPS},
-             "matmul_of_ceiling": r["matmul_fraction_of_ceiling"],
+             "matmul_of_ceiling": r["matmul_fraction_of_ceiling"] if r["matmul_fraction_of_ceiling"] is not None
+             else math.nan,
              "step_of_ceiling": whole.get((r["task"], r["method"], r["precision"]), math.nan)}
             for r in bench.get("step_profile") or []]
     return pd.DataFrame(rows)
@@ -76,36 +77,46 @@ def pad_share(profile: str):
 
 
 def gap_sentence(row, ceiling: float) -> str:
-    """What keeps one training step from the matrix-multiply ceiling, from its profile row."""
+    """The matrix products' rate and share of one profiled step, and the largest other groups."""
     from .report import fmt
-    others = sorted(((g, row[g]) for g in GROUPS if g != "matrix products"), key=lambda x: -x[1])
-    return (f"its matrix products ran at {fmt(100 * row['matmul_of_ceiling'], 0)}% of the "
-            f"{fmt(ceiling, 0)} GFLOP/s ceiling while they ran, but took only {fmt(100 * row['matrix products'], 0)}% "
-            f"of the step; the rest went to " + ", ".join(f"{g} ({fmt(100 * v, 0)}%)" for g, v in others))
+    others = sorted(((g, row[g]) for g in GROUPS if g != "matrix products" and row[g] >= 0.05), key=lambda x: -x[1])
+    rate = (f"its matrix products ran at {fmt(100 * row['matmul_of_ceiling'], 0)}% of the {fmt(ceiling, 0)} GFLOP/s "
+            "ceiling while they ran" if row["matmul_of_ceiling"] == row["matmul_of_ceiling"] else
+            "the profiler counted no FLOPs for its matrix products")
+    rest = (", ".join(f"{g} {fmt(100 * v, 0)}%" for g, v in others[:3]))
+    return (f"{rate} and took {fmt(100 * row['matrix products'], 0)}% of the profiled steps' time"
+            + (f"; the largest other shares: {rest}" if rest else ""))
 
 
 def lever_sentence(rows) -> str:
-    """One clause per lever other than eager: its rate against eager in the same run, or why it has none."""
+    """One clause per lever other than eager: its rate against the eager runs of the same bench, judged
+    against the spread of those eager runs (at least 2%), or why it has none."""
     from .report import fmt
     if rows is None or rows.empty:
         return "No lever was measured."
+    rates = rows.tokens_per_s if "tokens_per_s" in rows else None
+    eager = rates[rows.lever == "eager"].dropna() if rates is not None else []
+    if len(eager) == 0:
+        return "No eager run finished, so no lever has a baseline."
+    spread = float(eager.max() / eager.min() - 1)
+    band = max(0.02, spread)
     out = []
     for lever in [x for x in dict.fromkeys(rows.lever) if x != "eager"]:
         r = rows[rows.lever == lever].iloc[0]
         what = {"pinned": "Pinning the threads (OMP_PROC_BIND=close, OMP_PLACES=cores)",
                 "compiled": "torch.compile (dynamic shapes)"}.get(lever, lever)
-        if r.get("vs_eager") is None or r.get("vs_eager") != r.get("vs_eager"):
+        v = r.get("vs_eager")
+        if v is None or v != v:
             out.append(f"{what} gave no rate: {r.get('error')}")
-        else:
-            v = float(r["vs_eager"])
-            verdict = "faster" if v > 1.02 else "slower" if v < 0.98 else "no different (within 2%)"
-            warm = f", after a first step of {fmt(r['warmup_s'], 0)} s" if lever == "compiled" else ""
-            out.append(f"{what} ran at {fmt(v, 2)}× the eager rate{warm}: {verdict}")
-    eager = rows[rows.lever == "eager"].tokens_per_s.dropna()
-    spread = (f" The two eager runs, first and third, differed by {fmt(100 * abs(eager.iloc[1] / eager.iloc[0] - 1), 1)}%."
-              if len(eager) == 2 else "")
-    return "; ".join(out) + "." + spread
-
+            continue
+        verdict = ("faster" if v > 1 + band else "slower" if v < 1 - band else
+                   f"no different (within {fmt(100 * band, 1)}%, the eager runs' spread or 2%)")
+        warm = (f", after a warm-up pass of {fmt(r['warmup_s'], 0)} s that compiled "
+                f"{int(r['graphs'])} graph{'s' if int(r['graphs']) != 1 else ''}"
+                if lever == "compiled" and r.get("graphs") == r.get("graphs") and r.get("graphs") is not None else "")
+        out.append(f"{what} ran at {fmt(v, 2)}× the eager rate{warm}: {verdict}")
+    runs = (f" The {len(eager)} eager runs differed by up to {fmt(100 * spread, 1)}%." if len(eager) > 1 else "")
+    return "; ".join(out) + "." + runs
 
 def _runs(profile: str, task: str):
     from .findings import runs_frame
@@ -239,28 +250,22 @@ def speedup_text(bench: dict | None) -> str:
 
 
 def step_paragraph(bench: dict | None) -> str:
-    """What keeps full fine-tuning steps from the bf16 (or fp32) ceiling, task by task, from the step profiles;
-    and, on the task where the step came closest, whether the distance lies in the matrix products or outside them."""
+    """Full fine-tuning's profiled steps, task by task: the whole step's fraction of the ceiling, the matrix
+    products' own rate and their share of the step's time, the largest other shares."""
     from .figures import method_label
     from .report import fmt
     from .tasks import task_name
     d = step_breakdown(bench) if bench else None
     if d is None or d.empty:
-        return "The steps were not profiled."
-    full = d[d.method.map(lambda m: m == "full")]
+        return "The training steps have not been profiled yet."
+    full = d[d.method == "full"]
     full = full if not full.empty else d
     ceiling = (bench.get("ceiling") or {}).get(full.precision.iloc[0], math.nan)
     out = []
     for r in full.to_dict("records"):
-        out.append(f"On {task_name(r['task'])} batches a {'full fine-tuning' if r['method'] == 'full' else method_label(r['method'])} "
-                   f"step in {r['precision']} reached {fmt(100 * r['step_of_ceiling'], 0)}% of the ceiling: "
+        whole = (f"reached {fmt(100 * r['step_of_ceiling'], 0)}% of the ceiling"
+                 if r["step_of_ceiling"] == r["step_of_ceiling"] else "has no unprofiled rate")
+        who = "full fine-tuning" if r["method"] == "full" else method_label(r["method"])
+        out.append(f"On {task_name(r['task'])} batches a {who} step in {r['precision']} {whole}: "
                    + gap_sentence(r, ceiling) + ".")
-    best = full.loc[full.step_of_ceiling.idxmax()]
-    inside = best.matmul_of_ceiling
-    where = ("so most of the distance lies outside the matrix products: in work that moves memory rather than "
-             "multiplying, which a faster multiply cannot shorten"
-             if inside >= 0.5 and best["matrix products"] < 0.6 else
-             "so the matrix products themselves run well below the ceiling at these shapes (a batch of this task "
-             "gives them few rows), as well as sharing the step with other work" if inside < 0.5 else
-             "so the step is mostly matrix products running near the ceiling")
-    return " ".join(out) + f" On {task_name(best.task)}, the closest, {where}."
+    return " ".join(out)

@@ -117,7 +117,8 @@ def unit_run(prof: dict, cfg: dict, fresh: bool = False):
 
 def trainer_callbacks() -> list:
     """The Trainer's wandb logging for the active unit run ([] when none): transformers'
-    ``WandbCallback``, with the final ``validation_*`` metrics logged as ``validation/*``."""
+    ``WandbCallback``, with the kept weights' ``validation_*`` metrics (``train._score`` logs them) logged as
+    ``validation/*``."""
     if importlib.util.find_spec("wandb") is None:
         return []
     import wandb

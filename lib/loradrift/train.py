@@ -303,7 +303,11 @@ def _score(prof: dict, cfg: dict, trainer, enc: dict, last) -> dict:
     """Score the kept (best) weights on the test split (their validation metrics are those of the evaluation
     that chose them): the unit's result record (every count covers the whole unit, resumed or not)."""
     task, rid = cfg["task"], run_id(cfg["task"], cfg["method"], cfg["seed"])
-    val = _best_validation(trainer) or trainer.evaluate(enc["validation"], metric_key_prefix="validation")
+    val = _best_validation(trainer)
+    if val is None:
+        val = trainer.evaluate(enc["validation"], metric_key_prefix="validation")
+    else:
+        trainer.log(dict(val))   # logged as a re-evaluation logs them (the wandb run's validation/* history)
     pred = trainer.predict(enc["test"], metric_key_prefix="test")
     test, shares = pred.metrics, _class_shares(pred.predictions)
     hist, state = trainer.state.log_history, trainer.state
