@@ -404,6 +404,16 @@ def test_learning_curve_sentences_read_the_last_step_against_the_slice_noise():
     two_se = 2 * math.sqrt(0.56 * 0.44 / 300)
     assert f"-0.100 against twice the slice's binomial standard error, {two_se:.3f}: falling" in rte
     assert "LoRA has one size so far (500 examples: 0.500)" in rte and rte.startswith(", validation accuracy")
+    assert "seed-0 units scored" not in text   # without controls, no test-versus-baseline sentence
+    # a task outside the claims: its test metric at the largest size against its baseline, per method
+    text = sf.learning_curve_sentences(lc, prof, {"mrpc": 0.805, "rte": 0.58})
+    mrpc, rte = text.split(" On RTE")
+    assert "At 2,000 training examples MRPC's seed-0 units scored 0.810 (full FT, +0.005) and 0.820 (LoRA, +0.015) " \
+        "on the test split against the baseline's 0.805: both are above it, by one seed" in mrpc
+    # RTE's largest size has full FT only (LoRA stopped at 500): one method, and below the baseline
+    assert "scored 0.560 (full FT, -0.020) on the test split against the baseline's 0.580: none is above it" in rte
+    one = sf.learning_curve_sentences(lc, prof, {"mrpc": 0.815})
+    assert "only LoRA is above it" in one and "RTE's seed-0" not in one
 
 
 def test_the_controls_sentence_reads_the_tasks_outside_the_claims():

@@ -15,6 +15,7 @@ extraction costs one forward pass.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 
@@ -331,6 +332,7 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
             mode = "extract" if method == "extract" else kind_of(prof, method).name
             for p in precisions:
                 r = throughput(fresh(method), data, mode, p)
+                gc.collect()   # the model and its optimizer states before the next (3 copies of the weights: 2 GB)
                 r.update(method=method, task=t, batch_size=bs, load_avg=list(os.getloadavg()))
                 rows.append(r)
                 print(f"bench {t:<5} {method:<8} {p}: {r['tokens_per_s']:8.0f} tokens/s, {r['gflops']:6.1f} GFLOP/s")
@@ -338,6 +340,7 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
                 r = step_profile(fresh(method), data[: int(cfg.get("profile_steps", 3)) + 1], mode, train_precision,
                                  max(c["gflops"] for c in first if c["dtype"] == train_precision))
                 profiles.append({**r, "method": method, "task": t})
+                gc.collect()
     lever_cfg = cfg.get("levers") or {}
     lever_rows = levers(prof, lever_cfg.get("task", task), lever_cfg.get("method", methods[0]), train_precision,
                         int(lever_cfg.get("batches", 4)), threads, float(lever_cfg.get("budget_s", 900)),

@@ -66,11 +66,27 @@ def learning_curve_chart(lc, baselines):
         column=alt.Column("task:N", title=None))
 
 
-def learning_curve_sentences(lc, prof: dict) -> str:
+def _largest_size_sentence(lc, task: str, baseline: float) -> str:
+    """For a task outside the drift claims: each method's test metric at the curve's largest size against the
+    task's best trivial baseline (one seed: a hint at what that size would give, not a verdict)."""
+    top = lc[(lc.task == task) & (lc.train_size == lc[lc.task == task].train_size.max())].sort_values("method")
+    if top.empty:
+        return ""
+    above = [m for m, v in zip(top.method, top.test_score) if v > baseline]
+    scores = " and ".join(f"{v:.3f} ({method_label(m)}, {v - baseline:+.3f})" for m, v in zip(top.method, top.test_score))
+    who = ("both are above it" if len(above) == len(top) > 1 else "it is above it" if len(above) == len(top) == 1
+           else "none is above it" if not above else f"only {method_label(above[0])} is above it")
+    return (f" At {int(top.train_size.iloc[0]):,} training examples {task_name(task)}'s seed-0 units scored {scores} on "
+            f"the test split against the baseline's {baseline:.3f}: {who}, by one seed and without an interval, so "
+            "the study's own seeds at that size would be needed to put it in the drift claims.")
+
+
+def learning_curve_sentences(lc, prof: dict, controls: dict | None = None) -> str:
     """Per task, what the learning curve says: each method's validation metric at the smallest and largest
     training size, and whether the last step up in size gained more than twice the binomial standard error
     of the validation slice at that score (``still rising``), lost more (``falling``) or neither (``flat
-    within noise``)."""
+    within noise``). ``controls`` ({task: best trivial baseline}) adds, for each task outside the drift
+    claims, its test metric at the largest size against that baseline."""
     import math
     from .tasks import task_metric
     out = []
@@ -93,7 +109,8 @@ def learning_curve_sentences(lc, prof: dict) -> str:
                          f"{noise}: {shape}")
         metric = "F1" if task_metric(task) == "f1" else "accuracy"
         slice_ = f" ({n_val:,}-example validation slice)" if n_val else ""
-        out.append(f"On {task_name(task)}, validation {metric}{slice_}: " + "; ".join(parts) + ".")
+        out.append(f"On {task_name(task)}, validation {metric}{slice_}: " + "; ".join(parts) + "."
+                   + (_largest_size_sentence(lc, task, controls[task]) if task in (controls or {}) else ""))
     return " ".join(out)
 
 
