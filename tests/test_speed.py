@@ -108,7 +108,7 @@ def test_step_paragraph_states_rate_and_share_per_task():
     assert "On MRPC batches a full fine-tuning step in bf16 reached 20% of the ceiling" in text
     assert "its matrix products ran at 70% of the 1000 GFLOP/s ceiling while they ran and took 40% of the profiled" \
         in text
-    assert "the largest other shares: optimizer 20%" in text   # the largest first
+    assert "the largest of the rest: optimizer 20%, attention 15%, elementwise and other operators 15%" in text
     d = speed.step_breakdown(b)
     assert len(d) == 4 and (d.step_of_ceiling > 0).all()
     # no FLOPs counted, no unprofiled rate: said, not printed as numbers
@@ -132,6 +132,9 @@ def test_lever_sentence_reads_for_every_outcome():
     assert "torch.compile (dynamic shapes) ran at 1.49× the eager rate, after a warm-up pass of 300 s that " \
         "compiled 1 graph: faster" in text
     assert "The 2 eager runs differed by up to 2.0%." in text
+    # its warm-up beyond eager's (297 s) is repaid after 297 / (1 - 101/150) s = 15 min of steps
+    assert "faster, but its extra 297 s of warm-up is repaid only after 15 min of steps in one process." in text
+    assert "against at most 5 min in any unit" in speed.lever_sentence(rows, longest_steps_s=300)
     # judged against the eager runs' own spread: 10% apart, a lever 8% faster is no different
     noisy = rows.assign(tokens_per_s=[100.0, 108.0, 110.0, 90.0], vs_eager=[0.95, 1.08 / 1.05 * 1.0, 1.05, 0.857])
     text = speed.lever_sentence(noisy)

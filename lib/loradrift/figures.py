@@ -284,29 +284,34 @@ def bench_table(bench: dict):
 
 def step_breakdown_table(d):
     """Where a training step's time goes (``speed.step_breakdown``): shares per operator group, then the
-    matrix products' own rate and the whole step's, both against the ceiling."""
+    matrix products' own rate and the whole step's, both against the ceiling (short headers: the caption
+    names them)."""
+    import pandas as pd
+
     from .speed import GROUPS
     from .tasks import task_name
     pct = lambda x: "–" if missing(x) else f"{100 * x:.0f}%"  # noqa: E731
-    out = d.assign(task=d.task.map(task_name), method=d.method.map(method_label))
-    for g in GROUPS:
-        out[g] = out[g].map(pct)
-    out["matrix products' rate, of ceiling"] = out.matmul_of_ceiling.map(pct)
-    out["whole step, of ceiling"] = out.step_of_ceiling.map(pct)
-    return out.drop(columns=["matmul_of_ceiling", "step_of_ceiling"])
+    short = {"matrix products": "matmuls", "attention": "attention", "optimizer": "optimizer",
+             "casts and copies": "casts", "other": "other", "unattributed": "between ops"}
+    rows = []
+    for r in d.to_dict("records"):
+        rows.append({"task": task_name(r["task"]), "method": method_label(r["method"]),
+                     **{short[g]: pct(r[g]) for g in GROUPS},
+                     "matmul rate": pct(r["matmul_of_ceiling"]), "step rate": pct(r["step_of_ceiling"])})
+    return pd.DataFrame(rows)
 
 
 def levers_table(rows):
-    """The levers side by side: rate, against eager, first (warm-up) step, the process's whole time."""
+    """The levers side by side: rate, against eager, the warm-up pass, the process's whole time."""
     import pandas as pd
     names = {"eager": "eager", "pinned": "threads pinned", "compiled": "torch.compile"}
-    return pd.DataFrame([{"lever": names.get(r.lever, r.lever),
-                          "tokens/s": "–" if missing(getattr(r, "tokens_per_s", None)) else round(r.tokens_per_s),
-                          "vs eager": "–" if missing(r.vs_eager) else f"{r.vs_eager:.2f}×",
-                          "first step, s": "–" if missing(getattr(r, "warmup_s", None)) else round(r.warmup_s, 1),
-                          "process, s": round(r.process_s), "note": r.error if isinstance(getattr(r, "error", None), str) else ""}
-                         for r in rows.itertuples()])
-
+    num = lambda r, k, f: "–" if missing(getattr(r, k, None)) else f.format(getattr(r, k))  # noqa: E731
+    out = pd.DataFrame([{"lever": names.get(r.lever, r.lever), "tokens/s": num(r, "tokens_per_s", "{:.0f}"),
+                         "vs eager": num(r, "vs_eager", "{:.2f}×"), "warm-up, s": num(r, "warmup_s", "{:.1f}"),
+                         "process, s": num(r, "process_s", "{:.0f}"),
+                         "note": r.error if isinstance(getattr(r, "error", None), str) else ""}
+                        for r in rows.itertuples()])
+    return out if out.note.astype(bool).any() else out.drop(columns="note")
 
 def precision_table(check):
     """fp32 against bf16 units: mean ± sd per side, the difference with its Welch 95% interval."""

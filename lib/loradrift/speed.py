@@ -76,6 +76,12 @@ def pad_share(profile: str):
     return d.groupby("task").pad.agg(median="median", largest="max").reset_index()
 
 
+def longest_unit_steps(profile: str) -> float | None:
+    """The longest time any of the profile's units spent in optimizer steps (seconds), None without units."""
+    from .train import load_runs
+    return max((r["train_step_s"] for r in load_runs(profile) if r.get("train_step_s")), default=None)
+
+
 def gap_sentence(row, ceiling: float) -> str:
     """The matrix products' rate and share of one profiled step, and the largest other groups."""
     from .report import fmt
@@ -83,14 +89,17 @@ def gap_sentence(row, ceiling: float) -> str:
     rate = (f"its matrix products ran at {fmt(100 * row['matmul_of_ceiling'], 0)}% of the {fmt(ceiling, 0)} GFLOP/s "
             "ceiling while they ran" if row["matmul_of_ceiling"] == row["matmul_of_ceiling"] else
             "the profiler counted no FLOPs for its matrix products")
-    rest = (", ".join(f"{g} {fmt(100 * v, 0)}%" for g, v in others[:3]))
+    names = {"other": "elementwise and other operators"}
+    rest = (", ".join(f"{names.get(g, g)} {fmt(100 * v, 0)}%" for g, v in others[:3]))
     return (f"{rate} and took {fmt(100 * row['matrix products'], 0)}% of the profiled steps' time"
-            + (f"; the largest other shares: {rest}" if rest else ""))
+            + (f"; the largest of the rest: {rest}" if rest else ""))
 
 
-def lever_sentence(rows) -> str:
+def lever_sentence(rows, longest_steps_s: float | None = None) -> str:
     """One clause per lever other than eager: its rate against the eager runs of the same bench, judged
-    against the spread of those eager runs (at least 2%), or why it has none."""
+    against the spread of those eager runs (at least 2%), or why it has none. For a faster lever with a
+    longer warm-up than eager (torch.compile), the steps' time after which the gain repays it, set against
+    ``longest_steps_s`` (the longest unit's time in optimizer steps) when given."""
     from .report import fmt
     if rows is None or rows.empty:
         return "No lever was measured."
@@ -114,6 +123,13 @@ def lever_sentence(rows) -> str:
         warm = (f", after a warm-up pass of {fmt(r['warmup_s'], 0)} s that compiled "
                 f"{int(r['graphs'])} graph{'s' if int(r['graphs']) != 1 else ''}"
                 if lever == "compiled" and r.get("graphs") == r.get("graphs") and r.get("graphs") is not None else "")
+        extra = float(r.get("warmup_s") or 0) - float(rows[rows.lever == "eager"].warmup_s.mean()) \
+            if "warmup_s" in rows else 0.0
+        if verdict == "faster" and extra > 0:
+            repay = extra / (1 - 1 / v)
+            verdict += (f", but its extra {fmt(extra, 0)} s of warm-up is repaid only after {fmt(repay / 60, 0)} min of "
+                        "steps in one process" + (f", against at most {fmt(longest_steps_s / 60, 0)} min in any unit"
+                                                   if longest_steps_s else ""))
         out.append(f"{what} ran at {fmt(v, 2)}× the eager rate{warm}: {verdict}")
     runs = (f" The {len(eager)} eager runs differed by up to {fmt(100 * spread, 1)}%." if len(eager) > 1 else "")
     return "; ".join(out) + "." + runs
