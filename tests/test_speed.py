@@ -146,3 +146,13 @@ def test_lever_sentence_reads_for_every_outcome():
     assert speed.lever_sentence(pd.DataFrame([{"lever": "eager", "error": "x"}, {"lever": "pinned", "error": "y"}])) \
         == "No eager run finished, so no lever has a baseline."
     assert speed.lever_sentence(pd.DataFrame()) == "No lever was measured."
+
+
+def test_lever_lead_and_padding_text():
+    import pandas as pd
+    rows = pd.DataFrame([{"lever": "eager", "task": "mrpc", "method": "full", "precision": "bf16", "tokens_per_s": 1.0}])
+    assert speed.lever_lead(rows) == ("Each standard lever ran in a fresh process on the same MRPC batches, full FT in "
+                                      "bf16, warmed on every batch before the timed pass, with an eager run before and "
+                                      "after it")
+    assert speed.lever_lead(None) == speed.lever_lead(pd.DataFrame()) == "No lever has been measured yet"
+    assert speed.pad_text("cpu-v1").count("(largest") == 3

@@ -82,6 +82,27 @@ def longest_unit_steps(profile: str) -> float | None:
     return max((r["train_step_s"] for r in load_runs(profile) if r.get("train_step_s")), default=None)
 
 
+def pad_text(profile: str) -> str:
+    """'MRPC 6% (largest 19%), …': the median and largest padding share per task (``pad_share``)."""
+    from .report import listing
+    from .tasks import task_name
+    pads = pad_share(profile)
+    return listing([f"{task_name(r.task)} {100 * r.median:.0f}% (largest {100 * r.largest:.0f}%)"
+                    for r in pads.itertuples()]) if not pads.empty else "not recorded"
+
+
+def lever_lead(rows) -> str:
+    """How the levers were measured: which task's batches, method and precision."""
+    from .figures import method_label
+    from .tasks import task_name
+    if rows is None or rows.empty or "task" not in rows:
+        return "No lever has been measured yet"
+    r = rows.iloc[0]
+    return (f"Each standard lever ran in a fresh process on the same {task_name(r.task)} batches, "
+            f"{method_label(r.method)} in {r.precision}, warmed on every batch before the timed pass, with an "
+            "eager run before and after it")
+
+
 def gap_sentence(row, ceiling: float) -> str:
     """The matrix products' rate and share of one profiled step, and the largest other groups."""
     from .report import fmt
