@@ -177,11 +177,11 @@ def op_group(name: str) -> str:
     return "other"
 
 
-def step_profile(model, data: list[dict], mode: str, precision: str, ceiling: float) -> dict:
+def step_profile(model, data: list[dict], mode: str, precision: str, ceiling: float | None = None) -> dict:
     """Where the time of training steps goes (torch.profiler, CPU self time, after one warm-up step): each
     operator group's share of the profiled steps' wall time, and the rate the matrix products themselves
     reach (the FLOPs the profiler counts for them, padded positions included, over their time) against
-    ``ceiling`` GFLOP/s. "attention" is the fused scaled-dot-product kernels only."""
+    ``ceiling`` GFLOP/s when given. "attention" is the fused scaled-dot-product kernels only."""
     from torch.profiler import ProfilerActivity, profile
     model.train(True)
     step = _train_step(model, precision)
@@ -202,9 +202,10 @@ def step_profile(model, data: list[dict], mode: str, precision: str, ceiling: fl
     mm = [e for e in events if e.key in MATMUL_OPS]
     mm_s = sum(e.self_cpu_time_total for e in mm) / 1e6
     mm_flops = sum(e.flops for e in mm)
+    rate = mm_flops / mm_s / 1e9 if mm_s else None
     return {"mode": mode, "precision": precision, "steps": len(data) - 1, "profiled_s": wall,
-            "operators_s": sum(seconds.values()), "shares": shares, "matmul_flops": mm_flops, "matmul_gflops": mm_flops / mm_s / 1e9 if mm_s else None,
-            "matmul_fraction_of_ceiling": mm_flops / mm_s / 1e9 / ceiling if mm_s and ceiling else None}
+            "operators_s": sum(seconds.values()), "shares": shares, "matmul_flops": mm_flops, "matmul_gflops": rate,
+            "matmul_fraction_of_ceiling": rate / ceiling if rate and ceiling else None}
 
 
 # ------------------------------------------------------------------------------------- levers
@@ -326,6 +327,7 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
     from .trainer import precision as unit_precision
     wanted = "bf16" if unit_precision(unit_config(prof, task, methods[0], prof["seeds"][0])) == "bf16-autocast" else "fp32"
     train_precision = wanted if wanted in precisions else "fp32"
+    profile_steps = int(cfg.get("profile_steps", 3))
     for t in bench_tasks:
         data = batches(prof, t, tok, bs, n_batches + 1, glue_source)
         for method in methods + ["extract"]:
@@ -336,9 +338,9 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
                 r.update(method=method, task=t, batch_size=bs, load_avg=list(os.getloadavg()))
                 rows.append(r)
                 print(f"bench {t:<5} {method:<8} {p}: {r['tokens_per_s']:8.0f} tokens/s, {r['gflops']:6.1f} GFLOP/s")
-            if method != "extract" and int(cfg.get("profile_steps", 3)) and not torch.cuda.is_available():
-                r = step_profile(fresh(method), data[: int(cfg.get("profile_steps", 3)) + 1], mode, train_precision,
-                                 max(c["gflops"] for c in first if c["dtype"] == train_precision))
+            if method != "extract" and profile_steps and not torch.cuda.is_available():
+                # its matrix products' fraction of the ceiling is set below, against the final ceiling
+                r = step_profile(fresh(method), data[: profile_steps + 1], mode, train_precision)
                 profiles.append({**r, "method": method, "task": t})
                 gc.collect()
     lever_cfg = cfg.get("levers") or {}
@@ -352,7 +354,7 @@ def run_bench(prof: dict, tasks=None, glue_source=None, n_batches: int | None = 
     best = {p: max(r["gflops"] for r in ceilings if r["dtype"] == p) for p in precisions}
     for r in rows:
         r["fraction_of_ceiling"] = r["gflops"] / best[r["precision"]]
-    for r in profiles:   # against the final ceiling, as the rates are
+    for r in profiles:   # against the final ceiling, as the rates above
         r["matmul_fraction_of_ceiling"] = r["matmul_gflops"] / best[r["precision"]] if r["matmul_gflops"] else None
     out = {"profile": prof["name"], "key": key(settings), "threads": threads, "task": task, "tasks": bench_tasks,
            "ceilings": ceilings, "ceiling": best, "throughput": rows, "step_profile": profiles,

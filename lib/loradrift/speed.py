@@ -121,7 +121,7 @@ def lever_sentence(rows, longest_steps_s: float | None = None) -> str:
     against the spread of those eager runs (at least 2%), or why it has none. For a faster lever with a
     longer warm-up than eager (torch.compile), the steps' time after which the gain repays it, set against
     ``longest_steps_s`` (the longest unit's time in optimizer steps) when given."""
-    from .report import fmt
+    from .report import fmt, missing
     if rows is None or rows.empty:
         return "No lever was measured."
     rates = rows.tokens_per_s if "tokens_per_s" in rows else None
@@ -143,7 +143,7 @@ def lever_sentence(rows, longest_steps_s: float | None = None) -> str:
                    f"no different (within {fmt(100 * band, 1)}%, the eager runs' spread or 2%)")
         warm = (f", after a warm-up pass of {fmt(r['warmup_s'], 0)} s that compiled "
                 f"{int(r['graphs'])} graph{'s' if int(r['graphs']) != 1 else ''}"
-                if lever == "compiled" and r.get("graphs") == r.get("graphs") and r.get("graphs") is not None else "")
+                if lever == "compiled" and not missing(r.get("graphs")) else "")
         extra = float(r.get("warmup_s") or 0) - float(rows[rows.lever == "eager"].warmup_s.mean()) \
             if "warmup_s" in rows else 0.0
         if verdict == "faster" and extra > 0:

@@ -55,8 +55,8 @@ def counting_trainer_class():
                 # stop and trains on); an interrupted unit replays from its previous checkpoint instead
                 return None
             if 0 < self.state.max_steps - self.state.global_step < int(self.args.eval_steps or 0):
-                # less than one evaluation interval is left: writing model and optimizer (three copies of the
-                # weights for full fine-tuning) would cost more than replaying that interval after a crash
+                # less than one evaluation interval is left: skip writing model and optimizer (three copies of the
+                # weights for full fine-tuning); a crash here replays from the previous resume checkpoint
                 return None
             best = getattr(self, "best", None)  # the BestWeights callback, when the unit keeps best weights
             if best is not None:
