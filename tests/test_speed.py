@@ -156,3 +156,35 @@ def test_lever_lead_and_padding_text():
                                       "after it")
     assert speed.lever_lead(None) == speed.lever_lead(pd.DataFrame()) == "No lever has been measured yet"
     assert speed.pad_text("cpu-v1").count("(largest") == 3
+
+
+def test_reruns_count_what_forced_re_runs_replaced(tiny_profile):
+    from loradrift import findings
+    from loradrift.store import data_dir, write_json
+    d = data_dir("tiny") / "runs"
+    env = lambda load: {"cpu_count": 2, "load_avg": [load, 0.0, 0.0]}  # noqa: E731
+    write_json(d / "a.json", {"id": "a", "wall_time_s": 100.0, "environment": env(1.5)})  # never re-run
+    write_json(d / "b.json", {"id": "b", "wall_time_s": 120.0, "environment": env(1.6),
+                              "previous": {"wall_time_s": 300.0, "load_avg": [4.0, 0, 0], "same_model": True}})
+    write_json(d / "c.json", {"id": "c", "wall_time_s": 60.0, "environment": env(3.1),
+                              "previous": {"wall_time_s": 90.0, "load_avg": [2.0, 0, 0], "same_model": False}})
+    assert findings.reruns(str(tiny_profile)) == {"n": 2, "same_model": 1, "differ": ["c"], "before_s": 390.0,
+                                                  "after_s": 180.0, "shared_before": 1, "shared_after": 1}
+
+
+def test_rerun_text_reads_for_every_outcome():
+    r = {"n": 3, "same_model": 3, "differ": [], "before_s": 1200.0, "after_s": 600.0, "shared_before": 3,
+         "shared_after": 0}
+    assert speed.rerun_text({"n": 0}) == ""
+    text = speed.rerun_text(r)
+    assert text.startswith("3 training units were re-run over their first results")
+    assert "3 of those results had been timed on a shared machine" in text and "0 of the re-runs were" in text
+    assert "Every re-run gave the same model, bit for bit" in text and "from 20 to 10 minutes (0.50×)" in text
+    one = speed.rerun_text({**r, "n": 1, "same_model": 1, "before_s": 300.0, "after_s": 330.0, "shared_before": 0})
+    assert one.startswith("1 training unit was re-run over its first result (") and "The re-run gave" in one
+    assert "Its wall time went from 5 to 6 minutes (1.10×)" in one
+    part = speed.rerun_text({**r, "same_model": 2, "differ": ["sst2-full-s1"]})
+    assert "2 of 3 re-runs gave the same model; `sst2-full-s1` did not, and its new result is the one the book uses" in part
+    two = speed.rerun_text({**r, "same_model": 1, "differ": ["a", "b"]})
+    assert "`a`, `b` did not, and their new results are the ones the book uses" in two
+    assert "to 10 minutes" in speed.rerun_text({**r, "before_s": 0.0}) and "×" not in speed.rerun_text({**r, "before_s": 0.0})

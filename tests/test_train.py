@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -78,18 +80,41 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     assert len(kept) == 1 and (kept[0] / "best_weights.safetensors").exists()
     assert not result_path("tiny", "rte-full-s3").exists()
     assert unit_status(prof, "rte", "full", 3) == "partial"
+    # the checkpoint records the unit's wall time so far; the resumed unit's wall time carries it on (set to a
+    # day here, so that a resumed unit counting only its own process cannot pass)
+    state_file = kept[0] / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    counters = state["stateful_callbacks"]["UnitCounters"]["attributes"]
+    assert 0 < counters["wall_seconds"] < 600
+    counters["wall_seconds"] = 86400.0
+    state_file.write_text(json.dumps(state))
+    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "loradrift", *args], capture_output=True, text=True, timeout=600)
+    second = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resuming from" in out.stdout
     rec = read_json(result_path("tiny", "rte-full-s3"))
     assert rec["resumed_from"] and "checkpoint-" in rec["resumed_from"]
     assert rec["steps"] == 12 * 4  # 32 examples / batch 8 = 4 steps per epoch, all of them done
+    assert 86400 < rec["wall_time_s"] < 86400 + second
     # resuming is exact: the same unit trained without interruption gives the same model and record, counts
     # (tokens, training loss) and the model's fingerprint included
     whole = train_unit(str(tiny_profile), "rte", "full", 3, force=True)
     assert whole["resumed_from"] is None
-    assert same_but_times(rec, whole, also=["resumed_from"]) == []
+    assert same_but_times(rec, whole, also=["resumed_from", "previous"]) == []
     assert rec["train_tokens_real"] > 0 and rec["train_loss"] > 0
+    # the forced re-run records what it replaced, and that it reproduced the model bit for bit
+    assert "previous" not in rec
+    assert whole["previous"] == {"finished_at": rec["finished_at"], "wall_time_s": rec["wall_time_s"],
+                                 "load_avg": rec["environment"]["load_avg"],
+                                 "model_fingerprint": rec["model_fingerprint"], "same_model": True}
+    # a replaced result whose model differs is reported as not reproduced
+    write_json(result_path("tiny", "rte-full-s3"), {**whole, "model_fingerprint": "another-model"})
+    marker = model_dir("tiny", "rte-full-s3") / MARKER
+    write_json(marker, {**read_json(marker), "fingerprint": "another-model"})   # a consistent (done) pair
+    again = train_unit(str(tiny_profile), "rte", "full", 3, force=True)
+    assert again["previous"]["model_fingerprint"] == "another-model" and again["previous"]["same_model"] is False
+    assert again["model_fingerprint"] == whole["model_fingerprint"]
 
 
 class Killed(BaseException):

@@ -182,6 +182,29 @@ def recorded_study_time(prof=None) -> dict:
     return _read(load_profile(prof)["name"], "study_time", {})
 
 
+def _busy(env: dict | None, load: float | None) -> bool:
+    """Was the machine shared? The 1-minute load average above the cores in use (+ 0.5)."""
+    return (load or 0) > ((env or {}).get("cpu_count") or 1) + 0.5
+
+
+def reruns(prof=None) -> dict:
+    """The training units re-run over an earlier result of the same configuration (``train --force`` records
+    what it replaced, ``previous``): how many (``n``), how many gave the same model bit for bit (``same_model``;
+    ``differ``: the ids that did not), the summed wall seconds of the replaced results and of the re-runs
+    (``before_s``, ``after_s``) and how many of each were timed on a shared machine (``shared_before``,
+    ``shared_after``)."""
+    p = load_profile(prof)
+    runs = [r for r in (read_or(x) for x in sorted((data_dir(p["name"]) / "runs").glob("*.json")))
+            if r is not None and r.get("previous")]
+    return {"n": len(runs), "same_model": sum(bool(r["previous"].get("same_model")) for r in runs),
+            "differ": [r["id"] for r in runs if not r["previous"].get("same_model")],
+            "before_s": sum(r["previous"].get("wall_time_s") or 0.0 for r in runs),
+            "after_s": sum(r["wall_time_s"] for r in runs),
+            "shared_before": sum(_busy(r.get("environment"), (r["previous"].get("load_avg") or [0])[0]) for r in runs),
+            "shared_after": sum(_busy(r.get("environment"), ((r.get("environment") or {}).get("load_avg") or [0])[0])
+                                for r in runs)}
+
+
 def study_time(prof_name: str | dict | None = None) -> dict:
     """The study's run time, stage by stage, from the times each result recorded when it was computed.
 
@@ -199,9 +222,6 @@ def study_time(prof_name: str | dict | None = None) -> dict:
             stages.append({"stage": stage, "wall_s": float(wall), "cpu_s": None if cpu is None else float(cpu),
                            "pieces": n, "loaded": loaded, "what": what})
 
-    def busy(env, load):   # the 1-minute load average above the cores in use
-        return load > ((env or {}).get("cpu_count") or 1) + 0.5
-
     s = _read(name, "sanity", {})
     if s:
         add("setup", sum(v.get("seconds", 0) for v in s.values()), n=len(s),
@@ -215,7 +235,7 @@ def study_time(prof_name: str | dict | None = None) -> dict:
         cores = max((r.get("environment") or {}).get("cpu_count") or 1 for r in runs)
         loads = [((r.get("environment") or {}).get("load_avg") or [0])[0] for r in runs]
         add("train", sum(r["wall_time_s"] for r in runs), n=len(runs),
-            loaded=any(busy({"cpu_count": cores}, x) for x in loads),
+            loaded=any(_busy({"cpu_count": cores}, x) for x in loads),
             what="training units, with their validation and test evaluations")
         stages[-1].update(_units_projection(prof or name, runs, cores))
     s = _read(name, "drift_timing", {})
@@ -224,7 +244,7 @@ def study_time(prof_name: str | dict | None = None) -> dict:
             what="hidden states, measures, weight space and perplexity")
     m = _read(name, "deploy_meta", {})
     if m:
-        add("deploy", m.get("wall_time_s"), n=1, loaded=busy(m.get("environment"), (m.get("loadavg_before") or [0])[0]),
+        add("deploy", m.get("wall_time_s"), n=1, loaded=_busy(m.get("environment"), (m.get("loadavg_before") or [0])[0]),
             what="serving benchmark on the trained models")
     total = sum(s["wall_s"] for s in stages)
     left = sum(s.get("projected_left_s") or 0 for s in stages)

@@ -306,3 +306,24 @@ def step_paragraph(bench: dict | None) -> str:
         out.append(f"On {task_name(r['task'])} batches a {who} step in {r['precision']} {whole}: "
                    + gap_sentence(r, ceiling) + ".")
     return " ".join(out)
+
+
+def rerun_text(r: dict) -> str:
+    """What re-running units over their first results showed (``findings.reruns``); empty when none was."""
+    n = r.get("n", 0)
+    if not n:
+        return ""
+    one, same, differ = n == 1, r["same_model"], r["differ"]
+    if same == n:
+        repro = "The re-run gave the same model" if one else "Every re-run gave the same model"
+    else:
+        repro = (f"{same} of {n} re-runs gave the same model; " + ", ".join(f"`{i}`" for i in differ)
+                 + (" did not, and its new result is the one" if len(differ) == 1 else
+                    " did not, and their new results are the ones") + " the book uses")
+    before, after = r["before_s"] / 60, r["after_s"] / 60
+    change = f"from {before:.0f} to {after:.0f} minutes ({after / before:.2f}×)" if before else f"to {after:.0f} minutes"
+    return (f"{n} training unit{'' if one else 's'} {'was' if one else 'were'} re-run over {'its' if one else 'their'} "
+            f"first result{'' if one else 's'} (`train --force`); {r['shared_before']} of those results had been timed "
+            f"on a shared machine (the 1-minute load above the cores in use), {r['shared_after']} of the re-runs were. "
+            f"{repro}, bit for bit (the same fingerprint of the saved model files). {'Its' if one else 'Their'} wall "
+            f"time went {change}, and the table above counts the re-runs.")

@@ -179,17 +179,28 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
                    "mismatched": f"does not record the model in {model_dir(prof['name'], rid)}"}[status]
             print(f"[{rid}] {status.upper()}: {out_json} {why}; re-training")
         _check_writable(prof, rid)
-        t0 = time.perf_counter()
+        previous = _previous(out_json) if status == "done" else None  # a forced re-run of the same config
+        t0, started = time.perf_counter(), time.time()
         with tracking.unit_run(prof, cfg, fresh=force) as wb:
-            trainer, enc, last = _fit(prof, cfg, force, glue_source)
+            trainer, enc, last = _fit(prof, cfg, force, glue_source, started)
             result = _score(prof, cfg, trainer, enc, last)
             result["wandb"] = None
+            if previous:
+                result["previous"] = previous
             _commit(prof, rid, trainer, result, t0)
             if wb is not None:  # the artifact is the model folder in place, so it is logged after the commit
                 result["wandb"] = tracking.log_unit(wb, prof, cfg, model_dir(prof["name"], rid), result)
                 write_json(out_json, result)
     print(f"[{rid}] test {task_metric(task)} = {result['test'][task_metric(task)]:.4f} -> {out_json}")
     return result
+
+
+def _previous(path: Path) -> dict:
+    """What a forced re-run of the same config replaces: when and how fast the earlier result was made, under
+    what load, and its model's fingerprint (``same_model``, set at the commit: did the re-run reproduce it?)."""
+    old = read_json(path)
+    return {"finished_at": old.get("finished_at"), "wall_time_s": old.get("wall_time_s"),
+            "load_avg": (old.get("environment") or {}).get("load_avg"), "model_fingerprint": old.get("model_fingerprint")}
 
 
 def _check_writable(prof: dict, rid: str) -> None:
@@ -238,7 +249,7 @@ def _resume_point(ck_dir: Path, rid: str) -> str | None:
     return None
 
 
-def _fit(prof: dict, cfg: dict, force: bool, glue_source):
+def _fit(prof: dict, cfg: dict, force: bool, glue_source, started: float | None = None):
     """Train with early stopping on the validation slice (resuming from the last usable checkpoint):
     (trainer holding the best checkpoint's weights, encoded splits, the checkpoint resumed from)."""
     from transformers import EarlyStoppingCallback
@@ -253,7 +264,7 @@ def _fit(prof: dict, cfg: dict, force: bool, glue_source):
     ck_dir = _checkpoint_dir(prof, rid, cfg, force)
     args = training_arguments(prof, cfg, ck_dir, len(enc["train"]), [])  # wandb: the unit's run, tracking.py
     trainer = counting_trainer_class()(
-        model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
+        started_at=started, model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
         data_collator=make_collator(tok), processing_class=tok, compute_metrics=_compute_metrics,
         callbacks=[EarlyStoppingCallback(int(cfg["training"].get("early_stopping_patience", 2))),
                    *tracking.trainer_callbacks()])
@@ -355,9 +366,12 @@ def _commit(prof: dict, rid: str, trainer, result: dict, t0: float) -> None:
     trainer.model.save_pretrained(stage / "model")
     trainer.processing_class.save_pretrained(stage / "model")
     result["model_fingerprint"] = fingerprint = folder_fingerprint(stage / "model")
+    if result.get("previous"):
+        result["previous"]["same_model"] = result["previous"]["model_fingerprint"] == fingerprint
     write_json(stage / "model" / MARKER, {"id": rid, "fingerprint": fingerprint,
                                           "result": str(result_path(prof["name"], rid))})
-    result["wall_time_s"] = time.perf_counter() - t0
+    # a resumed unit's wall time includes what its earlier processes spent up to the checkpoint it resumed from
+    result["wall_time_s"] = time.perf_counter() - t0 + trainer.counters.carried_wall
     write_json(stage / "result.json", result)
     _finish_commit(prof, rid, recovering=False)
 

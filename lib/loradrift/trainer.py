@@ -22,9 +22,9 @@ def counting_trainer_class():
     from transformers import Trainer
 
     class CountingTrainer(Trainer):
-        def __init__(self, *a, **kw):
+        def __init__(self, *a, started_at: float | None = None, **kw):
             super().__init__(*a, **kw)
-            self.add_callback(unit_counters())
+            self.add_callback(unit_counters(started_at))
 
         @property
         def counters(self):
@@ -74,26 +74,36 @@ def counting_trainer_class():
     return CountingTrainer
 
 
-def unit_counters():
+def unit_counters(started_at: float | None = None):
     """A Trainer callback whose counts are part of the Trainer's state (``ExportableState``): padded tokens, the
-    sum of the training losses, seconds in optimisation steps and seconds in ``train()``."""
+    sum of the training losses, seconds in optimisation steps, seconds in ``train()`` and the unit's wall seconds
+    up to the latest checkpoint, from ``started_at`` (``time.time()`` when this process began the unit: loading
+    and tokenising count) plus what the checkpoint resumed from had recorded (``carried_wall``). A resumed
+    unit's wall time is this process's plus ``carried_wall``: work after the last checkpoint, lost in the
+    interruption, is not counted; its replay is."""
     from transformers import TrainerCallback
     from transformers.trainer_callback import ExportableState
 
     class UnitCounters(TrainerCallback, ExportableState):
-        FIELDS = ("tokens_padded", "loss_sum", "step_seconds", "train_seconds")
+        FIELDS = ("tokens_padded", "loss_sum", "step_seconds", "train_seconds", "wall_seconds")
+        STARTED = started_at  # a class attribute: the instance the Trainer restores from a checkpoint keeps it
 
         def __init__(self):
             self.tokens_padded, self.loss_sum, self.step_seconds, self.train_seconds = 0, 0.0, 0.0, 0.0
+            self.wall_seconds = self.carried_wall = 0.0
             self._begun = self._step = None
 
         def state(self) -> dict:
             if self._begun is not None:  # a checkpoint records the time spent so far
                 now = time.perf_counter()
                 self.train_seconds, self._begun = self.train_seconds + now - self._begun, now
+                if self.STARTED is not None:
+                    self.wall_seconds = self.carried_wall + time.time() - self.STARTED
             return {"args": {}, "attributes": {k: getattr(self, k) for k in self.FIELDS}}
 
         def on_train_begin(self, args, state, control, **kw):
+            # the Trainer restores a checkpoint's counters before this call: what they recorded is carried
+            self.carried_wall = float(self.wall_seconds)
             self._begun = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kw):
