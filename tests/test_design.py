@@ -411,7 +411,9 @@ def test_learning_curve_sentences_read_the_last_step_against_the_slice_noise():
     assert "At 2,000 training examples MRPC's seed-0 units scored 0.810 (full FT, +0.005) and 0.820 (LoRA, +0.015) " \
         "on the test split against the baseline's 0.805: both are above it, by one seed" in mrpc
     # RTE's largest size has full FT only (LoRA stopped at 500): one method, and below the baseline
-    assert "scored 0.560 (full FT, -0.020) on the test split against the baseline's 0.580: none is above it" in rte
+    assert "RTE's seed-0 unit scored 0.560 (full FT, -0.020) on the test split against the baseline's 0.580: none is " \
+        "above it" in rte
+    assert "it is above it" in sf.learning_curve_sentences(lc, prof, {"rte": 0.55})
     one = sf.learning_curve_sentences(lc, prof, {"mrpc": 0.815})
     assert "only LoRA is above it" in one and "RTE's seed-0" not in one
 

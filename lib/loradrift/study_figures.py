@@ -76,7 +76,8 @@ def _largest_size_sentence(lc, task: str, baseline: float) -> str:
     scores = " and ".join(f"{v:.3f} ({method_label(m)}, {v - baseline:+.3f})" for m, v in zip(top.method, top.test_score))
     who = ("both are above it" if len(above) == len(top) > 1 else "it is above it" if len(above) == len(top) == 1
            else "none is above it" if not above else f"only {method_label(above[0])} is above it")
-    return (f" At {int(top.train_size.iloc[0]):,} training examples {task_name(task)}'s seed-0 units scored {scores} on "
+    units = "unit" if len(top) == 1 else "units"
+    return (f" At {int(top.train_size.iloc[0]):,} training examples {task_name(task)}'s seed-0 {units} scored {scores} on "
             f"the test split against the baseline's {baseline:.3f}: {who}, by one seed and without an interval, so "
             "the study's own seeds at that size would be needed to put it in the drift claims.")
 
