@@ -165,26 +165,34 @@ def test_reruns_count_what_forced_re_runs_replaced(tiny_profile):
     env = lambda load: {"cpu_count": 2, "load_avg": [load, 0.0, 0.0]}  # noqa: E731
     write_json(d / "a.json", {"id": "a", "wall_time_s": 100.0, "environment": env(1.5)})  # never re-run
     write_json(d / "b.json", {"id": "b", "wall_time_s": 120.0, "environment": env(1.6),
-                              "previous": {"wall_time_s": 300.0, "load_avg": [4.0, 0, 0], "same_model": True}})
+                              "previous": {"wall_time_s": 300.0, "load_avg": [4.0, 0, 0], "same_weights": True}})
     write_json(d / "c.json", {"id": "c", "wall_time_s": 60.0, "environment": env(3.1),
-                              "previous": {"wall_time_s": 90.0, "load_avg": [2.0, 0, 0], "same_model": False}})
-    assert findings.reruns(str(tiny_profile)) == {"n": 2, "same_model": 1, "differ": ["c"], "before_s": 390.0,
-                                                  "after_s": 180.0, "shared_before": 1, "shared_after": 1}
+                              "previous": {"wall_time_s": 90.0, "load_avg": [2.0, 0, 0], "same_weights": False}})
+    write_json(d / "e.json", {"id": "e", "wall_time_s": 10.0, "environment": env(1.0),
+                              "previous": {"wall_time_s": 20.0, "load_avg": [1.0, 0, 0], "same_weights": None}})
+    assert findings.reruns(str(tiny_profile)) == {
+        "n": 3, "same_weights": 1, "differ": ["c"], "unknown": ["e"], "before_s": 410.0, "after_s": 190.0,
+        "shared_before": 1, "shared_after": 1}
 
 
 def test_rerun_text_reads_for_every_outcome():
-    r = {"n": 3, "same_model": 3, "differ": [], "before_s": 1200.0, "after_s": 600.0, "shared_before": 3,
-         "shared_after": 0}
+    r = {"n": 3, "same_weights": 3, "differ": [], "unknown": [], "before_s": 1200.0, "after_s": 600.0,
+         "shared_before": 3, "shared_after": 0}
     assert speed.rerun_text({"n": 0}) == ""
     text = speed.rerun_text(r)
     assert text.startswith("3 training units were re-run over their first results")
     assert "3 of those results had been timed on a shared machine" in text and "0 of the re-runs were" in text
-    assert "Every re-run gave the same model, bit for bit" in text and "from 20 to 10 minutes (0.50×)" in text
-    one = speed.rerun_text({**r, "n": 1, "same_model": 1, "before_s": 300.0, "after_s": 330.0, "shared_before": 0})
-    assert one.startswith("1 training unit was re-run over its first result (") and "The re-run gave" in one
+    assert "Every re-run saved the same weights, bit for bit (the bytes of the saved tensors). Their wall time went " \
+        "from 20 to 10 minutes (0.50×)" in text
+    one = speed.rerun_text({**r, "n": 1, "same_weights": 1, "before_s": 300.0, "after_s": 330.0, "shared_before": 0})
+    assert one.startswith("1 training unit was re-run over its first result (") and "The re-run saved" in one
     assert "Its wall time went from 5 to 6 minutes (1.10×)" in one
-    part = speed.rerun_text({**r, "same_model": 2, "differ": ["sst2-full-s1"]})
-    assert "2 of 3 re-runs gave the same model; `sst2-full-s1` did not, and its new result is the one the book uses" in part
-    two = speed.rerun_text({**r, "same_model": 1, "differ": ["a", "b"]})
+    part = speed.rerun_text({**r, "same_weights": 2, "differ": ["sst2-full-s1"]})
+    assert "2 of 3 re-runs saved the same weights, bit for bit (the bytes of the saved tensors); `sst2-full-s1` did " \
+        "not, and its new result is the one the book uses. Their" in part
+    two = speed.rerun_text({**r, "same_weights": 1, "differ": ["a", "b"]})
     assert "`a`, `b` did not, and their new results are the ones the book uses" in two
+    unk = speed.rerun_text({**r, "same_weights": 2, "unknown": ["c"]})
+    assert "2 of 3 re-runs saved the same weights, bit for bit (the bytes of the saved tensors); `c` had no earlier " \
+        "weights on disk to compare with. Their" in unk
     assert "to 10 minutes" in speed.rerun_text({**r, "before_s": 0.0}) and "×" not in speed.rerun_text({**r, "before_s": 0.0})

@@ -103,18 +103,27 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     assert whole["resumed_from"] is None
     assert same_but_times(rec, whole, also=["resumed_from", "previous"]) == []
     assert rec["train_tokens_real"] > 0 and rec["train_loss"] > 0
-    # the forced re-run records what it replaced, and that it reproduced the model bit for bit
-    assert "previous" not in rec
+    # the forced re-run records what it replaced, and that it saved the same weights bit for bit
+    assert "previous" not in rec and rec["weights_fingerprint"]
     assert whole["previous"] == {"finished_at": rec["finished_at"], "wall_time_s": rec["wall_time_s"],
                                  "load_avg": rec["environment"]["load_avg"],
-                                 "model_fingerprint": rec["model_fingerprint"], "same_model": True}
-    # a replaced result whose model differs is reported as not reproduced
-    write_json(result_path("tiny", "rte-full-s3"), {**whole, "model_fingerprint": "another-model"})
-    marker = model_dir("tiny", "rte-full-s3") / MARKER
-    write_json(marker, {**read_json(marker), "fingerprint": "another-model"})   # a consistent (done) pair
+                                 "weights_fingerprint": rec["weights_fingerprint"], "same_weights": True}
+    # a replaced result whose weights differ is reported as not reproduced; one without weights to compare
+    # with (an older result, and its model folder gone) as unknown
+    write_json(result_path("tiny", "rte-full-s3"), {**whole, "weights_fingerprint": "other-weights"})
     again = train_unit(str(tiny_profile), "rte", "full", 3, force=True)
-    assert again["previous"]["model_fingerprint"] == "another-model" and again["previous"]["same_model"] is False
-    assert again["model_fingerprint"] == whole["model_fingerprint"]
+    assert again["previous"]["weights_fingerprint"] == "other-weights" and again["previous"]["same_weights"] is False
+    assert again["weights_fingerprint"] == whole["weights_fingerprint"]
+    # a result from before weights fingerprints: the earlier weights are hashed from its model folder
+    older = lambda r: write_json(result_path("tiny", "rte-full-s3"), {k: v for k, v in r.items()  # noqa: E731
+                                                                       if k != "weights_fingerprint"})
+    older(again)
+    third = train_unit(str(tiny_profile), "rte", "full", 3, force=True)
+    assert third["previous"]["weights_fingerprint"] == whole["weights_fingerprint"]
+    assert third["previous"]["same_weights"] is True
+    older(third)
+    shutil.rmtree(model_dir("tiny", "rte-full-s3"))
+    assert train_unit(str(tiny_profile), "rte", "full", 3, force=True)["previous"]["same_weights"] is None
 
 
 class Killed(BaseException):
@@ -502,3 +511,16 @@ def test_best_validation_reads_the_best_steps_evaluation():
     assert _best_validation(t)["validation_accuracy"] == 0.5
     t.best.step = 6
     assert _best_validation(t) is None
+
+
+def test_adapter_config_is_written_in_one_order(tmp_path):
+    """peft writes target modules in the process's hash order; the unit's commit sorts them (so the same adapter
+    saves the same files) and leaves a full model's folder alone."""
+    from loradrift.train import _canonical_adapter_config
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"target_modules": ["v_proj", "q_proj", "o_proj"], "r": 8}))
+    _canonical_adapter_config(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text()) == {"r": 8, "target_modules": ["o_proj", "q_proj", "v_proj"]}
+    full = tmp_path / "full"
+    full.mkdir()
+    _canonical_adapter_config(full)
+    assert list(full.iterdir()) == []

@@ -189,15 +189,17 @@ def _busy(env: dict | None, load: float | None) -> bool:
 
 def reruns(prof=None) -> dict:
     """The training units re-run over an earlier result of the same configuration (``train --force`` records
-    what it replaced, ``previous``): how many (``n``), how many gave the same model bit for bit (``same_model``;
-    ``differ``: the ids that did not), the summed wall seconds of the replaced results and of the re-runs
-    (``before_s``, ``after_s``) and how many of each were timed on a shared machine (``shared_before``,
-    ``shared_after``)."""
+    what it replaced, ``previous``): how many (``n``), how many saved the same weights bit for bit
+    (``same_weights``; ``differ``: the ids that did not; ``unknown``: those with no earlier weights to compare
+    with), the summed wall seconds of the replaced results and of the re-runs (``before_s``, ``after_s``) and
+    how many of each were timed on a shared machine (``shared_before``, ``shared_after``)."""
     p = load_profile(prof)
     runs = [r for r in (read_or(x) for x in sorted((data_dir(p["name"]) / "runs").glob("*.json")))
             if r is not None and r.get("previous")]
-    return {"n": len(runs), "same_model": sum(bool(r["previous"].get("same_model")) for r in runs),
-            "differ": [r["id"] for r in runs if not r["previous"].get("same_model")],
+    same = [r["previous"].get("same_weights") for r in runs]
+    return {"n": len(runs), "same_weights": sum(x is True for x in same),
+            "differ": [r["id"] for r, x in zip(runs, same) if x is False],
+            "unknown": [r["id"] for r, x in zip(runs, same) if x is None],
             "before_s": sum(r["previous"].get("wall_time_s") or 0.0 for r in runs),
             "after_s": sum(r["wall_time_s"] for r in runs),
             "shared_before": sum(_busy(r.get("environment"), (r["previous"].get("load_avg") or [0])[0]) for r in runs),

@@ -313,17 +313,22 @@ def rerun_text(r: dict) -> str:
     n = r.get("n", 0)
     if not n:
         return ""
-    one, same, differ = n == 1, r["same_model"], r["differ"]
+    one, same, differ, unknown = n == 1, r["same_weights"], r["differ"], r.get("unknown") or []
+    ids = lambda xs: ", ".join(f"`{i}`" for i in xs)  # noqa: E731
+    bits = " saved the same weights, bit for bit (the bytes of the saved tensors)"
     if same == n:
-        repro = "The re-run gave the same model" if one else "Every re-run gave the same model"
+        repro = ("The re-run" if one else "Every re-run") + bits
     else:
-        repro = (f"{same} of {n} re-runs gave the same model; " + ", ".join(f"`{i}`" for i in differ)
-                 + (" did not, and its new result is the one" if len(differ) == 1 else
-                    " did not, and their new results are the ones") + " the book uses")
+        repro = f"{same} of {n} re-runs" + bits
+        if differ:
+            repro += (f"; {ids(differ)} did not, and " + ("its new result is the one" if len(differ) == 1 else
+                                                          "their new results are the ones") + " the book uses")
+        if unknown:
+            repro += f"; {ids(unknown)} had no earlier weights on disk to compare with"
     before, after = r["before_s"] / 60, r["after_s"] / 60
     change = f"from {before:.0f} to {after:.0f} minutes ({after / before:.2f}×)" if before else f"to {after:.0f} minutes"
     return (f"{n} training unit{'' if one else 's'} {'was' if one else 'were'} re-run over {'its' if one else 'their'} "
             f"first result{'' if one else 's'} (`train --force`); {r['shared_before']} of those results had been timed "
             f"on a shared machine (the 1-minute load above the cores in use), {r['shared_after']} of the re-runs were. "
-            f"{repro}, bit for bit (the same fingerprint of the saved model files). {'Its' if one else 'Their'} wall "
-            f"time went {change}, and the table above counts the re-runs.")
+            f"{repro}. {'Its' if one else 'Their'} wall time went "
+            f"{change}, and the table above counts the re-runs.")

@@ -85,15 +85,22 @@ def key(settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def folder_fingerprint(folder: Path) -> str:
-    """A hash of every file in a folder, names, sizes and bytes: which saved model a result belongs to."""
+def folder_fingerprint(folder: Path, pattern: str = "*") -> str:
+    """A hash of every file in a folder (or of those matching ``pattern``), names, sizes and bytes: which saved
+    model a result belongs to."""
     folder, h = Path(folder), hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for f in sorted(p for p in folder.rglob(pattern) if p.is_file()):
         h.update(f"{f.relative_to(folder)}\0{f.stat().st_size}\0".encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def weights_fingerprint(folder: Path) -> str | None:
+    """A hash of a saved model's weight files only (``*.safetensors``): the same weights give the same hash
+    whatever the configs and tokenizer files beside them say; None when the folder holds no weights."""
+    return folder_fingerprint(folder, "*.safetensors") if any(Path(folder).rglob("*.safetensors")) else None
 
 
 def recorded_key(path: Path, field: str = "key") -> str | None:

@@ -13,6 +13,7 @@ process at a time trains a unit (``store.lock``).
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -25,7 +26,7 @@ import torch
 
 from . import LoraDriftError
 from .config import config_hash, environment, load_profile, run_id, unit_config, units
-from .store import (artifacts_dir, data_dir, folder_fingerprint, lock, read_json, read_or, replace_dir,
+from .store import (artifacts_dir, data_dir, folder_fingerprint, lock, weights_fingerprint, read_json, read_or, replace_dir,
                     unreadable, write_json)
 from .store import result_path as _result_path
 from .data import study_splits, tokenize, tokenize_original_eval
@@ -179,7 +180,7 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
                    "mismatched": f"does not record the model in {model_dir(prof['name'], rid)}"}[status]
             print(f"[{rid}] {status.upper()}: {out_json} {why}; re-training")
         _check_writable(prof, rid)
-        previous = _previous(out_json) if status == "done" else None  # a forced re-run of the same config
+        previous = _previous(prof, rid) if status == "done" else None  # a forced re-run of the same config
         t0, started = time.perf_counter(), time.time()
         with tracking.unit_run(prof, cfg, fresh=force) as wb:
             trainer, enc, last = _fit(prof, cfg, force, glue_source, started)
@@ -195,12 +196,15 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
     return result
 
 
-def _previous(path: Path) -> dict:
+def _previous(prof: dict, rid: str) -> dict:
     """What a forced re-run of the same config replaces: when and how fast the earlier result was made, under
-    what load, and its model's fingerprint (``same_model``, set at the commit: did the re-run reproduce it?)."""
-    old = read_json(path)
+    what load, and the hash of its model's weight files, read from its folder before it is replaced (None
+    where the folder is absent, as in a fresh clone). ``same_weights``, set at the commit: did the re-run
+    save the same weights, bit for bit? (None when there was nothing to compare with.)"""
+    old, folder = read_json(result_path(prof["name"], rid)), model_dir(prof["name"], rid)
     return {"finished_at": old.get("finished_at"), "wall_time_s": old.get("wall_time_s"),
-            "load_avg": (old.get("environment") or {}).get("load_avg"), "model_fingerprint": old.get("model_fingerprint")}
+            "load_avg": (old.get("environment") or {}).get("load_avg"),
+            "weights_fingerprint": old.get("weights_fingerprint") or (weights_fingerprint(folder) if folder.exists() else None)}
 
 
 def _check_writable(prof: dict, rid: str) -> None:
@@ -365,15 +369,29 @@ def _commit(prof: dict, rid: str, trainer, result: dict, t0: float) -> None:
     shutil.rmtree(stage, ignore_errors=True)
     trainer.model.save_pretrained(stage / "model")
     trainer.processing_class.save_pretrained(stage / "model")
+    _canonical_adapter_config(stage / "model")
     result["model_fingerprint"] = fingerprint = folder_fingerprint(stage / "model")
+    result["weights_fingerprint"] = weights = weights_fingerprint(stage / "model")
     if result.get("previous"):
-        result["previous"]["same_model"] = result["previous"]["model_fingerprint"] == fingerprint
+        before = result["previous"]["weights_fingerprint"]
+        result["previous"]["same_weights"] = None if before is None else before == weights
     write_json(stage / "model" / MARKER, {"id": rid, "fingerprint": fingerprint,
                                           "result": str(result_path(prof["name"], rid))})
     # a resumed unit's wall time includes what its earlier processes spent up to the checkpoint it resumed from
     result["wall_time_s"] = time.perf_counter() - t0 + trainer.counters.carried_wall
     write_json(stage / "result.json", result)
     _finish_commit(prof, rid, recovering=False)
+
+
+def _canonical_adapter_config(folder: Path) -> None:
+    """peft writes an adapter's target modules (a set) in the process's hash order: sorted, the same adapter
+    saves the same files, and the folder's fingerprint names the model."""
+    path = folder / "adapter_config.json"
+    if path.exists():
+        cfg = json.loads(path.read_text())
+        if isinstance(cfg.get("target_modules"), list):
+            cfg["target_modules"] = sorted(cfg["target_modules"])
+            path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def _finish_commit(prof: dict, rid: str, recovering: bool = True) -> bool:
