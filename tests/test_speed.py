@@ -165,34 +165,46 @@ def test_reruns_count_what_forced_re_runs_replaced(tiny_profile):
     env = lambda load: {"cpu_count": 2, "load_avg": [load, 0.0, 0.0]}  # noqa: E731
     write_json(d / "a.json", {"id": "a", "wall_time_s": 100.0, "environment": env(1.5)})  # never re-run
     write_json(d / "b.json", {"id": "b", "wall_time_s": 120.0, "environment": env(1.6),
-                              "previous": {"wall_time_s": 300.0, "load_avg": [4.0, 0, 0], "same_weights": True}})
+                              "previous": {"wall_time_s": 300.0, "load_avg": [4.0, 0, 0], "cpu_count": 8,
+                                           "same_weights": True}})   # 4 on 8 cores: not shared
     write_json(d / "c.json", {"id": "c", "wall_time_s": 60.0, "environment": env(3.1),
-                              "previous": {"wall_time_s": 90.0, "load_avg": [2.0, 0, 0], "same_weights": False}})
+                              "previous": {"wall_time_s": 90.0, "load_avg": [3.0, 0, 0], "same_weights": False}})
     write_json(d / "e.json", {"id": "e", "wall_time_s": 10.0, "environment": env(1.0),
-                              "previous": {"wall_time_s": 20.0, "load_avg": [1.0, 0, 0], "same_weights": None}})
+                              "previous": {"wall_time_s": None, "load_avg": [1.0, 0, 0], "same_weights": None}})
     assert findings.reruns(str(tiny_profile)) == {
-        "n": 3, "same_weights": 1, "differ": ["c"], "unknown": ["e"], "before_s": 410.0, "after_s": 190.0,
-        "shared_before": 1, "shared_after": 1}
+        "n": 3, "same_weights": 1, "differ": ["c"], "unknown": ["e"], "timed": 2, "before_s": 390.0,
+        "after_s": 180.0, "shared_before": 1, "shared_after": 1}
 
 
 def test_rerun_text_reads_for_every_outcome():
-    r = {"n": 3, "same_weights": 3, "differ": [], "unknown": [], "before_s": 1200.0, "after_s": 600.0,
+    r = {"n": 3, "same_weights": 3, "differ": [], "unknown": [], "timed": 3, "before_s": 1200.0, "after_s": 600.0,
          "shared_before": 3, "shared_after": 0}
+    bits = "the same weights as the results they replaced, bit for bit (the bytes of the saved tensors)"
     assert speed.rerun_text({"n": 0}) == ""
     text = speed.rerun_text(r)
-    assert text.startswith("3 training units were re-run over their first results")
-    assert "3 of those results had been timed on a shared machine" in text and "0 of the re-runs were" in text
-    assert "Every re-run saved the same weights, bit for bit (the bytes of the saved tensors). Their wall time went " \
-        "from 20 to 10 minutes (0.50×)" in text
-    one = speed.rerun_text({**r, "n": 1, "same_weights": 1, "before_s": 300.0, "after_s": 330.0, "shared_before": 0})
-    assert one.startswith("1 training unit was re-run over its first result (") and "The re-run saved" in one
-    assert "Its wall time went from 5 to 6 minutes (1.10×)" in one
+    assert text.startswith("3 training units were re-run over their earlier results (`train --force`); 3 of them had "
+                           "been timed on a shared machine (the 1-minute load above the cores in use), and none of the "
+                           "re-runs were. Every re-run saved " + bits + ". Their wall time went from 20 minutes to 10 "
+                           "minutes (0.50×); the table above counts the re-runs, not the results they replaced.")
+    one = {**r, "n": 1, "same_weights": 1, "timed": 1, "before_s": 30.0, "after_s": 20.0, "shared_before": 0}
+    assert speed.rerun_text(one).startswith("1 training unit was re-run over its earlier result (`train --force`); it "
+                                            "had not been timed on a shared machine")
+    assert "and the re-run was not. The re-run saved the same weights as the result it replaced" in speed.rerun_text(one)
+    assert "Its wall time went from 30 s to 20 s (0.67×)" in speed.rerun_text(one)
+    assert "The re-run did not save the same weights as the result it replaced, bit for bit (the bytes of the saved " \
+        "tensors), and its new result is the one the book uses." in speed.rerun_text({**one, "same_weights": 0, "differ": ["x"]})
+    assert "The re-run could not be compared with the weights it replaced: those were not on disk." in \
+        speed.rerun_text({**one, "same_weights": 0, "unknown": ["x"]})
     part = speed.rerun_text({**r, "same_weights": 2, "differ": ["sst2-full-s1"]})
-    assert "2 of 3 re-runs saved the same weights, bit for bit (the bytes of the saved tensors); `sst2-full-s1` did " \
-        "not, and its new result is the one the book uses. Their" in part
+    assert "2 of the 3 re-runs saved " + bits + "; `sst2-full-s1` did not, and its new result is the one the book " \
+        "uses. Their" in part
     two = speed.rerun_text({**r, "same_weights": 1, "differ": ["a", "b"]})
     assert "`a`, `b` did not, and their new results are the ones the book uses" in two
-    unk = speed.rerun_text({**r, "same_weights": 2, "unknown": ["c"]})
-    assert "2 of 3 re-runs saved the same weights, bit for bit (the bytes of the saved tensors); `c` had no earlier " \
-        "weights on disk to compare with. Their" in unk
-    assert "to 10 minutes" in speed.rerun_text({**r, "before_s": 0.0}) and "×" not in speed.rerun_text({**r, "before_s": 0.0})
+    mixed = speed.rerun_text({**r, "same_weights": 1, "differ": ["a"], "unknown": ["b"]})
+    assert "1 of the 2 re-runs with earlier weights to compare with saved " + bits + "; `a` did not, and its new " \
+        "result is the one the book uses; `b` had no earlier weights on disk to compare with." in mixed
+    assert "None of the re-runs could be compared with the weights they replaced: those were not on disk." in \
+        speed.rerun_text({**r, "same_weights": 0, "unknown": ["a", "b", "c"]})
+    assert "Their wall time (the 2 whose earlier time is known) went" in speed.rerun_text({**r, "timed": 2})
+    assert "Their wall time was 10 minutes;" in speed.rerun_text({**r, "timed": 0, "before_s": 0.0})
+    assert "1 minute to" in speed.rerun_text({**r, "before_s": 70.0, "after_s": 130.0})

@@ -191,18 +191,21 @@ def reruns(prof=None) -> dict:
     """The training units re-run over an earlier result of the same configuration (``train --force`` records
     what it replaced, ``previous``): how many (``n``), how many saved the same weights bit for bit
     (``same_weights``; ``differ``: the ids that did not; ``unknown``: those with no earlier weights to compare
-    with), the summed wall seconds of the replaced results and of the re-runs (``before_s``, ``after_s``) and
-    how many of each were timed on a shared machine (``shared_before``, ``shared_after``)."""
+    with); over the re-runs whose earlier wall time is known (``timed``), the summed wall seconds of the
+    replaced results and of the re-runs (``before_s``, ``after_s``); and how many of each were timed on a
+    shared machine (``shared_before``, ``shared_after``)."""
     p = load_profile(prof)
     runs = [r for r in (read_or(x) for x in sorted((data_dir(p["name"]) / "runs").glob("*.json")))
             if r is not None and r.get("previous")]
     same = [r["previous"].get("same_weights") for r in runs]
+    timed = [r for r in runs if r["previous"].get("wall_time_s") is not None]
+    prev_env = lambda r: {"cpu_count": r["previous"].get("cpu_count") or (r.get("environment") or {}).get("cpu_count")}  # noqa: E731
     return {"n": len(runs), "same_weights": sum(x is True for x in same),
             "differ": [r["id"] for r, x in zip(runs, same) if x is False],
             "unknown": [r["id"] for r, x in zip(runs, same) if x is None],
-            "before_s": sum(r["previous"].get("wall_time_s") or 0.0 for r in runs),
-            "after_s": sum(r["wall_time_s"] for r in runs),
-            "shared_before": sum(_busy(r.get("environment"), (r["previous"].get("load_avg") or [0])[0]) for r in runs),
+            "timed": len(timed), "before_s": sum(r["previous"]["wall_time_s"] for r in timed),
+            "after_s": sum(r["wall_time_s"] for r in timed),
+            "shared_before": sum(_busy(prev_env(r), (r["previous"].get("load_avg") or [0])[0]) for r in runs),
             "shared_after": sum(_busy(r.get("environment"), ((r.get("environment") or {}).get("load_avg") or [0])[0])
                                 for r in runs)}
 

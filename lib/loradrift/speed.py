@@ -308,27 +308,50 @@ def step_paragraph(bench: dict | None) -> str:
     return " ".join(out)
 
 
+def _duration(*seconds: float) -> list[str]:
+    """Durations in one unit: seconds while the largest is under 2 minutes, else minutes."""
+    if max(seconds) < 120:
+        return [f"{x:.0f} s" for x in seconds]
+    return [f"{x / 60:.0f} minute{'' if round(x / 60) == 1 else 's'}" for x in seconds]
+
+
 def rerun_text(r: dict) -> str:
-    """What re-running units over their first results showed (``findings.reruns``); empty when none was."""
+    """What re-running units over their earlier results showed (``findings.reruns``); empty when none was."""
     n = r.get("n", 0)
     if not n:
         return ""
     one, same, differ, unknown = n == 1, r["same_weights"], r["differ"], r.get("unknown") or []
+    known = n - len(unknown)
     ids = lambda xs: ", ".join(f"`{i}`" for i in xs)  # noqa: E731
-    bits = " saved the same weights, bit for bit (the bytes of the saved tensors)"
-    if same == n:
-        repro = ("The re-run" if one else "Every re-run") + bits
+    bits = (f"the same weights as the result{'' if one else 's'} {'it' if one else 'they'} replaced, bit for bit "
+            "(the bytes of the saved tensors)")
+    if not known:
+        repro = ("The re-run could not be compared with the weights it replaced" if one else
+                 "None of the re-runs could be compared with the weights they replaced") + ": those were not on disk"
+    elif one:
+        repro = ("The re-run saved " + bits if same else
+                 "The re-run did not save " + bits + ", and its new result is the one the book uses")
     else:
-        repro = f"{same} of {n} re-runs" + bits
+        repro = ("Every re-run saved " + bits if same == n else f"{same} of the {known} re-runs"
+                 + ("" if known == n else " with earlier weights to compare with") + " saved " + bits)
         if differ:
-            repro += (f"; {ids(differ)} did not, and " + ("its new result is the one" if len(differ) == 1 else
-                                                          "their new results are the ones") + " the book uses")
+            repro += f"; {ids(differ)} did not, and " + ("its new result is the one" if len(differ) == 1 else
+                                                        "their new results are the ones") + " the book uses"
         if unknown:
             repro += f"; {ids(unknown)} had no earlier weights on disk to compare with"
-    before, after = r["before_s"] / 60, r["after_s"] / 60
-    change = f"from {before:.0f} to {after:.0f} minutes ({after / before:.2f}×)" if before else f"to {after:.0f} minutes"
+    where = "on a shared machine (the 1-minute load above the cores in use)"
+    shared = (f"it had{'' if r['shared_before'] else ' not'} been timed {where}, and the re-run was"
+              + ("" if r["shared_after"] else " not") if one else
+              f"{r['shared_before'] or 'none'} of them had been timed {where}, and {r['shared_after'] or 'none'} of "
+              "the re-runs were")
+    timed = r.get("timed", n)
+    if timed and r["before_s"]:
+        before, after = _duration(r["before_s"], r["after_s"])
+        of = "" if timed == n else f" (the {timed} whose earlier time is known)"
+        change = (f"{'Its' if one else 'Their'} wall time{of} went from {before} to {after} "
+                  f"({r['after_s'] / r['before_s']:.2f}×)")
+    else:
+        change = f"{'Its' if one else 'Their'} wall time was {_duration(r['after_s'])[0]}"
     return (f"{n} training unit{'' if one else 's'} {'was' if one else 'were'} re-run over {'its' if one else 'their'} "
-            f"first result{'' if one else 's'} (`train --force`); {r['shared_before']} of those results had been timed "
-            f"on a shared machine (the 1-minute load above the cores in use), {r['shared_after']} of the re-runs were. "
-            f"{repro}. {'Its' if one else 'Their'} wall time went "
-            f"{change}, and the table above counts the re-runs.")
+            f"earlier result{'' if one else 's'} (`train --force`); {shared}. {repro}. {change}; the table above "
+            "counts the re-runs, not the results they replaced.")

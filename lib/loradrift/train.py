@@ -198,13 +198,18 @@ def train_unit(prof: dict | str, task: str, method: str, seed: int, force: bool 
 
 def _previous(prof: dict, rid: str) -> dict:
     """What a forced re-run of the same config replaces: when and how fast the earlier result was made, under
-    what load, and the hash of its model's weight files, read from its folder before it is replaced (None
-    where the folder is absent, as in a fresh clone). ``same_weights``, set at the commit: did the re-run
-    save the same weights, bit for bit? (None when there was nothing to compare with.)"""
+    what load and on how many cores, and the hash of its weight files (recorded, else read from its model
+    folder before it is replaced, if that folder's marker names the result's model; None otherwise, as in a
+    fresh clone). ``same_weights``, set at the commit: did the re-run save the same weights, bit for bit?
+    (None when there was nothing to compare with.)"""
     old, folder = read_json(result_path(prof["name"], rid)), model_dir(prof["name"], rid)
+    env = old.get("environment") or {}
+    weights = old.get("weights_fingerprint")
+    marker = _model_marker(folder)
+    if weights is None and marker and old.get("model_fingerprint") and marker.get("fingerprint") == old["model_fingerprint"]:
+        weights = weights_fingerprint(folder)
     return {"finished_at": old.get("finished_at"), "wall_time_s": old.get("wall_time_s"),
-            "load_avg": (old.get("environment") or {}).get("load_avg"),
-            "weights_fingerprint": old.get("weights_fingerprint") or (weights_fingerprint(folder) if folder.exists() else None)}
+            "load_avg": env.get("load_avg"), "cpu_count": env.get("cpu_count"), "weights_fingerprint": weights}
 
 
 def _check_writable(prof: dict, rid: str) -> None:
@@ -253,6 +258,12 @@ def _resume_point(ck_dir: Path, rid: str) -> str | None:
     return None
 
 
+def _checkpoint_counters(checkpoint: str) -> dict:
+    """The unit counters a resume checkpoint recorded (``trainer.unit_counters``)."""
+    state = read_json(Path(checkpoint) / "trainer_state.json")
+    return ((state.get("stateful_callbacks") or {}).get("UnitCounters") or {}).get("attributes") or {}
+
+
 def _fit(prof: dict, cfg: dict, force: bool, glue_source, started: float | None = None):
     """Train with early stopping on the validation slice (resuming from the last usable checkpoint):
     (trainer holding the best checkpoint's weights, encoded splits, the checkpoint resumed from)."""
@@ -279,6 +290,9 @@ def _fit(prof: dict, cfg: dict, force: bool, glue_source, started: float | None 
     last = _resume_point(ck_dir, rid)
     if last:
         print(f"[{rid}] resuming from {last}")
+        if "wall_seconds" not in _checkpoint_counters(last):
+            print(f"[{rid}] {last} was written before checkpoints carried the unit's wall time: its result will "
+                  "count this process's wall time only")
         best.resume(last)
     trainer.train_output = trainer.train(resume_from_checkpoint=last)
     best.restore()  # the best evaluation's weights, as a unit keeps them
