@@ -364,7 +364,12 @@ def test_results_from_retrained_units_are_reported_out_of_date(tiny_book, monkey
             "units": {f"{m}/{t}": u for (m, t), u in serving._unit_results(p, ["rte"], 2).items()}}
     assert serving.outdated_units(p, meta) == []
     try:
-        write_json(unit, {**rec, "finished_at": "2099-01-01T00:00:00Z"})  # as if re-trained later
+        # re-run later, reproducing its weights bit for bit: what was made from the model stays current
+        assert rec["weights_fingerprint"]
+        write_json(unit, {**rec, "finished_at": "2099-01-01T00:00:00Z", "model_fingerprint": "other-files"})
+        assert drift.is_current(p, "rte") and serving.outdated_units(p, meta) == []
+        # re-trained into other weights
+        write_json(unit, {**rec, "finished_at": "2099-01-01T00:00:00Z", "weights_fingerprint": "other-weights"})
         assert not drift.is_current(p, "rte")
         assert findings.outdated(prof)["drift"] == ["rte"]
         assert serving.outdated_units(p, meta) == ["lora/rte"]

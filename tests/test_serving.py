@@ -488,10 +488,11 @@ def test_deploy_settings_are_checked():
             "x": {**wrong["x"], "streams": ["rte"], "modes": ["lora", "merged"], "batch_sizes": [1, 8]}})
 
 
-def _record(root, unit, config_hash="h0", finished_at="2026-01-01T00:00:00Z"):
+def _record(root, unit, config_hash="h0", finished_at="2026-01-01T00:00:00Z", **more):
     from loradrift.store import write_json
     write_json(root / "data" / "tiny" / "runs" / f"{unit}.json",
-               {"test": {"accuracy": 0.5, "f1": 0.5, "n": 16}, "config_hash": config_hash, "finished_at": finished_at})
+               {"test": {"accuracy": 0.5, "f1": 0.5, "n": 16}, "config_hash": config_hash, "finished_at": finished_at,
+                **more})
 
 
 def test_deployment_key_holds_every_setting(tiny_profile, book_root):
@@ -522,7 +523,24 @@ def test_deployment_key_holds_every_setting(tiny_profile, book_root):
     _record(book_root, run_id("mrpc", "lora", 1))
     assert key() == base
     _record(book_root, run_id("mrpc", "lora", 1), finished_at="2026-02-01T00:00:00Z")
-    assert key() != base
+    assert key() != base    # a result without a model fingerprint is known by when it finished
+    # with fingerprints, a unit is its weights: a re-run that reproduces them keeps the key (whatever else it
+    # saved), other weights change it; a result with only the folder's fingerprint is known by that
+    _record(book_root, run_id("mrpc", "lora", 1), weights_fingerprint="w1", model_fingerprint="f1")
+    with_fp = key()
+    _record(book_root, run_id("mrpc", "lora", 1), finished_at="2026-02-01T00:00:00Z", weights_fingerprint="w1",
+            model_fingerprint="f2")
+    assert key() == with_fp != base
+    _record(book_root, run_id("mrpc", "lora", 1), finished_at="2026-02-01T00:00:00Z", weights_fingerprint="w2",
+            model_fingerprint="f2")
+    assert key() != with_fp
+    _record(book_root, run_id("mrpc", "lora", 1), model_fingerprint="f1")
+    folder_only = key()
+    assert folder_only not in (base, with_fp)
+    _record(book_root, run_id("mrpc", "lora", 1), finished_at="2026-02-01T00:00:00Z", model_fingerprint="f1")
+    assert key() == folder_only
+    _record(book_root, run_id("mrpc", "lora", 1), model_fingerprint="f2")
+    assert key() != folder_only
 
 
 def test_served_units_are_chosen_by_method_kind():

@@ -103,6 +103,17 @@ def weights_fingerprint(folder: Path) -> str | None:
     return folder_fingerprint(folder, "*.safetensors") if any(Path(folder).rglob("*.safetensors")) else None
 
 
+def unit_identity(rec: dict) -> dict:
+    """What a trained unit's result contributes to the keys of the results made from its model: its config hash
+    and its weights' fingerprint (the saved tensors' bytes), so that a re-run that reproduces the weights bit for
+    bit leaves them current and one that does not makes them stale. Older results contribute what they
+    recorded: the whole model folder's fingerprint, else their finish time (any re-run changes either)."""
+    for field in ("weights_fingerprint", "model_fingerprint"):
+        if rec.get(field):
+            return {"config_hash": rec.get("config_hash"), field: rec[field]}
+    return {"config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at")}
+
+
 def recorded_key(path: Path, field: str = "key") -> str | None:
     """The key a result file recorded; None if it is absent or unreadable."""
     try:

@@ -4,7 +4,7 @@
   changes them: the model, the data settings, the task's sample, every drift setting of the profile
   except the summary-only ``primary`` and ``exploratory`` (so measures, poolings, the sink rule, the
   dominance threshold, bootstrap and permutation counts...),
-  and each trained unit it reads (its config hash and when it finished).
+  and each trained unit it reads (its config hash and its weights' fingerprint: `store.unit_identity`).
 - ``drift_summary.json`` records the key of the endpoints it tests and of the tasks' keys it summarises.
 - A model's cached pooled states (``artifacts/``) record the key of what extraction depends on.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..config import drift_units
 from ..store import is_current as _store_is_current
-from ..store import key, read_or, recorded_key, result_path
+from ..store import key, read_or, recorded_key, result_path, unit_identity
 from .settings import SUMMARY_ONLY, drift_config
 
 TABLES = ("layers", "pairs", "null", "intruders", "diagnostics")
@@ -24,12 +24,12 @@ def task_rids(prof: dict, task: str) -> list[tuple[str, str, int]]:
 
 
 def unit_fingerprint(prof: dict, rid: str) -> dict:
-    """What a trained unit contributes to a key: its config hash and when it finished (a re-trained
-    unit changes it); ``missing`` when its result does not exist or cannot be read (named in a warning)."""
+    """What a trained unit contributes to a key (`store.unit_identity`: its config hash and its weights' bytes);
+    ``missing`` when its result does not exist or cannot be read (named in a warning)."""
     rec = read_or(result_path(prof["name"], "run", unit=rid))
     if rec is None:
         return {"id": rid, "missing": True}
-    return {"id": rid, "config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at")}
+    return {"id": rid, **unit_identity(rec)}
 
 
 def extract_settings(prof: dict, cfg: dict, task: str) -> dict:

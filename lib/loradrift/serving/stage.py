@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .. import LoraDriftError
-from ..store import RESULTS, is_current, key, read_json, read_or, result_path
+from ..store import RESULTS, is_current, key, read_json, read_or, result_path, unit_identity
 from .analysis import frames as result_frames
 from .engine import DESIGN, FILES, Bench, loadavg, plan_points, requests_needed, run_record, tolerance, write_results
 from .memory import weight_file_bytes
@@ -22,8 +22,12 @@ from .settings import all_modes, deploy_config, served_methods
 from .sources import TrainedSource
 
 
+IDENTITY = ("config_hash", "weights_fingerprint", "model_fingerprint", "finished_at")  # the fields `store.unit_identity` may give
+
+
 def unit_results(prof: dict, tasks, seed: int, methods: dict | None = None) -> dict:
-    """{(method, task): test accuracy, F1, n, config hash, finish time} of the served units that exist."""
+    """{(method, task): test accuracy, F1, n and the unit's identity (`store.unit_identity`)} of the served units
+    that exist."""
     from ..config import run_id
     methods = methods or served_methods(prof)
     out = {}
@@ -32,7 +36,7 @@ def unit_results(prof: dict, tasks, seed: int, methods: dict | None = None) -> d
             rec = read_or(result_path(prof["name"], "run", unit=run_id(t, m, seed)))
             if rec is not None:
                 out[(m, t)] = {"accuracy": rec["test"]["accuracy"], "f1": rec["test"]["f1"], "n": rec["test"]["n"],
-                               "config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at")}
+                               **unit_identity(rec)}
     return out
 
 
@@ -41,17 +45,16 @@ _unit_results = unit_results   # the name tests/test_drift.py uses
 
 def deploy_settings(cfg: dict, tasks, units: dict) -> dict:
     """Everything that changes the benchmark's result (``units``: {"<method>/<task>": record}): a
-    re-trained unit (new config hash or finish time) is another model."""
+    re-trained unit that is another model (another config hash or model fingerprint) changes it."""
     return {"config": cfg, "tasks": list(tasks),
-            "units": {n: {"config_hash": u.get("config_hash"), "finished_at": u.get("finished_at")}
-                      for n, u in units.items()}}
+            "units": {n: {k: u.get(k) for k in IDENTITY if k in u} for n, u in units.items()}}
 
 
 def outdated_units(prof: dict, meta: dict) -> list[str]:
     """Units a committed benchmark served that have since been re-trained or removed (empty: current)."""
     seed = int(meta.get("seed", prof["seeds"][0]))
     now = {f"{m}/{t}": u for (m, t), u in unit_results(prof, meta.get("tasks", []), seed).items()}
-    same = lambda a, b: all(a.get(k) == b.get(k) for k in ("config_hash", "finished_at"))  # noqa: E731
+    same = lambda a, b: all(a.get(k) == b.get(k) for k in IDENTITY)  # noqa: E731
     return sorted(k for k, u in (meta.get("units") or {}).items() if not same(now.get(k) or {}, u))
 
 
