@@ -103,6 +103,9 @@ def weights_fingerprint(folder: Path) -> str | None:
     return folder_fingerprint(folder, "*.safetensors") if any(Path(folder).rglob("*.safetensors")) else None
 
 
+IDENTITY = ("config_hash", "weights_fingerprint", "model_fingerprint", "finished_at")  # what unit_identity may give
+
+
 def unit_identity(rec: dict) -> dict:
     """What a trained unit's result contributes to the keys of the results made from its model: its config hash
     and its weights' fingerprint (the saved tensors' bytes), so that a re-run that reproduces the weights bit for

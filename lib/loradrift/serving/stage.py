@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .. import LoraDriftError
-from ..store import RESULTS, is_current, key, read_json, read_or, result_path, unit_identity
+from ..store import IDENTITY, RESULTS, is_current, key, read_json, read_or, result_path, unit_identity
 from .analysis import frames as result_frames
 from .engine import DESIGN, FILES, Bench, loadavg, plan_points, requests_needed, run_record, tolerance, write_results
 from .memory import weight_file_bytes
@@ -20,9 +20,6 @@ from .modes import needed_kinds
 from .requests import real_requests
 from .settings import all_modes, deploy_config, served_methods
 from .sources import TrainedSource
-
-
-IDENTITY = ("config_hash", "weights_fingerprint", "model_fingerprint", "finished_at")  # the fields `store.unit_identity` may give
 
 
 def unit_results(prof: dict, tasks, seed: int, methods: dict | None = None) -> dict:
@@ -44,14 +41,15 @@ _unit_results = unit_results   # the name tests/test_drift.py uses
 
 
 def deploy_settings(cfg: dict, tasks, units: dict) -> dict:
-    """Everything that changes the benchmark's result (``units``: {"<method>/<task>": record}): a
-    re-trained unit that is another model (another config hash or model fingerprint) changes it."""
+    """Everything that changes the benchmark's result (``units``: {"<method>/<task>": record}): a served unit
+    with another identity (`store.unit_identity`: another config hash or other weights) changes it."""
     return {"config": cfg, "tasks": list(tasks),
             "units": {n: {k: u.get(k) for k in IDENTITY if k in u} for n, u in units.items()}}
 
 
 def outdated_units(prof: dict, meta: dict) -> list[str]:
-    """Units a committed benchmark served that have since been re-trained or removed (empty: current)."""
+    """Units a committed benchmark served that have since changed identity (`store.unit_identity`: another config
+    or other weights; a record with other identity fields counts as changed) or been removed (empty: current)."""
     seed = int(meta.get("seed", prof["seeds"][0]))
     now = {f"{m}/{t}": u for (m, t), u in unit_results(prof, meta.get("tasks", []), seed).items()}
     same = lambda a, b: all(a.get(k) == b.get(k) for k in IDENTITY)  # noqa: E731
