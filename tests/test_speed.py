@@ -208,3 +208,18 @@ def test_rerun_text_reads_for_every_outcome():
     assert "Their wall time (the 2 whose earlier time is known) went" in speed.rerun_text({**r, "timed": 2})
     assert "Their wall time was 10 minutes;" in speed.rerun_text({**r, "timed": 0, "before_s": 0.0})
     assert "1 minute to" in speed.rerun_text({**r, "before_s": 70.0, "after_s": 130.0})
+
+
+def test_runtime_text_sets_the_total_against_the_budget():
+    done = {"total_wall_h": 5.5, "complete": True, "stages": []}
+    lead, tail = speed.runtime_text(done, 6)
+    assert lead == "All stages together took 5.50 hours"
+    assert tail.startswith("within the profile's budget of 6 hours (`time_budget_h`); the figure to plan")
+    assert speed.runtime_text({**done, "total_wall_h": 6.25}, 6)[1].startswith(
+        "0.25 hours over the profile's budget of 6 (`time_budget_h`); ")
+    assert speed.runtime_text(done)[1].startswith("the figure to plan a re-run")
+    part = {"total_wall_h": 2.0, "complete": False, "projected_left_s": 5400,
+            "stages": [{"stage": "train", "units_done": 10, "units_planned": 65}]}
+    lead, tail = speed.runtime_text(part, 6)
+    assert lead.startswith("The study is not complete: the stages run so far took 2.00 hours")
+    assert tail.startswith("with 10 of its 65 training units done; the rest of the training is projected at 1.5 hours")

@@ -355,3 +355,21 @@ def rerun_text(r: dict) -> str:
     return (f"{n} training unit{'' if one else 's'} {'was' if one else 'were'} re-run over {'its' if one else 'their'} "
             f"earlier result{'' if one else 's'} (`train --force`); {shared}. {repro}. {change}; the table above "
             "counts the re-runs, not the results they replaced.")
+
+
+def runtime_text(runtime: dict, budget_h: float | None = None) -> tuple[str, str]:
+    """The Setup chapter's run-time sentence, as (lead, tail), from ``findings.study_time``'s record: the total,
+    against the profile's ``time_budget_h`` when it has one, or, for a study not complete, what is left."""
+    h = runtime.get("total_wall_h") or 0.0
+    if runtime.get("complete", True):
+        budget = "" if not budget_h else (
+            f"within the profile's budget of {budget_h:g} hours (`time_budget_h`); " if h <= budget_h else
+            f"{h - budget_h:.2f} hours over the profile's budget of {budget_h:g} (`time_budget_h`); ")
+        return (f"All stages together took {h:.2f} hours",
+                budget + "the figure to plan a re-run of this profile with, on similar hardware.")
+    tr = next((x for x in runtime.get("stages", []) if x["stage"] == "train"), {})
+    return (f"The study is not complete: the stages run so far took {h:.2f} hours",
+            f"with {tr.get('units_done')} of its {tr.get('units_planned')} training units done; the rest of the "
+            f"training is projected at {runtime.get('projected_left_s', 0) / 3600:.1f} hours from the done units' "
+            "seconds per training token (the drift of the remaining tasks and the serving benchmark not included).")
+
