@@ -128,6 +128,27 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     assert fourth["previous"]["weights_fingerprint"] is None and fourth["previous"]["same_weights"] is None
 
 
+def test_a_checkpoint_without_a_carried_wall_time_is_resumed_and_says_so(tiny_profile, book_root):
+    """A checkpoint written before checkpoints carried the unit's wall time still resumes exactly; one line says
+    the result counts the resuming process's wall time only."""
+    prof = load_profile(str(tiny_profile))
+    prof["training"]["common"].update(evals_per_epoch=1, early_stopping_patience=1000)
+    prof["methods"]["lora"]["num_train_epochs"] = 10
+    tiny_profile.write_text(yaml.safe_dump(prof))
+    args = ["train", "--profile", str(tiny_profile), "--task", "rte", "--method", "lora", "--seed", "1"]
+    assert killed_after_checkpoint(args, 1).returncode == 9
+    (ck,) = (book_root / "artifacts" / "tiny" / "runs" / "rte-lora-s1" / "checkpoints").glob("checkpoint-*")
+    state = json.loads((ck / "trainer_state.json").read_text())
+    del state["stateful_callbacks"]["UnitCounters"]["attributes"]["wall_seconds"]   # as an older loradrift wrote it
+    (ck / "trainer_state.json").write_text(json.dumps(state))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "loradrift", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "was written before checkpoints carried the unit's wall time" in out.stdout
+    rec = read_json(result_path("tiny", "rte-lora-s1"))
+    assert rec["resumed_from"] and rec["steps"] == 10 * 4 and rec["wall_time_s"] < time.perf_counter() - t0
+
+
 class Killed(BaseException):
     """A process killed at this point (nothing catches it, as nothing outlives a kill -9)."""
 
