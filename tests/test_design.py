@@ -446,3 +446,18 @@ def test_the_learning_curve_chart_draws_each_task_in_its_own_panel():
                        "base_corr": 0.1} for t in ("sst2", "rte") for d in (0, 1)])
     spec = study_figures.dominance_chart(D, 0.5).to_dict()
     assert "facet" in spec and all("data" not in layer for layer in spec["spec"]["layer"])
+
+
+def test_learning_curve_scope_names_the_methods_it_leaves_out():
+    from loradrift import study_figures as sf
+    prof = {"name": "p", "tasks": ["rte"], "seeds": [0], "methods": {"full": {"kind": "full"}, "lora": {"kind": "lora"}},
+            "drift": {"compare": ["full", "lora"]},
+            "study": {"main": {"methods": ["full", "lora"]},
+                      "curve": {"methods": ["lora"], "seeds": 1, "train_sizes": [100, 200]}}}
+    assert sf.learning_curve_scope(prof).startswith("The curve is drawn for LoRA only, not for full FT: it is there to "
+                                                    "choose training sizes, which one method does within")
+    prof["study"]["curve"]["methods"] = ["full", "lora"]
+    assert sf.learning_curve_scope(prof) == ""
+    del prof["study"]["curve"]
+    assert sf.learning_curve_scope(prof) == ""
+

@@ -82,6 +82,20 @@ def _largest_size_sentence(lc, task: str, baseline: float) -> str:
             "the study's own seeds at that size would be needed to put it in the drift claims.")
 
 
+def learning_curve_scope(prof: dict) -> str:
+    """A sentence when the learning curve leaves out some of the compared methods: which ones it draws ("" when it
+    draws them all)."""
+    from .config import study_groups
+    from .design import compared_methods
+    drawn = [m for g in study_groups(prof).values() if g["train_sizes"] for m in g["methods"]]
+    left = [m for m in compared_methods(prof) if m not in drawn]
+    if not drawn or not left:
+        return ""
+    return (f"The curve is drawn for {' and '.join(map(method_label, drawn))} only, not for "
+            f"{' and '.join(map(method_label, left))}: it is there to choose training sizes, which one method does "
+            "within the study's time budget (the profile's `study:` section says why).")
+
+
 def learning_curve_sentences(lc, prof: dict, controls: dict | None = None) -> str:
     """Per task, what the learning curve says: each method's validation metric at the smallest and largest
     training size, and whether the last step up in size gained more than twice the binomial standard error
