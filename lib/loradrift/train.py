@@ -27,13 +27,13 @@ import torch
 from . import LoraDriftError
 from .config import config_hash, environment, load_profile, run_id, unit_config, units
 from .store import (artifacts_dir, data_dir, folder_fingerprint, lock, weights_fingerprint, read_json, read_or, replace_dir,
-                    unreadable, write_json)
+                    unreadable, write_json, write_text)
 from .store import result_path as _result_path
 from .data import study_splits, tokenize, tokenize_original_eval
 from .tasks import get_task, task_metric
 from .models import build_for_training, parameter_counts
-from .trainer import (_no_eval_at_end, _stop_when_fit, best_weights, checkpoint_problem, counting_trainer_class,
-                      precision)
+from .trainer import (_no_eval_at_end, _stop_when_fit, best_weights, checkpoint_counters, checkpoint_problem,
+                      counting_trainer_class, precision)
 from . import tracking
 
 
@@ -258,12 +258,6 @@ def _resume_point(ck_dir: Path, rid: str) -> str | None:
     return None
 
 
-def _checkpoint_counters(checkpoint: str) -> dict:
-    """The unit counters a resume checkpoint recorded (``trainer.unit_counters``)."""
-    state = read_json(Path(checkpoint) / "trainer_state.json")
-    return ((state.get("stateful_callbacks") or {}).get("UnitCounters") or {}).get("attributes") or {}
-
-
 def _fit(prof: dict, cfg: dict, force: bool, glue_source, started: float | None = None):
     """Train with early stopping on the validation slice (resuming from the last usable checkpoint):
     (trainer holding the best checkpoint's weights, encoded splits, the checkpoint resumed from)."""
@@ -290,7 +284,7 @@ def _fit(prof: dict, cfg: dict, force: bool, glue_source, started: float | None 
     last = _resume_point(ck_dir, rid)
     if last:
         print(f"[{rid}] resuming from {last}")
-        if "wall_seconds" not in _checkpoint_counters(last):
+        if "wall_seconds" not in (checkpoint_counters(last) or {}):
             print(f"[{rid}] {last} was written before checkpoints carried the unit's wall time: its result will "
                   "count this process's wall time only")
         best.resume(last)
@@ -402,10 +396,10 @@ def _canonical_adapter_config(folder: Path) -> None:
     saves the same files, and the folder's fingerprint names the model."""
     path = folder / "adapter_config.json"
     if path.exists():
-        cfg = json.loads(path.read_text())
+        cfg = read_json(path)
         if isinstance(cfg.get("target_modules"), list):
             cfg["target_modules"] = sorted(cfg["target_modules"])
-            path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            write_text(path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")  # peft's layout, sorted
 
 
 def _finish_commit(prof: dict, rid: str, recovering: bool = True) -> bool:

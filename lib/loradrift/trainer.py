@@ -142,9 +142,18 @@ def checkpoint_problem(folder: Path) -> str | None:
                 json.loads(f.read_text(encoding="utf-8"))
         except Exception as e:  # SafetensorError, BadZipFile, JSONDecodeError, OSError ...
             return f"{f.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-    if "UnitCounters" not in json.loads((folder / "trainer_state.json").read_text()).get("stateful_callbacks", {}):
+    if checkpoint_counters(folder) is None:
         return "its Trainer state has no unit counters (an older loradrift wrote it): a resumed unit would miscount"
     return None
+
+
+def checkpoint_counters(folder: Path) -> dict | None:
+    """The unit counters a resume checkpoint's Trainer state recorded (``UnitCounters``' attributes), or None
+    when it recorded none (an older loradrift wrote it)."""
+    import json
+    state = json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))
+    counters = (state.get("stateful_callbacks") or {}).get("UnitCounters")
+    return None if counters is None else (counters.get("attributes") or {})
 
 
 def cpu_supports_bf16() -> bool:
