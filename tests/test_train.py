@@ -128,6 +128,32 @@ def test_interrupted_unit_resumes(tiny_profile, book_root):
     assert fourth["previous"]["weights_fingerprint"] is None and fourth["previous"]["same_weights"] is None
 
 
+def test_a_unit_resumed_mid_epoch_draws_the_epochs_data_order_again(tiny_profile, book_root):
+    """Killed mid-epoch, a unit resumes on the data order its epoch drew (the Trainer's skip would otherwise draw
+    a new shuffle from the fresh process's RNG), dropout included: killed first at an epoch's end and then
+    mid-epoch, it ends with the same weights, curves and training loss as the unit trained in one go."""
+    prof = load_profile(str(tiny_profile))
+    prof["training"]["common"].update(evals_per_epoch=2, early_stopping_patience=1000)
+    prof.setdefault("run", {})["checkpoint_every_evals"] = 1
+    prof["methods"]["lora"].update(num_train_epochs=4, lora_dropout=0.1)
+    tiny_profile.write_text(yaml.safe_dump(prof))
+    ck = book_root / "artifacts" / "tiny" / "runs" / "rte-lora-s1" / "checkpoints"
+    args = ["train", "--profile", str(tiny_profile), "--task", "rte", "--method", "lora", "--seed", "1"]
+    # 4 steps an epoch, a checkpoint at every evaluation (every 2 steps): killed after step 4 (the first epoch's
+    # end), then, resumed, after step 6 (mid-epoch: the second epoch's order must be the one drawn at its start)
+    assert killed_after_checkpoint(args, 2).returncode == 9
+    assert [c.name for c in ck.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert killed_after_checkpoint(args, 1).returncode == 9
+    assert [c.name for c in ck.glob("checkpoint-*")] == ["checkpoint-6"]
+    out = subprocess.run([sys.executable, "-m", "loradrift", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "resuming from" in out.stdout, out.stderr[-2000:]
+    rec = read_json(result_path("tiny", "rte-lora-s1"))
+    assert rec["resumed_from"].endswith("checkpoint-6") and rec["steps"] == 16
+    whole = train_unit(str(tiny_profile), "rte", "lora", 1, force=True)
+    assert whole["resumed_from"] is None and whole["previous"]["same_weights"] is True
+    assert same_but_times(rec, whole, also=["resumed_from", "previous"]) == []
+
+
 def test_a_checkpoint_without_a_carried_wall_time_is_resumed_and_says_so(tiny_profile, book_root):
     """A checkpoint written before checkpoints carried the unit's wall time still resumes exactly; one line says
     the result counts the resuming process's wall time only."""

@@ -63,6 +63,10 @@ def counting_trainer_class():
                 best.save_into(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")
             return super()._save_checkpoint(model, trial)
 
+        def _load_rng_state(self, checkpoint):
+            super()._load_rng_state(checkpoint)
+            self.counters.rng_restored()
+
         def training_step(self, model, inputs, *args, **kw):
             loss = super().training_step(model, inputs, *args, **kw)
             c = self.counters
@@ -85,13 +89,15 @@ def unit_counters(started_at: float | None = None):
     from transformers.trainer_callback import ExportableState
 
     class UnitCounters(TrainerCallback, ExportableState):
-        FIELDS = ("tokens_padded", "loss_sum", "step_seconds", "train_seconds", "wall_seconds")
+        FIELDS = ("tokens_padded", "loss_sum", "step_seconds", "train_seconds", "wall_seconds", "epoch_rng")
         STARTED = started_at  # a class attribute: the instance the Trainer restores from a checkpoint keeps it
 
         def __init__(self):
             self.tokens_padded, self.loss_sum, self.step_seconds, self.train_seconds = 0, 0.0, 0.0, 0.0
             self.wall_seconds = self.carried_wall = 0.0
-            self._begun = self._step = None
+            self.epoch_rng = None  # torch's RNG state as the current epoch began (base64)
+            self._begun = self._step = self._resumed = None
+            self._pending = False
 
         def state(self) -> dict:
             if self._begun is not None:  # a checkpoint records the time spent so far
@@ -105,6 +111,27 @@ def unit_counters(started_at: float | None = None):
             # the Trainer restores a checkpoint's counters before this call: what they recorded is carried
             self.carried_wall = float(self.wall_seconds)
             self._begun = time.perf_counter()
+            self._resumed = state.global_step > 0
+
+        def on_epoch_begin(self, args, state, control, **kw):
+            # The epoch's shuffle (the length-grouped sampler's randperm, the loader's base seed) draws from torch's
+            # global RNG when the epoch starts iterating, after this call. Resumed mid-epoch, the Trainer restores
+            # the checkpoint's RNG only after skipping the trained batches, so the skip would draw a new order from
+            # the fresh process's RNG: put back the state recorded as this epoch began. Resumed at an epoch's end,
+            # the Trainer restores the checkpoint's RNG before the shuffle: record that one (rng_restored).
+            resumed, self._resumed = self._resumed, False
+            if not resumed:
+                self.epoch_rng = _rng_text()
+            elif float(state.epoch) != int(state.epoch):
+                if self.epoch_rng is not None:  # None: a checkpoint from before loradrift recorded it
+                    torch.set_rng_state(_rng_state(self.epoch_rng))
+            else:
+                self._pending = True
+
+        def rng_restored(self):
+            """The Trainer has just put back a checkpoint's RNG (``CountingTrainer._load_rng_state``)."""
+            if self._pending:
+                self.epoch_rng, self._pending = _rng_text(), False
 
         def on_train_end(self, args, state, control, **kw):
             self.state()
@@ -115,6 +142,17 @@ def unit_counters(started_at: float | None = None):
         def on_step_end(self, args, state, control, **kw):
             self.step_seconds += time.perf_counter() - self._step
     return UnitCounters()
+
+
+def _rng_text() -> str:
+    """torch's global RNG state as text (a Trainer state is JSON)."""
+    import base64
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")
+
+
+def _rng_state(text: str) -> torch.Tensor:
+    import base64
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 def checkpoint_problem(folder: Path) -> str | None:
