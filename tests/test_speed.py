@@ -72,6 +72,24 @@ def test_rate_gain_counts_only_units_on_an_idle_machine():
     assert g["full"] == pytest.approx(3.0) and math.isnan(g["lora"])
 
 
+def test_study_gain_sets_each_task_and_method_against_the_first_runs_idle_units():
+    import pandas as pd
+    row = lambda prof, task, method, rate, load=1.5: {"profile": prof, "task": task, "method": method,  # noqa: E731
+                                                      "tokens_per_wall_s": rate, "load": load}
+    rates = pd.DataFrame([
+        row("cpu-v1", "sst2", "full", 100.0), row("cpu-v1", "sst2", "full", 120.0),
+        row("cpu-v1", "sst2", "full", 10.0, load=4.0),      # shared cores: left out
+        row("cpu", "sst2", "full", 330.0), row("cpu", "sst2", "full", 0.5, load=3.0),
+        row("cpu-v1", "mrpc", "full", 50.0), row("cpu", "sst2", "lora", 200.0),  # no counterpart: no row
+        row("cpu", "mrpc", "full", 200.0), row("cpu-v1", "sst2", "lora", 90.0, load=2.3)])  # 2.3 is above 2.25
+    g = speed.study_gain(rates).set_index(["task", "method"])
+    assert sorted(g.index) == [("mrpc", "full"), ("sst2", "full")]
+    assert g.loc[("sst2", "full"), "ratio"] == pytest.approx(3.0)      # after over before, idle units only
+    assert (g.loc[("sst2", "full"), "n_before"], g.loc[("sst2", "full"), "n_after"]) == (2, 1)
+    assert g.loc[("mrpc", "full"), "ratio"] == pytest.approx(4.0)      # each task against its own first run
+    assert speed.study_gain(rates.iloc[:0]).empty
+
+
 def _bench(step_fraction=0.2, matmul=0.7, mm_share=0.4, levers=None):
     """A bench result with two tasks, their rates and step profiles (full FT and LoRA), and levers."""
     thr, prof = [], []

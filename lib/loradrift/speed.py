@@ -243,6 +243,25 @@ def rate_gain(rates, cores: int = 2) -> dict[str, float]:
             for m in rates.method.unique()}
 
 
+def study_gain(rates, before: str = "cpu-v1", after: str = "cpu", cores: int = 2):
+    """Per task and method that both profiles trained (``rates``: ``unit_rates((before, after))``): the mean real
+    training tokens per second of unit wall time of each profile's units on an idle machine (load average at
+    most ``cores`` + 0.25), how many, and after over before."""
+    import pandas as pd
+    cols = ["task", "method", "before", "n_before", "after", "n_after", "ratio"]
+    if rates.empty:
+        return pd.DataFrame(columns=cols)
+    q = rates[rates.load <= cores + 0.25].groupby(["task", "method", "profile"]).tokens_per_wall_s.agg(["mean", "size"])
+    rows = []
+    for (task, method), g in q.groupby(level=["task", "method"]):
+        g = g.droplevel(["task", "method"])
+        if before in g.index and after in g.index:
+            b, a = g.loc[before], g.loc[after]
+            rows.append({"task": task, "method": method, "before": b["mean"], "n_before": int(b["size"]),
+                         "after": a["mean"], "n_after": int(a["size"]), "ratio": a["mean"] / b["mean"]})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def extraction_check(bench: dict | None, profile: str = "cpu-bf16") -> dict:
     """Does bf16 extraction leave the drift measures within their noise? For every (method, pooling,
     measure, depth) the difference between bf16 and fp32 extraction of the same model
