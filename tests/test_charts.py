@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from loradrift import charts
+from loradrift import charts, figures
 
 
 def _chart(width=100, panels=1):
@@ -130,3 +130,12 @@ def test_a_chart_past_altairs_row_guard_is_shown_and_the_guard_stays_on():
     assert out["image/png"] and '"x": 5999' in out["text/html"]
     with pytest.raises(alt.MaxRowsError):
         big.to_dict()
+
+
+def test_runtime_table_writes_every_stage_in_minutes_with_one_decimal():
+    t = figures.runtime_table({"stages": [
+        {"stage": "setup", "wall_s": 10.4, "cpu_s": None, "pieces": 2, "loaded": None, "what": "sanity"},
+        {"stage": "train", "wall_s": 16242.1, "cpu_s": None, "pieces": 65, "loaded": False, "what": "units"},
+        {"stage": "drift", "wall_s": 2940.2, "cpu_s": 5461.4, "pieces": 3, "loaded": True, "what": "drift"}]})
+    assert list(t["minutes"]) == ["0.2", "270.7", "49.0"]      # no m × 10ⁿ for a short stage beside long ones
+    assert list(t["CPU minutes"]) == ["", "", "91.0"] and list(t["shared"]) == ["", "no", "yes"]

@@ -81,7 +81,7 @@ def runtime_table(study_time: dict):
     """The recorded run time per stage, in minutes (CPU minutes where a stage recorded them)."""
     import pandas as pd
     t = pd.DataFrame(study_time["stages"])
-    t["minutes"] = t["wall_s"] / 60
+    t["minutes"] = t["wall_s"].map(lambda x: f"{x / 60:.1f}")  # one notation: a 10 s stage beside a 4 h one
     t["CPU minutes"] = t["cpu_s"].map(lambda x: "" if missing(x) else f"{x / 60:.1f}")
     t["shared"] = t["loaded"].map({True: "yes", False: "no"}).fillna("")
     return t[["stage", "minutes", "CPU minutes", "pieces", "shared", "what"]]
