@@ -460,4 +460,3 @@ def test_learning_curve_scope_names_the_methods_it_leaves_out():
     assert sf.learning_curve_scope(prof) == ""
     del prof["study"]["curve"]
     assert sf.learning_curve_scope(prof) == ""
-

@@ -232,12 +232,17 @@ def unit_rates(profiles=("cpu-v1", "cpu-bf16"), task: str | None = None):
     return pd.DataFrame(rows)
 
 
+def _idle(rates, cores: int):
+    """The units that ran on an otherwise idle machine: a 1-minute load average of at most ``cores`` + 0.25."""
+    return rates[rates.load <= cores + 0.25]
+
+
 def rate_gain(rates, cores: int = 2) -> dict[str, float]:
     """Per method: the mean rate of bf16 units over that of fp32 units, counting only units that ran
     with a load average of at most ``cores`` + 0.25 (the machine otherwise idle); NaN without both."""
     if rates.empty:
         return {}
-    quiet = rates[rates.load <= cores + 0.25]
+    quiet = _idle(rates, cores)
     mean = quiet.groupby(["method", "precision"]).tokens_per_wall_s.mean()
     return {m: mean.get((m, "bf16-autocast"), math.nan) / mean.get((m, "fp32"), math.nan)
             for m in rates.method.unique()}
@@ -251,7 +256,7 @@ def study_gain(rates, before: str = "cpu-v1", after: str = "cpu", cores: int = 2
     cols = ["task", "method", "before", "n_before", "after", "n_after", "ratio"]
     if rates.empty:
         return pd.DataFrame(columns=cols)
-    q = rates[rates.load <= cores + 0.25].groupby(["task", "method", "profile"]).tokens_per_wall_s.agg(["mean", "size"])
+    q = _idle(rates, cores).groupby(["task", "method", "profile"]).tokens_per_wall_s.agg(["mean", "size"])
     rows = []
     for (task, method), g in q.groupby(level=["task", "method"]):
         g = g.droplevel(["task", "method"])

@@ -5,6 +5,7 @@ resume checkpoints, the check of a checkpoint before resuming from it, and the s
 stop. transformers is imported only when a unit trains."""
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
@@ -146,12 +147,10 @@ def unit_counters(started_at: float | None = None):
 
 def _rng_text() -> str:
     """torch's global RNG state as text (a Trainer state is JSON)."""
-    import base64
     return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")
 
 
 def _rng_state(text: str) -> torch.Tensor:
-    import base64
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
